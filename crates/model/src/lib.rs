@@ -1,0 +1,20 @@
+//! Trellis' user-facing resources: their YAML/JSON form and their validation.
+//!
+//! This crate does no I/O. The control plane parses and validates what users apply
+//! ([`parse_documents`], [`validate`]), stores the resulting [`Resource`]s, and the CLI
+//! prints them. Field names follow Kubernetes Gateway API conventions (camelCase).
+
+#![forbid(unsafe_code)]
+
+mod duration;
+mod registration;
+mod resource;
+mod validate;
+pub mod wire;
+
+pub use duration::{format_duration, parse_duration};
+pub use registration::{Health, InstanceRegistration, Protocol};
+pub use resource::*;
+pub use validate::{
+    ApplyError, DocumentError, KnownServices, parse_documents, validate, validate_registration,
+};

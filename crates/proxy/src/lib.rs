@@ -1,0 +1,5 @@
+//! The Trellis sidecar: the data plane.
+
+#![forbid(unsafe_code)]
+
+pub mod balance;
