@@ -1,8 +1,10 @@
-//! `trellis control`.
+//! `trellis control`: runs the control plane until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use trellis_control::{BoundAddrs, ControlConfig, StartupError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,7 +29,55 @@ pub struct Args {
     pub push_debounce: std::time::Duration,
 }
 
+/// Exit code for a startup configuration the operator must fix (unusable data dir, busy port).
+const EXIT_BAD_CONFIG: u8 = 2;
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("not yet wired")
+    let config = ControlConfig {
+        data_dir: args.data_dir,
+        http_addr: args.http_addr,
+        grpc_addr: args.grpc_addr,
+        restart_grace: args.restart_grace,
+        remove_after: args.remove_after,
+        push_debounce: args.push_debounce,
+    };
+    let ready = |bound: BoundAddrs| {
+        let mut fields = serde_json::Map::new();
+        fields.insert("http".into(), bound.http.to_string().into());
+        fields.insert("grpc".into(), bound.grpc.to_string().into());
+        crate::ready::announce("control", fields);
+    };
+    match trellis_control::run(config, ready, shutdown_signal()).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.downcast_ref::<StartupError>().is_some() => {
+            // A StartupError's message already includes its cause.
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_BAD_CONFIG))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,6 +1,170 @@
 //! The Trellis control plane: registry, store, xDS server and admin API.
+//!
+//! [`run`] wires the pieces: the [`store::RedbStore`] under the [`registry::Registry`], which
+//! publishes [`snapshot::MeshSnapshot`]s to the ADS server ([`xds`]) on the gRPC listener,
+//! and the admin API ([`api`]) on the HTTP listener.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod metrics;
+pub mod registry;
 pub mod snapshot;
+pub mod store;
 pub mod xds;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::metrics::Metrics;
+use crate::registry::{Registry, RegistryConfig};
+use crate::store::{RedbStore, StoreError};
+use crate::xds::ProxyTable;
+
+/// How long servers get to finish after the shutdown signal before they are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Directory of the embedded store (created if missing).
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub restart_grace: Duration,
+    pub remove_after: Duration,
+    pub push_debounce: Duration,
+}
+
+/// The addresses actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundAddrs {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+/// A startup problem caused by the configuration or the environment (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("--data-dir {path}: cannot create the directory: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--data-dir: {0}")]
+    Store(#[from] StoreError),
+    #[error("--{flag} {addr}: cannot listen: {source}")]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the control plane until `shutdown` completes. `ready` is called once both listeners are
+/// bound. Errors that the operator must fix in the configuration are [`StartupError`]s.
+pub async fn run(
+    config: ControlConfig,
+    ready: impl FnOnce(BoundAddrs) + Send,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartupError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&dir))
+        .await?
+        .map_err(StartupError::Store)?;
+    let metrics = Arc::new(Metrics::new());
+    let registry_config = RegistryConfig {
+        restart_grace: config.restart_grace,
+        remove_after: config.remove_after,
+        push_debounce: config.push_debounce,
+        ..RegistryConfig::default()
+    };
+    let (registry, tasks) = Registry::start(Arc::new(store), registry_config, metrics)
+        .await
+        .map_err(StartupError::Store)?;
+
+    let http = bind("http-addr", config.http_addr).await?;
+    let grpc = bind("grpc-addr", config.grpc_addr).await?;
+    let bound = BoundAddrs {
+        http: http.local_addr()?,
+        grpc: grpc.local_addr()?,
+    };
+    tracing::info!(http = %bound.http, grpc = %bound.grpc, data_dir = %config.data_dir.display(),
+        "control plane listening");
+    ready(bound);
+
+    let proxies = ProxyTable::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let router = api::router(api::ApiState {
+        registry: registry.clone(),
+        proxies: proxies.clone(),
+        xds_addr: bound.grpc,
+    });
+    let mut http_task = tokio::spawn(
+        axum::serve(http, router)
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(crate::xds::ads_server(registry.subscribe(), proxies))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx));
+    let mut grpc_task = tokio::spawn(grpc_server);
+    drop(registry);
+
+    let early = tokio::select! {
+        () = shutdown => None,
+        r = &mut http_task => Some(format!("admin HTTP server stopped: {}", outcome(r))),
+        r = &mut grpc_task => Some(format!("xDS gRPC server stopped: {}", outcome(r))),
+    };
+    tracing::info!("control plane shutting down");
+    let _ = stop_tx.send(true);
+    finish("admin HTTP", http_task).await;
+    // Dropping the registry's tasks (and with them the snapshot sender) ends the ADS streams.
+    tasks.shutdown().await;
+    finish("xDS gRPC", grpc_task).await;
+    match early {
+        Some(e) => anyhow::bail!(e),
+        None => Ok(()),
+    }
+}
+
+/// Waits up to [`SHUTDOWN_GRACE`] for a server to drain, then drops it.
+async fn finish<T>(what: &str, mut task: tokio::task::JoinHandle<T>) {
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(server = what, grace = ?SHUTDOWN_GRACE, "server did not drain in time; closing it");
+        task.abort();
+    }
+}
+
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { flag, addr, source })
+}
+
+fn outcome<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "without error".to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
+}

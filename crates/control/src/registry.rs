@@ -1,0 +1,586 @@
+//! The registry: instances and resources in memory, mirrored to the [`Store`], and the
+//! [`MeshSnapshot`]s it publishes to the xDS server.
+//!
+//! Writes go to the store first (one transaction each) and only then to memory, under one
+//! async write lock, so memory never holds what the store does not. Heartbeats are memory only.
+//! A reaper task turns instances unhealthy after their TTL and removes them after
+//! `remove_after`; a publisher task coalesces changes and publishes at most once per
+//! `push_debounce`, only when what proxies see changed.
+
+mod build;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use trellis_model::{
+    ApplyError, Health, HttpRouteResource, InstanceRegistration, Kind, KnownServices, Resource,
+    ServiceSpec, TrafficPolicySpec,
+};
+
+pub use build::{InstanceState, build_snapshot, declared, policy_for, routes_for};
+
+use crate::metrics::Metrics;
+use crate::snapshot::MeshSnapshot;
+use crate::store::{Store, StoreError, StoredInstance};
+
+/// Snapshot versions are reserved on disk in blocks of this size, so a restart never reuses one.
+const VERSION_BLOCK: u64 = 1000;
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub restart_grace: Duration,
+    pub remove_after: Duration,
+    pub push_debounce: Duration,
+    /// How often the reaper checks TTLs.
+    pub reap_interval: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            restart_grace: Duration::from_secs(10),
+            remove_after: Duration::from_secs(60),
+            push_debounce: Duration::from_millis(100),
+            reap_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A bad request; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Rejected(ApplyError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An instance as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    #[serde(flatten)]
+    pub registration: InstanceRegistration,
+    pub health: Health,
+    pub last_heartbeat_ms_ago: u64,
+    pub registered_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub declared: bool,
+    pub instances: usize,
+    pub healthy: usize,
+}
+
+/// Everything the registry knows about one service (the API adds its proxies).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceDescription {
+    pub name: String,
+    pub declared: Option<ServiceSpec>,
+    pub policy: Option<TrafficPolicySpec>,
+    pub routes: Vec<HttpRouteResource>,
+    pub instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub kind: Kind,
+    pub name: String,
+    pub action: Action,
+}
+
+type InstanceKey = (String, String);
+type ResourceKey = (Kind, String);
+
+#[derive(Default)]
+struct State {
+    instances: BTreeMap<InstanceKey, InstanceState>,
+    resources: BTreeMap<ResourceKey, Resource>,
+}
+
+impl KnownServices for State {
+    fn service_exists(&self, name: &str) -> bool {
+        self.resources
+            .contains_key(&(Kind::Service, name.to_string()))
+            || self.instances.keys().any(|(s, _)| s == name)
+    }
+
+    fn subsets(&self, service: &str) -> Vec<String> {
+        declared(self.resources.values(), service)
+            .map(|s| s.subsets.into_iter().map(|s| s.name).collect())
+            .unwrap_or_default()
+    }
+}
+
+struct Inner {
+    config: RegistryConfig,
+    store: Arc<dyn Store>,
+    state: Mutex<State>,
+    /// Held across "store write, then memory update" so both see writes in the same order.
+    writes: tokio::sync::Mutex<()>,
+    changed: Notify,
+    snapshots: watch::Sender<Arc<MeshSnapshot>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The handle the API and the runtime use. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+/// The registry's background tasks (reaper, publisher); stopped by [`RegistryTasks::shutdown`]
+/// or when dropped.
+pub struct RegistryTasks {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl RegistryTasks {
+    pub async fn shutdown(mut self) {
+        for h in &self.handles {
+            h.abort();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for RegistryTasks {
+    fn drop(&mut self) {
+        for h in &self.handles {
+            h.abort();
+        }
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// Loads instances and resources from the store (every instance gets a fresh heartbeat
+    /// clock plus `restart_grace`), publishes the first snapshot and starts the background
+    /// tasks.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        config: RegistryConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Registry, RegistryTasks), StoreError> {
+        let now = Instant::now();
+        let mut state = State::default();
+        for s in store.list_instances().await? {
+            let r = &s.registration;
+            let key = (r.service.clone(), r.id.clone());
+            state.instances.insert(
+                key,
+                InstanceState {
+                    registration: s.registration,
+                    registered_at_ms: s.registered_at_ms,
+                    last_heartbeat: now + config.restart_grace,
+                    healthy: true,
+                },
+            );
+        }
+        for r in store.list_resources().await? {
+            state.resources.insert((r.kind(), r.name().to_string()), r);
+        }
+        // Never go backwards across restarts: start above both the reserved floor and the clock.
+        let version = store.version_floor().await?.max(unix_ms());
+        let reserved = version + VERSION_BLOCK;
+        store.set_version_floor(reserved).await?;
+        let first = build_snapshot(
+            version,
+            state.instances.values(),
+            state.resources.values(),
+            now,
+        );
+        metrics.set_snapshot_version(version);
+        let (snapshots, _) = watch::channel(Arc::new(first));
+        let inner = Arc::new(Inner {
+            config,
+            store,
+            state: Mutex::new(state),
+            writes: tokio::sync::Mutex::new(()),
+            changed: Notify::new(),
+            snapshots,
+            metrics,
+        });
+        let handles = vec![
+            tokio::spawn(reaper(inner.clone())),
+            tokio::spawn(publisher(inner.clone(), version, reserved)),
+        ];
+        Ok((Registry { inner }, RegistryTasks { handles }))
+    }
+
+    /// The snapshots published for proxies; the current one is available at once.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MeshSnapshot>> {
+        self.inner.snapshots.subscribe()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+
+    fn mark_changed(&self) {
+        self.inner.changed.notify_one();
+    }
+
+    /// Registers (or re-registers) an instance; counts as a heartbeat.
+    pub async fn register(&self, reg: InstanceRegistration) -> Result<InstanceView, RegistryError> {
+        trellis_model::validate_registration(&reg).map_err(RegistryError::Invalid)?;
+        let key = (reg.service.clone(), reg.id.clone());
+        let _w = self.inner.writes.lock().await;
+        let existing = self
+            .state()
+            .instances
+            .get(&key)
+            .map(|i| (i.registration.clone(), i.registered_at_ms));
+        let registered_at_ms = existing.as_ref().map_or_else(unix_ms, |(_, at)| *at);
+        let unchanged = existing.as_ref().is_some_and(|(r, _)| *r == reg);
+        if !unchanged {
+            self.inner
+                .store
+                .put_instance(StoredInstance {
+                    registration: reg.clone(),
+                    registered_at_ms,
+                })
+                .await?;
+        }
+        let now = Instant::now();
+        let mut st = self.state();
+        let was_healthy = st.instances.get(&key).is_some_and(|i| i.healthy);
+        let inst = InstanceState {
+            registration: reg,
+            registered_at_ms,
+            last_heartbeat: now,
+            healthy: true,
+        };
+        let view = view_of(&inst, now);
+        st.instances.insert(key, inst);
+        drop(st);
+        self.inner.metrics.registrations.inc();
+        if !unchanged || !was_healthy {
+            self.mark_changed();
+        }
+        Ok(view)
+    }
+
+    /// Records a heartbeat (memory only). Publishes only when it makes the instance healthy again.
+    pub fn heartbeat(&self, service: &str, id: &str) -> Result<InstanceView, RegistryError> {
+        let now = Instant::now();
+        let mut st = self.state();
+        let Some(inst) = st.instances.get_mut(&(service.to_string(), id.to_string())) else {
+            return Err(not_found_instance(service, id));
+        };
+        inst.last_heartbeat = now;
+        let revived = !inst.healthy;
+        inst.healthy = true;
+        let view = view_of(inst, now);
+        drop(st);
+        self.inner.metrics.heartbeats.inc();
+        if revived {
+            self.mark_changed();
+        }
+        Ok(view)
+    }
+
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), RegistryError> {
+        let key = (service.to_string(), id.to_string());
+        let _w = self.inner.writes.lock().await;
+        if !self.state().instances.contains_key(&key) {
+            return Err(not_found_instance(service, id));
+        }
+        self.inner.store.delete_instance(service, id).await?;
+        self.state().instances.remove(&key);
+        self.mark_changed();
+        Ok(())
+    }
+
+    /// Instances sorted by service then id, optionally of one service only.
+    pub fn instances(&self, service: Option<&str>) -> Vec<InstanceView> {
+        let now = Instant::now();
+        self.state()
+            .instances
+            .values()
+            .filter(|i| service.is_none_or(|s| i.registration.service == s))
+            .map(|i| view_of(i, now))
+            .collect()
+    }
+
+    pub fn services(&self) -> Vec<ServiceSummary> {
+        let now = Instant::now();
+        let st = self.state();
+        let mut out: BTreeMap<String, ServiceSummary> = BTreeMap::new();
+        let summary = |name: &str| ServiceSummary {
+            name: name.to_string(),
+            declared: false,
+            instances: 0,
+            healthy: 0,
+        };
+        for (kind, name) in st.resources.keys() {
+            if *kind == Kind::Service {
+                out.entry(name.clone())
+                    .or_insert_with(|| summary(name))
+                    .declared = true;
+            }
+        }
+        for i in st.instances.values() {
+            let name = &i.registration.service;
+            let s = out.entry(name.clone()).or_insert_with(|| summary(name));
+            s.instances += 1;
+            if i.is_healthy(now) {
+                s.healthy += 1;
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// `None` when the service is neither declared nor has instances.
+    pub fn describe(&self, name: &str) -> Option<ServiceDescription> {
+        let now = Instant::now();
+        let st = self.state();
+        let declared = declared(st.resources.values(), name);
+        let instances: Vec<InstanceView> = st
+            .instances
+            .values()
+            .filter(|i| i.registration.service == name)
+            .map(|i| view_of(i, now))
+            .collect();
+        if declared.is_none() && instances.is_empty() {
+            return None;
+        }
+        Some(ServiceDescription {
+            name: name.to_string(),
+            declared,
+            policy: policy_for(st.resources.values(), name),
+            routes: routes_for(st.resources.values(), name),
+            instances,
+        })
+    }
+
+    /// Parses and validates every document of `text`, then stores all of them in one
+    /// transaction. Nothing is applied when any document is invalid.
+    pub async fn apply(&self, source: &str, text: &str) -> Result<Vec<Applied>, RegistryError> {
+        let _w = self.inner.writes.lock().await;
+        let mut applied = Vec::new();
+        let mut changed = Vec::new();
+        {
+            let st = self.state();
+            // Parsing is cheap next to the store write; doing it under the lock validates
+            // cross-references against exactly the state the write lands on.
+            let docs = trellis_model::parse_and_validate(source, text, &*st)
+                .map_err(RegistryError::Rejected)?;
+            for r in docs {
+                let key = (r.kind(), r.name().to_string());
+                let action = match st.resources.get(&key) {
+                    None => Action::Created,
+                    Some(old) if *old == r => Action::Unchanged,
+                    Some(_) => Action::Configured,
+                };
+                applied.push(Applied {
+                    kind: key.0,
+                    name: key.1,
+                    action,
+                });
+                if action != Action::Unchanged {
+                    changed.push(r);
+                }
+            }
+        }
+        if changed.is_empty() {
+            return Ok(applied);
+        }
+        self.inner.store.put_resources(changed.clone()).await?;
+        let mut st = self.state();
+        for r in changed {
+            st.resources.insert((r.kind(), r.name().to_string()), r);
+        }
+        drop(st);
+        self.mark_changed();
+        Ok(applied)
+    }
+
+    /// Resources sorted by kind then name, optionally of one kind only.
+    pub fn resources(&self, kind: Option<Kind>) -> Vec<Resource> {
+        self.state()
+            .resources
+            .iter()
+            .filter(|((k, _), _)| kind.is_none_or(|want| *k == want))
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    pub fn resource(&self, kind: Kind, name: &str) -> Option<Resource> {
+        self.state()
+            .resources
+            .get(&(kind, name.to_string()))
+            .cloned()
+    }
+
+    pub async fn delete_resource(&self, kind: Kind, name: &str) -> Result<(), RegistryError> {
+        let key = (kind, name.to_string());
+        let _w = self.inner.writes.lock().await;
+        if !self.state().resources.contains_key(&key) {
+            return Err(RegistryError::NotFound(format!(
+                "{kind} `{name}` does not exist"
+            )));
+        }
+        self.inner.store.delete_resource(kind, name).await?;
+        self.state().resources.remove(&key);
+        self.mark_changed();
+        Ok(())
+    }
+
+    /// Sets the per-service instance gauges from the current state (called at scrape time).
+    pub fn refresh_gauges(&self) {
+        let m = &self.inner.metrics;
+        m.instances.clear();
+        for s in self.services() {
+            for (health, n) in [
+                ("healthy", s.healthy),
+                ("unhealthy", s.instances - s.healthy),
+            ] {
+                m.instances
+                    .get_or_create(&crate::metrics::InstanceLabels {
+                        service: s.name.clone(),
+                        health: health.to_string(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_found_instance(service: &str, id: &str) -> RegistryError {
+    RegistryError::NotFound(format!(
+        "instance `{id}` of service `{service}` is not registered; register it again"
+    ))
+}
+
+fn view_of(i: &InstanceState, now: Instant) -> InstanceView {
+    InstanceView {
+        registration: i.registration.clone(),
+        health: i.health(now),
+        last_heartbeat_ms_ago: u64::try_from(i.since_heartbeat(now).as_millis())
+            .unwrap_or(u64::MAX),
+        registered_at_ms: i.registered_at_ms,
+    }
+}
+
+/// Marks instances unhealthy after their TTL and removes them after `remove_after` (or the
+/// TTL, when longer) without a heartbeat.
+async fn reaper(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.config.reap_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let expired = |i: &InstanceState, now: Instant| {
+            let ttl = Duration::from_millis(i.registration.ttl_ms);
+            i.since_heartbeat(now) >= inner.config.remove_after.max(ttl)
+        };
+        let now = Instant::now();
+        let mut changed = false;
+        let mut any_expired = false;
+        for i in lock(&inner.state).instances.values_mut() {
+            let healthy = i.is_healthy(now);
+            if healthy != i.healthy {
+                i.healthy = healthy;
+                changed = true;
+                tracing::info!(service = %i.registration.service, id = %i.registration.id,
+                    healthy, "instance health changed");
+            }
+            any_expired |= expired(i, now);
+        }
+        if any_expired {
+            let _w = inner.writes.lock().await;
+            let now = Instant::now();
+            let mut removed = Vec::new();
+            lock(&inner.state).instances.retain(|key, i| {
+                let keep = !expired(i, now);
+                if !keep {
+                    removed.push(key.clone());
+                }
+                keep
+            });
+            for (service, id) in removed {
+                tracing::info!(%service, %id, "instance removed after missing heartbeats");
+                if let Err(e) = inner.store.delete_instance(&service, &id).await {
+                    tracing::warn!(%service, %id, error = %e, "cannot remove instance from the store");
+                }
+                changed = true;
+            }
+        }
+        if changed {
+            inner.changed.notify_one();
+        }
+    }
+}
+
+/// Waits for a change, lets the debounce window collect more, then publishes one snapshot if
+/// what proxies see differs from the last published one.
+async fn publisher(inner: Arc<Inner>, mut version: u64, mut reserved: u64) {
+    loop {
+        inner.changed.notified().await;
+        tokio::time::sleep(inner.config.push_debounce).await;
+        let next = {
+            let st = lock(&inner.state);
+            build_snapshot(
+                version + 1,
+                st.instances.values(),
+                st.resources.values(),
+                Instant::now(),
+            )
+        };
+        if next.services == inner.snapshots.borrow().services {
+            continue;
+        }
+        if next.version >= reserved {
+            let floor = next.version + VERSION_BLOCK;
+            match inner.store.set_version_floor(floor).await {
+                Ok(()) => reserved = floor,
+                Err(e) => tracing::warn!(error = %e, "cannot persist the snapshot version floor"),
+            }
+        }
+        version = next.version;
+        inner.metrics.set_snapshot_version(version);
+        tracing::debug!(
+            version,
+            services = next.services.len(),
+            "publishing mesh snapshot"
+        );
+        inner.snapshots.send_replace(Arc::new(next));
+    }
+}
+
+#[cfg(test)]
+mod tests;

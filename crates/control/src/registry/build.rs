@@ -1,0 +1,142 @@
+//! Pure functions from registry state to what proxies see: health, and the [`MeshSnapshot`].
+//! No I/O, no clock of their own: `now` is a parameter so tests control time.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use tokio::time::Instant;
+use trellis_model::{
+    Health, HttpRouteResource, InstanceRegistration, Resource, ServiceSpec, TrafficPolicySpec,
+};
+
+use crate::snapshot::{Endpoint, MeshSnapshot, ServiceView};
+
+/// One registered instance as the registry holds it in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceState {
+    pub registration: InstanceRegistration,
+    /// Unix time, milliseconds.
+    pub registered_at_ms: u64,
+    /// May lie in the future right after a restart (restart grace).
+    pub last_heartbeat: Instant,
+    /// The health last observed by the reaper or a heartbeat; a change triggers a push.
+    pub healthy: bool,
+}
+
+impl InstanceState {
+    /// Healthy while the last heartbeat is younger than the TTL.
+    pub fn is_healthy(&self, now: Instant) -> bool {
+        self.since_heartbeat(now).as_millis() < u128::from(self.registration.ttl_ms)
+    }
+
+    pub fn since_heartbeat(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.last_heartbeat)
+    }
+
+    pub fn health(&self, now: Instant) -> Health {
+        if self.is_healthy(now) {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        }
+    }
+}
+
+/// The spec of the Service resource named `name`, if applied.
+pub fn declared<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    name: &str,
+) -> Option<ServiceSpec> {
+    resources.into_iter().find_map(|r| match r {
+        Resource::Service(s) if s.metadata.name == name => Some(s.spec.clone()),
+        _ => None,
+    })
+}
+
+/// The TrafficPolicy whose targetRef names `service`; the first by name when several do.
+pub fn policy_for<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    service: &str,
+) -> Option<TrafficPolicySpec> {
+    resources
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::TrafficPolicy(p) if p.spec.target_ref.name == service => Some(p),
+            _ => None,
+        })
+        .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))
+        .map(|p| p.spec.clone())
+}
+
+/// HTTPRoutes whose parentRefs name `service`, sorted by name.
+pub fn routes_for<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    service: &str,
+) -> Vec<HttpRouteResource> {
+    let mut routes: Vec<HttpRouteResource> = resources
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::HttpRoute(h) if h.spec.parent_refs.iter().any(|p| p.name == service) => {
+                Some(h.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    routes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    routes
+}
+
+/// Builds the snapshot proxies see: every service declared by a Service resource or with
+/// registered instances (healthy or not), with its declared spec, policy, routes and healthy
+/// endpoints sorted by instance id.
+pub fn build_snapshot<'a, 'b>(
+    version: u64,
+    instances: impl IntoIterator<Item = &'a InstanceState>,
+    resources: impl IntoIterator<Item = &'b Resource> + Clone,
+    now: Instant,
+) -> MeshSnapshot {
+    let mut services: BTreeMap<String, ServiceView> = BTreeMap::new();
+    for r in resources.clone() {
+        if let Resource::Service(s) = r {
+            let name = s.metadata.name.clone();
+            services.entry(name.clone()).or_insert_with(|| ServiceView {
+                name,
+                ..ServiceView::default()
+            });
+        }
+    }
+    for inst in instances {
+        let reg = &inst.registration;
+        let view = services
+            .entry(reg.service.clone())
+            .or_insert_with(|| ServiceView {
+                name: reg.service.clone(),
+                ..ServiceView::default()
+            });
+        if !inst.is_healthy(now) {
+            continue;
+        }
+        let Ok(address) = reg.address.parse::<IpAddr>() else {
+            tracing::warn!(service = %reg.service, id = %reg.id, address = %reg.address,
+                "instance address is not an IP; left out of the endpoint set");
+            continue;
+        };
+        view.endpoints.push(Endpoint {
+            instance_id: reg.id.clone(),
+            address,
+            port: reg.port,
+            protocol: reg.protocol,
+            zone: reg.zone.clone(),
+            weight: reg.weight,
+            labels: reg.labels.clone(),
+        });
+    }
+    for view in services.values_mut() {
+        view.declared = declared(resources.clone(), &view.name);
+        view.policy = policy_for(resources.clone(), &view.name);
+        view.routes = routes_for(resources.clone(), &view.name);
+        view.endpoints
+            .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    }
+    MeshSnapshot { version, services }
+}

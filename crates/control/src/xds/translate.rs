@@ -1,0 +1,404 @@
+//! Mesh snapshot → Envoy xDS v3 resources for one proxy (docs/XDS.md). Pure functions: no I/O,
+//! and the same snapshot and node always give the same resources.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster, LoadBalancingPolicy,
+    cluster::{
+        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
+        LeastRequestLbConfig, MaglevLbConfig, RingHashLbConfig,
+    },
+    load_balancing_policy::Policy,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality, Metadata,
+    SocketAddress, TypedExtensionConfig, address, config_source::ConfigSourceSpecifier,
+    socket_address::PortSpecifier,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
+    lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, Listener, filter::ConfigType,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
+    route_action::ClusterSpecifier, route_match::PathSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+    http_connection_manager::{CodecType, RouteSpecifier},
+    http_filter,
+};
+use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::LeastRequest;
+use envoy_types::pb::google::protobuf::{
+    Any, Duration, Struct, UInt32Value, UInt64Value, Value, value::Kind,
+};
+use envoy_types::util::pack_any;
+use trellis_model::{Algorithm, LoadBalancer, wire};
+
+pub use super::node::NodeInfo;
+pub use super::resources::{
+    CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Resources, same_content, short_name,
+};
+use super::routes::outbound_route_config;
+use crate::snapshot::{Endpoint, MeshSnapshot, ServiceView};
+
+pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+pub const LEAST_REQUEST_POLICY: &str = "envoy.load_balancing_policies.least_request";
+pub const DEFAULT_RING_SIZE: u64 = 1024;
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+const CONNECT_TIMEOUT_SECS: i64 = 1;
+
+/// Every resource the proxy `node` may subscribe to, given the mesh `snapshot`.
+pub fn resources_for(snapshot: &MeshSnapshot, node: &NodeInfo) -> Resources {
+    let mut out = Resources::default();
+
+    out.insert(
+        LISTENER_TYPE,
+        wire::OUTBOUND.to_string(),
+        pack_any(outbound_listener(node)),
+    );
+    if let Some(port) = node.app_port {
+        out.insert(
+            LISTENER_TYPE,
+            wire::INBOUND.to_string(),
+            pack_any(inbound_listener(node, port)),
+        );
+        let inbound = inbound_cluster(port);
+        out.insert(CLUSTER_TYPE, inbound.name.clone(), pack_any(inbound));
+    }
+
+    out.insert(
+        ROUTE_TYPE,
+        wire::OUTBOUND.to_string(),
+        pack_any(outbound_route_config(snapshot)),
+    );
+
+    for (service, subset) in eds_clusters(snapshot) {
+        let view = snapshot.services.get(&service);
+        let name = wire::cluster_name(&service, subset.as_deref());
+        let lb = view
+            .and_then(|v| v.policy.as_ref())
+            .map(|p| p.load_balancer.clone())
+            .unwrap_or_default();
+        out.insert(
+            CLUSTER_TYPE,
+            name.clone(),
+            pack_any(eds_cluster(&name, &lb)),
+        );
+        let endpoints = view
+            .map(|v| subset_endpoints(v, subset.as_deref()))
+            .unwrap_or_default();
+        out.insert(
+            ENDPOINT_TYPE,
+            name.clone(),
+            pack_any(load_assignment(&name, &endpoints, lb.algorithm)),
+        );
+    }
+
+    out.sort();
+    out
+}
+
+/// `(service, subset)` of every EDS cluster: each service, plus every cluster an HTTPRoute
+/// backend references (a subset, or a service not otherwise known, which gets no endpoints),
+/// so that the route configuration never names a missing cluster.
+fn eds_clusters(snapshot: &MeshSnapshot) -> BTreeSet<(String, Option<String>)> {
+    let mut set: BTreeSet<(String, Option<String>)> = snapshot
+        .services
+        .keys()
+        .map(|s| (s.clone(), None))
+        .collect();
+    for view in snapshot.services.values() {
+        for route in &view.routes {
+            for rule in &route.spec.rules {
+                for b in &rule.backend_refs {
+                    set.insert((b.name.clone(), b.subset.clone()));
+                }
+            }
+        }
+    }
+    set
+}
+
+/// The service's endpoints, or those of one subset: instances whose labels include all of the
+/// subset's labels. An undeclared subset selects nothing.
+fn subset_endpoints<'a>(view: &'a ServiceView, subset: Option<&str>) -> Vec<&'a Endpoint> {
+    let Some(subset) = subset else {
+        return view.endpoints.iter().collect();
+    };
+    let Some(def) = view
+        .declared
+        .as_ref()
+        .and_then(|d| d.subsets.iter().find(|s| s.name == subset))
+    else {
+        return Vec::new();
+    };
+    view.endpoints
+        .iter()
+        .filter(|e| def.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+        .collect()
+}
+
+fn socket_address(ip: IpAddr, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn http_listener(name: &str, addr: Address, route: RouteSpecifier) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.to_string(),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(route),
+        http_filters: vec![HttpFilter {
+            name: ROUTER_FILTER.to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: name.to_string(),
+        address: Some(addr),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: HCM_FILTER.to_string(),
+                config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn outbound_listener(node: &NodeInfo) -> Listener {
+    http_listener(
+        wire::OUTBOUND,
+        socket_address(IpAddr::V4(Ipv4Addr::LOCALHOST), node.outbound_port),
+        RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: wire::OUTBOUND.to_string(),
+        }),
+    )
+}
+
+fn inbound_listener(node: &NodeInfo, app_port: u16) -> Listener {
+    let route = RouteConfiguration {
+        name: wire::INBOUND.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: wire::INBOUND.to_string(),
+            domains: vec!["*".to_string()],
+            routes: vec![Route {
+                name: "default".to_string(),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(wire::inbound_cluster_name(
+                        app_port,
+                    ))),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    http_listener(
+        wire::INBOUND,
+        socket_address(IpAddr::V4(Ipv4Addr::UNSPECIFIED), node.inbound_port),
+        RouteSpecifier::RouteConfig(route),
+    )
+}
+
+fn connect_timeout() -> Option<Duration> {
+    Some(Duration {
+        seconds: CONNECT_TIMEOUT_SECS,
+        nanos: 0,
+    })
+}
+
+fn inbound_cluster(app_port: u16) -> Cluster {
+    let name = wire::inbound_cluster_name(app_port);
+    let endpoint = LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+            address: Some(socket_address(IpAddr::V4(Ipv4Addr::LOCALHOST), app_port)),
+            ..Default::default()
+        })),
+        health_status: HealthStatus::Healthy as i32,
+        ..Default::default()
+    };
+    Cluster {
+        name: name.clone(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: connect_timeout(),
+        lb_policy: LbPolicy::RoundRobin as i32,
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name,
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn eds_cluster(name: &str, lb: &LoadBalancer) -> Cluster {
+    let mut cluster = Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: String::new(),
+        }),
+        connect_timeout: connect_timeout(),
+        ..Default::default()
+    };
+    let (policy, config) = match lb.algorithm {
+        Algorithm::RoundRobin | Algorithm::Weighted => (LbPolicy::RoundRobin, None),
+        Algorithm::Random => (LbPolicy::Random, None),
+        Algorithm::LeastRequest => (
+            LbPolicy::LeastRequest,
+            Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                choice_count: Some(UInt32Value { value: 2 }),
+                ..Default::default()
+            })),
+        ),
+        Algorithm::PeakEwma => {
+            cluster.load_balancing_policy = Some(peak_ewma_policy());
+            (LbPolicy::LeastRequest, None)
+        }
+        Algorithm::RingHash => (
+            LbPolicy::RingHash,
+            Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value {
+                    value: lb.ring_size.unwrap_or(DEFAULT_RING_SIZE),
+                }),
+                ..Default::default()
+            })),
+        ),
+        Algorithm::Maglev => (
+            LbPolicy::Maglev,
+            Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+                table_size: Some(UInt64Value {
+                    value: lb.table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE),
+                }),
+            })),
+        ),
+    };
+    cluster.lb_policy = policy as i32;
+    cluster.lb_config = config;
+    cluster
+}
+
+/// Peak EWMA first (the Trellis sidecar uses it), least request second (what Envoy, which
+/// skips the unknown first entry, falls back to).
+fn peak_ewma_policy() -> LoadBalancingPolicy {
+    LoadBalancingPolicy {
+        policies: vec![
+            Policy {
+                typed_extension_config: Some(TypedExtensionConfig {
+                    name: wire::PEAK_EWMA_NAME.to_string(),
+                    typed_config: Some(Any {
+                        type_url: wire::PEAK_EWMA_TYPE_URL.to_string(),
+                        value: Vec::new(),
+                    }),
+                }),
+            },
+            Policy {
+                typed_extension_config: Some(TypedExtensionConfig {
+                    name: LEAST_REQUEST_POLICY.to_string(),
+                    typed_config: Some(pack_any(LeastRequest::default())),
+                }),
+            },
+        ],
+    }
+}
+
+/// One `LocalityLbEndpoints` per zone (instances without a zone share the empty zone), in
+/// zone order; endpoints keep the snapshot's instance-id order.
+fn load_assignment(
+    name: &str,
+    endpoints: &[&Endpoint],
+    algorithm: Algorithm,
+) -> ClusterLoadAssignment {
+    let mut by_zone: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    for e in endpoints {
+        let weight = match algorithm {
+            Algorithm::Weighted => e.weight.max(1),
+            _ => 1,
+        };
+        by_zone
+            .entry(e.zone.as_deref().unwrap_or(""))
+            .or_default()
+            .push(LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+                    address: Some(socket_address(e.address, e.port)),
+                    ..Default::default()
+                })),
+                health_status: HealthStatus::Healthy as i32,
+                load_balancing_weight: Some(UInt32Value { value: weight }),
+                metadata: Some(endpoint_metadata(e)),
+            });
+    }
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: by_zone
+            .into_iter()
+            .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
+                locality: Some(Locality {
+                    zone: zone.to_string(),
+                    ..Default::default()
+                }),
+                lb_endpoints,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// `filter_metadata["trellis"]`: `instance_id` plus each label as its own string field.
+fn endpoint_metadata(e: &Endpoint) -> Metadata {
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
+    let mut fields: std::collections::HashMap<String, Value> = e
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), string(v)))
+        .collect();
+    fields.insert("instance_id".to_string(), string(&e.instance_id));
+    Metadata {
+        filter_metadata: [(wire::METADATA_NAMESPACE.to_string(), Struct { fields })].into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
