@@ -16,5 +16,7 @@ pub use duration::{format_duration, parse_duration};
 pub use registration::{Health, InstanceRegistration, Protocol};
 pub use resource::*;
 pub use validate::{
-    ApplyError, DocumentError, KnownServices, parse_documents, validate, validate_registration,
+    ApplyError, Document, DocumentError, KnownServices, METHODS, NoServices, check_dns_label,
+    check_header_name, kind_and_name, parse_and_validate, parse_documents, parse_indexed, validate,
+    validate_documents, validate_registration,
 };

@@ -1,0 +1,357 @@
+//! The shape of each kind, checked on the untyped YAML tree before typed deserialization.
+//!
+//! serde stops at the first problem and does not say where it is; walking the tree against
+//! this schema reports every unknown field, missing field and wrong type with its full path
+//! (`spec.rules[0].backendRefs[1].wieght`). The schema mirrors `resource.rs`: a field the
+//! schema accepts must deserialize, and the tests check both agree on the examples.
+
+use serde_json::Value;
+
+use super::Issue;
+
+/// What a value must look like.
+pub(crate) enum Shape {
+    Str,
+    Bool,
+    /// An integer in `min..=max` (the user-facing range, always within the Rust type).
+    Int {
+        min: u64,
+        max: u64,
+    },
+    /// A string out of a fixed set (serde unit enums).
+    OneOf(&'static [&'static str]),
+    /// A map from strings to strings (labels).
+    StrMap,
+    List(&'static Shape),
+    Obj(&'static [Field]),
+}
+
+/// Whether a field may be left out, or written as `null`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    Required,
+    /// May be absent, not null (`#[serde(default)]` on a non-`Option`).
+    Optional,
+    /// May be absent or null (`Option<T>`).
+    Nullable,
+}
+
+pub(crate) struct Field {
+    pub name: &'static str,
+    pub shape: &'static Shape,
+    pub need: Need,
+}
+
+const fn f(name: &'static str, shape: &'static Shape, need: Need) -> Field {
+    Field { name, shape, need }
+}
+
+use Need::{Nullable, Optional, Required};
+
+static METADATA: Shape = Shape::Obj(&[
+    f("name", &Shape::Str, Required),
+    f("namespace", &Shape::Str, Optional),
+    f("labels", &Shape::StrMap, Optional),
+]);
+
+static SERVICE_REF: Shape = Shape::Obj(&[f("name", &Shape::Str, Required)]);
+
+static SUBSET: Shape = Shape::Obj(&[
+    f("name", &Shape::Str, Required),
+    f("labels", &Shape::StrMap, Required),
+]);
+
+static SERVICE_SPEC: Shape = Shape::Obj(&[
+    f(
+        "protocol",
+        &Shape::OneOf(&["http", "http2", "grpc"]),
+        Optional,
+    ),
+    f("subsets", &Shape::List(&SUBSET), Optional),
+]);
+
+static HASH_KEY: Shape = Shape::Obj(&[
+    f("header", &Shape::Str, Nullable),
+    f("sourceIp", &Shape::Bool, Optional),
+]);
+
+/// The algorithm names, as written in YAML.
+pub(crate) const ALGORITHMS: &[&str] = &[
+    "RoundRobin",
+    "Random",
+    "Weighted",
+    "LeastRequest",
+    "PeakEwma",
+    "RingHash",
+    "Maglev",
+];
+
+static LOAD_BALANCER: Shape = Shape::Obj(&[
+    f("algorithm", &Shape::OneOf(ALGORITHMS), Optional),
+    f("hashKey", &HASH_KEY, Nullable),
+    f(
+        "ringSize",
+        &Shape::Int {
+            min: 64,
+            max: 8_388_608,
+        },
+        Nullable,
+    ),
+    f(
+        "tableSize",
+        &Shape::Int {
+            min: 5,
+            max: 5_000_011,
+        },
+        Nullable,
+    ),
+]);
+
+static POLICY_SPEC: Shape = Shape::Obj(&[
+    f("targetRef", &SERVICE_REF, Required),
+    f("loadBalancer", &LOAD_BALANCER, Optional),
+]);
+
+static PATH_MATCH: Shape = Shape::Obj(&[
+    f(
+        "type",
+        &Shape::OneOf(&["Exact", "PathPrefix", "RegularExpression"]),
+        Optional,
+    ),
+    f("value", &Shape::Str, Required),
+]);
+
+static HEADER_MATCH: Shape = Shape::Obj(&[
+    f(
+        "type",
+        &Shape::OneOf(&["Exact", "RegularExpression"]),
+        Optional,
+    ),
+    f("name", &Shape::Str, Required),
+    f("value", &Shape::Str, Required),
+]);
+
+static ROUTE_MATCH: Shape = Shape::Obj(&[
+    f("path", &PATH_MATCH, Nullable),
+    f("headers", &Shape::List(&HEADER_MATCH), Optional),
+    f("method", &Shape::Str, Nullable),
+]);
+
+static BACKEND_REF: Shape = Shape::Obj(&[
+    f("name", &Shape::Str, Required),
+    f("subset", &Shape::Str, Nullable),
+    f(
+        "weight",
+        &Shape::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+        Optional,
+    ),
+]);
+
+static ROUTE_RULE: Shape = Shape::Obj(&[
+    f("matches", &Shape::List(&ROUTE_MATCH), Optional),
+    f("backendRefs", &Shape::List(&BACKEND_REF), Required),
+]);
+
+static ROUTE_SPEC: Shape = Shape::Obj(&[
+    f("parentRefs", &Shape::List(&SERVICE_REF), Required),
+    f("rules", &Shape::List(&ROUTE_RULE), Optional),
+]);
+
+pub(crate) static SERVICE: Shape = Shape::Obj(&[
+    f("apiVersion", &Shape::Str, Required),
+    f("kind", &Shape::Str, Required),
+    f("metadata", &METADATA, Required),
+    f("spec", &SERVICE_SPEC, Optional),
+]);
+
+pub(crate) static TRAFFIC_POLICY: Shape = Shape::Obj(&[
+    f("apiVersion", &Shape::Str, Required),
+    f("kind", &Shape::Str, Required),
+    f("metadata", &METADATA, Required),
+    f("spec", &POLICY_SPEC, Required),
+]);
+
+pub(crate) static HTTP_ROUTE: Shape = Shape::Obj(&[
+    f("apiVersion", &Shape::Str, Required),
+    f("kind", &Shape::Str, Required),
+    f("metadata", &METADATA, Required),
+    f("spec", &ROUTE_SPEC, Required),
+]);
+
+/// Joins a field path and a key: `spec` + `rules` = `spec.rules`.
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// How a value reads in an error message.
+pub(crate) fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => format!("`{b}`"),
+        Value::Number(n) => format!("`{n}`"),
+        Value::String(s) => format!("the string `{}`", shorten(s)),
+        Value::Array(_) => "a list".to_string(),
+        Value::Object(_) => "a map".to_string(),
+    }
+}
+
+/// Cuts long user text for messages.
+pub(crate) fn shorten(s: &str) -> String {
+    const MAX: usize = 60;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Checks `v` against `shape`, pushing one issue per problem found.
+pub(crate) fn check(v: &Value, shape: &Shape, path: &str, out: &mut Vec<Issue>) {
+    let mut push = |reason: String| out.push(Issue::new(path, reason));
+    match shape {
+        Shape::Str => {
+            if !v.is_string() {
+                let hint = match v {
+                    Value::Bool(_) | Value::Number(_) => format!(" (quote it: \"{v}\")"),
+                    _ => String::new(),
+                };
+                push(format!("expected a string, found {}{hint}", describe(v)));
+            }
+        }
+        Shape::Bool => {
+            if !v.is_boolean() {
+                push(format!("expected true or false, found {}", describe(v)));
+            }
+        }
+        Shape::Int { min, max } => {
+            if let Some(reason) = check_int(v, *min, *max) {
+                push(reason);
+            }
+        }
+        Shape::OneOf(names) => match v.as_str() {
+            Some(s) if names.contains(&s) => {}
+            Some(s) => push(format!(
+                "unknown value `{}`: expected one of {}{}",
+                shorten(s),
+                names.join(", "),
+                did_you_mean(s, names)
+            )),
+            None => push(format!(
+                "expected one of {}, found {}",
+                names.join(", "),
+                describe(v)
+            )),
+        },
+        Shape::StrMap => match v.as_object() {
+            Some(map) => {
+                for (k, val) in map {
+                    check(val, &Shape::Str, &join(path, k), out);
+                }
+            }
+            None => push(format!(
+                "expected a map of strings (key: value), found {}",
+                describe(v)
+            )),
+        },
+        Shape::List(item) => match v.as_array() {
+            Some(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    check(it, item, &format!("{path}[{i}]"), out);
+                }
+            }
+            None => push(format!(
+                "expected a list (items starting with `- `), found {}",
+                describe(v)
+            )),
+        },
+        Shape::Obj(fields) => check_object(v, fields, path, out),
+    }
+}
+
+fn check_object(v: &Value, fields: &[Field], path: &str, out: &mut Vec<Issue>) {
+    let Some(map) = v.as_object() else {
+        out.push(Issue::new(
+            path,
+            format!("expected a map, found {}", describe(v)),
+        ));
+        return;
+    };
+    let names: Vec<&str> = fields.iter().map(|f| f.name).collect();
+    for key in map.keys() {
+        if !names.contains(&key.as_str()) {
+            out.push(Issue::new(
+                &join(path, key),
+                format!(
+                    "unknown field `{}`: expected one of {}{}",
+                    shorten(key),
+                    names.join(", "),
+                    did_you_mean(key, &names)
+                ),
+            ));
+        }
+    }
+    for field in fields {
+        let here = join(path, field.name);
+        match (map.get(field.name), field.need) {
+            (None, Need::Required) => {
+                out.push(Issue::new(&here, "missing required field".to_string()));
+            }
+            (None, _) | (Some(Value::Null), Need::Nullable) => {}
+            (Some(val), _) => check(val, field.shape, &here, out),
+        }
+    }
+}
+
+fn check_int(v: &Value, min: u64, max: u64) -> Option<String> {
+    let range = || format!("must be between {min} and {max}");
+    let Value::Number(n) = v else {
+        return Some(format!("expected an integer, found {}", describe(v)));
+    };
+    if let Some(u) = n.as_u64() {
+        return (u < min || u > max).then(|| format!("{u} is out of range: {}", range()));
+    }
+    if let Some(i) = n.as_i64() {
+        return Some(format!("{i} is out of range: {}", range()));
+    }
+    match n.as_f64() {
+        Some(x) if x.is_finite() && x.fract() == 0.0 => {
+            Some(format!("{n} is out of range: {}", range()))
+        }
+        _ => Some(format!("expected an integer, found `{n}`")),
+    }
+}
+
+/// ` (did you mean `x`?)` when a known name is close to what was written.
+pub(crate) fn did_you_mean(written: &str, known: &[&str]) -> String {
+    if written.len() > 64 {
+        return String::new();
+    }
+    let lower = written.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
