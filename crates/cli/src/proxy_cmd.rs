@@ -1,7 +1,9 @@
-//! `trellis proxy`.
+//! `trellis proxy`: runs a sidecar until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+
+use trellis_proxy::{BoundAddrs, ProxyConfig, StartupError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -62,7 +64,71 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Exit code for a startup configuration the operator must fix (bad flag, busy port).
+const EXIT_BAD_CONFIG: u8 = 2;
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("not yet wired")
+    let instance_id = args
+        .instance_id
+        .unwrap_or_else(|| format!("{}-{:08x}", args.service, rand::random::<u32>()));
+    let config = ProxyConfig {
+        service: args.service,
+        instance_id: instance_id.clone(),
+        app_port: args.app_port,
+        app_protocol: match args.app_protocol {
+            AppProtocol::Http => trellis_model::Protocol::Http,
+            AppProtocol::Http2 => trellis_model::Protocol::Http2,
+            AppProtocol::Grpc => trellis_model::Protocol::Grpc,
+        },
+        control_url: args.control,
+        admin_addr: args.admin_addr,
+        outbound_addr: args.outbound_addr,
+        inbound_addr: args.inbound_addr,
+        advertise_ip: args.advertise_ip,
+        labels: args.labels.into_iter().collect(),
+        zone: args.zone,
+        weight: args.weight,
+        ttl: args.ttl,
+        drain_timeout: args.drain_timeout,
+    };
+    let ready = move |bound: BoundAddrs| {
+        let mut fields = serde_json::Map::new();
+        fields.insert("admin".into(), bound.admin.to_string().into());
+        fields.insert("outbound".into(), bound.outbound.to_string().into());
+        fields.insert("inbound".into(), bound.inbound.to_string().into());
+        fields.insert("instance_id".into(), instance_id.into());
+        crate::ready::announce("proxy", fields);
+    };
+    match trellis_proxy::run(config, ready, shutdown_signal()).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.downcast_ref::<StartupError>().is_some() => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_BAD_CONFIG))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

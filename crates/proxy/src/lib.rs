@@ -1,5 +1,163 @@
 //! The Trellis sidecar: the data plane.
+//!
+//! One sidecar runs next to one app instance with three listeners: **outbound** (the app's
+//! calls to other services, routed by the xDS config), **inbound** (other sidecars' calls to
+//! this app, forwarded to 127.0.0.1:<app-port>) and **admin** (`/ready`, `/config_dump`,
+//! `/metrics`). In the background it registers the instance with the control plane and keeps
+//! an ADS stream open; accepted configs are swapped in atomically ([`snapshot`]), and the proxy
+//! keeps serving its last config while the control plane is unreachable.
+//!
+//! Request path: [`server`] accepts → [`outbound`] decides with [`routing`] over the live
+//! snapshot and picks an endpoint with [`balance`] → pooled [`upstream`] client → peer's
+//! [`inbound`] → app.
 
 #![forbid(unsafe_code)]
 
+mod admin;
+mod backoff;
 pub mod balance;
+mod config;
+mod http;
+mod inbound;
+mod metrics;
+mod outbound;
+mod registration;
+mod routing;
+mod server;
+mod shared;
+mod snapshot;
+mod status;
+mod upstream;
+mod xds;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use config::{BoundAddrs, ProxyConfig};
+
+/// A startup problem the operator must fix (invalid flags, a listener port in use); the CLI
+/// exits with a distinct code for it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
+
+use shared::Shared;
+
+/// Runs a sidecar until `shutdown` completes, then drains and deregisters.
+///
+/// `ready` is called once all listeners are bound, with their actual addresses (useful with
+/// port 0). Startup errors (bad config, a port in use) are returned; once running, control-plane
+/// trouble is retried forever and never ends the proxy.
+pub async fn run(
+    mut config: ProxyConfig,
+    ready: impl FnOnce(BoundAddrs),
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    config.validate().map_err(|e| StartupError(e.to_string()))?;
+    let bind = |name: &'static str, addr| async move {
+        TcpListener::bind(addr).await.map_err(|e| {
+            StartupError(format!(
+                "cannot bind the {name} listener on {addr}: {e} (is the port in use? see --{name}-addr)"
+            ))
+        })
+    };
+    let admin = bind("admin", config.admin_addr).await?;
+    let outbound = bind("outbound", config.outbound_addr).await?;
+    let inbound = bind("inbound", config.inbound_addr).await?;
+    let bound = BoundAddrs {
+        admin: admin.local_addr()?,
+        outbound: outbound.local_addr()?,
+        inbound: inbound.local_addr()?,
+    };
+    config.admin_addr = bound.admin;
+    config.outbound_addr = bound.outbound;
+    config.inbound_addr = bound.inbound;
+
+    let shared = Arc::new(Shared::new(config));
+    let listeners = Listeners::start(&shared, admin, outbound, inbound);
+
+    let registrar = registration::Registrar::new(shared.clone())?;
+    let (xds_tx, xds_rx) = oneshot::channel();
+    let registration = tokio::spawn(registrar.clone().run(xds_tx));
+    let xds_shared = shared.clone();
+    let xds = tokio::spawn(async move {
+        if let Ok(addr) = xds_rx.await {
+            xds::client::run(xds_shared, addr, balance::build).await;
+        }
+    });
+    tracing::info!(
+        service = %shared.config.service,
+        instance = %shared.config.instance_id,
+        admin = %bound.admin,
+        outbound = %bound.outbound,
+        inbound = %bound.inbound,
+        "sidecar listening"
+    );
+    ready(bound);
+
+    shutdown.await;
+    tracing::info!(drain_timeout = ?shared.config.drain_timeout, "shutting down: draining and deregistering");
+    registration.abort();
+    xds.abort();
+    // Deregister while draining so peers stop sending new requests as soon as possible.
+    tokio::join!(listeners.stop(), registrar.deregister());
+    Ok(())
+}
+
+/// The three running listeners.
+pub(crate) struct Listeners {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    pub(crate) fn start(
+        shared: &Arc<Shared>,
+        admin: TcpListener,
+        outbound: TcpListener,
+        inbound: TcpListener,
+    ) -> Self {
+        let (stop, rx) = watch::channel(false);
+        let drain = shared.config.drain_timeout;
+        let tasks = vec![
+            tokio::spawn(server::serve(
+                "admin",
+                admin,
+                Arc::new(admin::Admin::new(shared.clone())),
+                rx.clone(),
+                drain,
+            )),
+            tokio::spawn(server::serve(
+                "outbound",
+                outbound,
+                Arc::new(outbound::Outbound::new(shared.clone())),
+                rx.clone(),
+                drain,
+            )),
+            tokio::spawn(server::serve(
+                "inbound",
+                inbound,
+                Arc::new(inbound::Inbound::new(shared)),
+                rx,
+                drain,
+            )),
+        ];
+        Listeners { stop, tasks }
+    }
+
+    /// Stops accepting and waits for in-flight requests (each listener bounded by the drain
+    /// timeout).
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

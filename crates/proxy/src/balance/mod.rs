@@ -5,10 +5,38 @@
 //! the hot path. Load-aware algorithms (least request, peak EWMA) learn from the [`LoadGuard`]
 //! each pick returns: it counts the request as in flight until dropped, and
 //! [`LoadGuard::complete`] feeds the observed latency.
+//!
+//! One file per algorithm: [`round_robin`], [`random`], [`weighted`], [`least_request`],
+//! [`peak_ewma`], [`ring_hash`] and [`maglev`]; [`hash`] holds the stable 64-bit hash (XXH64)
+//! that hash-based balancers place endpoints with and the data plane hashes request keys with
+//! ([`hash_key`]).
+
+mod hash;
+mod least_request;
+mod maglev;
+mod peak_ewma;
+mod random;
+mod ring_hash;
+mod round_robin;
+mod weighted;
+
+#[cfg(test)]
+mod tests;
+
+pub use hash::hash_key;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// `PeakEwma`'s decay when the Cluster does not set one.
+pub const PEAK_EWMA_DEFAULT_DECAY: Duration = Duration::from_secs(10);
+/// The latency estimate `PeakEwma` assumes for an endpoint before its first response.
+pub const PEAK_EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// `RingHash`'s `min_ring_size` when the Cluster does not set one (Envoy's default).
+pub const RING_HASH_DEFAULT_MIN_RING_SIZE: u64 = 1024;
+/// `Maglev`'s `table_size` when the Cluster does not set one (Envoy's default, a prime).
+pub const MAGLEV_DEFAULT_TABLE_SIZE: u64 = 65537;
 
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +89,15 @@ pub struct Picked {
 pub struct LoadGuard {
     // Implementation detail of the balance module.
     pub(crate) inner: Option<Arc<dyn LoadTracker>>,
-    pub(crate) started: std::time::Instant,
+    /// When the pick happened, for trackers that learn latency; `None` otherwise, so balancers
+    /// that don't need it skip reading the clock.
+    pub(crate) started: Option<Instant>,
 }
 
 /// Implemented by per-endpoint load state of load-aware balancers.
 pub(crate) trait LoadTracker: Send + Sync + std::fmt::Debug {
-    fn finish(&self, rtt: Option<Duration>);
+    /// The request picked at `started` ended, after `rtt` if it completed.
+    fn finish(&self, rtt: Option<Duration>, started: Option<Instant>);
 }
 
 impl LoadGuard {
@@ -74,14 +105,33 @@ impl LoadGuard {
     pub fn none() -> Self {
         LoadGuard {
             inner: None,
-            started: std::time::Instant::now(),
+            started: None,
         }
     }
 
     /// Ends the request, recording the time since the pick as its latency.
-    pub fn complete(mut self) {
+    pub fn complete(self) {
+        let rtt = self.started.map(|started| started.elapsed());
+        self.finish(rtt);
+    }
+
+    /// Ends the request with a latency measured by the caller (e.g. time to first byte, or a
+    /// latency the upstream reported).
+    pub fn complete_with(self, rtt: Duration) {
+        self.finish(Some(rtt));
+    }
+
+    fn finish(mut self, rtt: Option<Duration>) {
         if let Some(t) = self.inner.take() {
-            t.finish(Some(self.started.elapsed()));
+            t.finish(rtt, self.started);
+        }
+    }
+
+    /// A guard that reports to `tracker` when the request ends.
+    pub(crate) fn tracked(tracker: Arc<dyn LoadTracker>, started: Option<Instant>) -> Self {
+        LoadGuard {
+            inner: Some(tracker),
+            started,
         }
     }
 }
@@ -89,7 +139,7 @@ impl LoadGuard {
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         if let Some(t) = self.inner.take() {
-            t.finish(None);
+            t.finish(None, self.started);
         }
     }
 }
@@ -106,7 +156,36 @@ pub trait Balance: Send + Sync + std::fmt::Debug {
 }
 
 /// Builds the balancer for `algorithm` over `endpoints`.
+///
+/// Never fails: an empty list gives a balancer whose `pick` returns `None`, a weight of 0 counts
+/// as 1, and out-of-range sizes are clamped (see each algorithm's module).
 pub fn build(algorithm: &Algorithm, endpoints: &[EndpointMeta]) -> Arc<dyn Balance> {
-    let _ = (algorithm, endpoints);
-    unimplemented!("balance::build")
+    match algorithm {
+        Algorithm::RoundRobin => Arc::new(round_robin::RoundRobin::new(endpoints.len())),
+        Algorithm::Random => Arc::new(random::Random::new(endpoints.len())),
+        Algorithm::Weighted => Arc::new(weighted::Weighted::new(endpoints)),
+        Algorithm::LeastRequest => Arc::new(least_request::LeastRequest::new(endpoints.len())),
+        Algorithm::PeakEwma { decay } => {
+            Arc::new(peak_ewma::PeakEwma::new(endpoints.len(), *decay))
+        }
+        Algorithm::RingHash { min_ring_size } => {
+            Arc::new(ring_hash::RingHash::new(endpoints, *min_ring_size))
+        }
+        Algorithm::Maglev { table_size } => Arc::new(maglev::Maglev::new(endpoints, *table_size)),
+    }
+}
+
+/// A uniformly random index below `n` (`n > 0`), from the thread-local RNG.
+fn random_index(n: usize) -> usize {
+    use rand::RngExt;
+    rand::rng().random_range(0..n)
+}
+
+/// Two distinct uniformly random indices below `n` (`n >= 2`), for power of two choices.
+fn random_pair(n: usize) -> (usize, usize) {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    let a = rng.random_range(0..n);
+    let b = rng.random_range(0..n - 1);
+    (a, if b >= a { b + 1 } else { b })
 }

@@ -1,0 +1,176 @@
+//! The admin listener: `/ready`, `/healthz`, `/config_dump` (JSON) and `/metrics`
+//! (Prometheus text).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::http::ProxyBody;
+use crate::routing::{HashPolicy, HeaderTarget, PathMatch, StringMatch};
+use crate::server::Handler;
+use crate::shared::Shared;
+
+#[derive(Debug)]
+pub(crate) struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Admin { shared }
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(body.into())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+impl Handler for Admin {
+    fn call(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        let resp = self.route(&req);
+        async move { resp }
+    }
+}
+
+impl Admin {
+    fn route<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                TEXT,
+                "admin endpoints are GET only\n",
+            );
+        }
+        match req.uri().path() {
+            "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
+            "/ready" => match self.shared.status.not_ready_reason() {
+                None => reply(StatusCode::OK, TEXT, "ready\n"),
+                Some(why) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("not ready: {why}\n"),
+                ),
+            },
+            "/metrics" => reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.shared.metrics.encode(),
+            ),
+            "/config_dump" => {
+                let body =
+                    serde_json::to_vec_pretty(&config_dump(&self.shared)).unwrap_or_default();
+                reply(StatusCode::OK, "application/json", body)
+            }
+            other => reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                format!(
+                    "no admin endpoint `{other}`: try /ready, /healthz, /config_dump, /metrics\n"
+                ),
+            ),
+        }
+    }
+}
+
+/// The node, the xDS status (accepted versions, last NACK) and the live typed config.
+pub(crate) fn config_dump(shared: &Shared) -> Value {
+    let c = &shared.config;
+    let snap = shared.live.load();
+    let mut clusters: Vec<&Arc<crate::upstream::UpstreamCluster>> =
+        snap.clusters.values().collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let clusters: Vec<Value> = clusters
+        .iter()
+        .map(|cl| {
+            json!({
+                "name": &*cl.name,
+                "algorithm": format!("{:?}", cl.algorithm),
+                "connect_timeout_ms": cl.connect_timeout.as_millis() as u64,
+                "endpoints": cl.endpoints.iter().map(|e| json!({
+                    "address": e.endpoint.addr.to_string(),
+                    "weight": e.endpoint.weight,
+                    "instance_id": e.endpoint.id,
+                    "zone": e.endpoint.zone,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let routes: Vec<Value> = snap
+        .routes
+        .table
+        .vhosts
+        .iter()
+        .map(|vh| {
+            json!({
+                "name": &*vh.name,
+                "domains": vh.domains,
+                "routes": vh.routes.iter().map(|r| json!({
+                    "name": r.name,
+                    "path": path_json(&r.matcher.path),
+                    "headers": r.matcher.headers.iter().map(|h| json!({
+                        "name": match &h.target { HeaderTarget::Method => ":method", HeaderTarget::Header(n) => n.as_str() },
+                        "match": string_json(&h.matcher),
+                        "invert": h.invert,
+                    })).collect::<Vec<_>>(),
+                    "clusters": r.action.clusters.iter().map(|w| json!({"name": &*w.name, "weight": w.weight})).collect::<Vec<_>>(),
+                    "hash": r.action.hash.as_ref().map(|h| match h {
+                        HashPolicy::Header(n) => json!({"header": n.as_str()}),
+                        HashPolicy::SourceIp => json!({"source_ip": true}),
+                    }),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "node": {
+            "id": c.node_id(),
+            "cluster": c.service,
+            "instance_id": c.instance_id,
+            "app_port": c.app_port,
+            "app_protocol": c.app_protocol,
+        },
+        "status": shared.status.get(),
+        "clusters": clusters,
+        "routes": routes,
+    })
+}
+
+fn path_json(p: &PathMatch) -> Value {
+    match p {
+        PathMatch::Prefix(s) => json!({"prefix": s}),
+        PathMatch::SeparatedPrefix(s) => json!({"path_separated_prefix": s}),
+        PathMatch::Exact(s) => json!({"exact": s}),
+        PathMatch::Regex(r) => json!({"regex": r.as_str()}),
+    }
+}
+
+fn string_json(m: &StringMatch) -> Value {
+    match m {
+        StringMatch::Exact(s) => json!({"exact": s}),
+        StringMatch::Prefix(s) => json!({"prefix": s}),
+        StringMatch::Suffix(s) => json!({"suffix": s}),
+        StringMatch::Contains(s) => json!({"contains": s}),
+        StringMatch::Regex(r) => json!({"regex": r.as_str()}),
+        StringMatch::Present(p) => json!({"present": p}),
+    }
+}

@@ -1,0 +1,80 @@
+//! The sidecar's configuration: everything `trellis proxy` needs, decided once at start.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use trellis_model::Protocol;
+
+/// What one sidecar needs to run. Built by the CLI from flags; no other configuration source.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The service this sidecar's app belongs to.
+    pub service: String,
+    /// This instance's id (unique within the service).
+    pub instance_id: String,
+    /// The local app's port on 127.0.0.1.
+    pub app_port: u16,
+    /// Protocol the app speaks; `Http2`/`Grpc` make the inbound side talk h2c to the app.
+    pub app_protocol: Protocol,
+    /// Control plane HTTP API base URL, e.g. `http://127.0.0.1:15080`.
+    pub control_url: String,
+    pub admin_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    /// Address registered for this instance (other sidecars connect to it).
+    pub advertise_ip: IpAddr,
+    pub labels: BTreeMap<String, String>,
+    pub zone: Option<String>,
+    pub weight: u32,
+    /// Heartbeat TTL; heartbeats are sent every `ttl / 3`.
+    pub ttl: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl ProxyConfig {
+    /// The xDS node id: `<service>~<instance-id>` (docs/XDS.md).
+    pub fn node_id(&self) -> String {
+        format!("{}~{}", self.service, self.instance_id)
+    }
+
+    /// Checks what the control plane would reject anyway, so a bad flag fails at start.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        if self.service.is_empty() {
+            errors.push("service: must not be empty".to_string());
+        }
+        if self.instance_id.is_empty() {
+            errors.push("instance_id: must not be empty".to_string());
+        }
+        if !(1..=128).contains(&self.weight) {
+            errors.push(format!("weight = {}: must be within 1..=128", self.weight));
+        }
+        let ttl_ms = self.ttl.as_millis();
+        if !(100..=3_600_000).contains(&ttl_ms) {
+            errors.push(format!(
+                "ttl = {ttl_ms}ms: must be within 100ms..=1h (the control plane's limits)"
+            ));
+        }
+        if !(self.control_url.starts_with("http://") || self.control_url.starts_with("https://")) {
+            errors.push(format!(
+                "control = `{}`: expected a URL such as http://127.0.0.1:15080",
+                self.control_url
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid proxy configuration: {}", errors.join("; "))
+        }
+    }
+}
+
+/// The addresses the listeners actually bound (ports resolved when configured as 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundAddrs {
+    pub admin: SocketAddr,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+}

@@ -1,0 +1,237 @@
+//! Prometheus metrics. Families are registered once; the request path only touches
+//! pre-resolved handles ([`ServiceMetrics`], resolved per destination service when a config is
+//! applied), so recording a request is a few atomic adds: no label formatting, no locks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Outbound,
+    Inbound,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    direction: &'static str,
+    destination_service: Arc<str>,
+    status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    direction: &'static str,
+    destination_service: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XdsLabels {
+    r#type: &'static str,
+    result: &'static str,
+}
+
+/// Service name used for requests that matched no known service (bounded cardinality).
+pub(crate) const UNKNOWN_SERVICE: &str = "unknown";
+
+/// Upper bounds of the request duration buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+type ServiceKey = (Direction, Arc<str>);
+
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<ServiceLabels, AtomicHistogram>,
+    connect_errors: Family<ServiceLabels, Counter>,
+    xds_updates: Family<XdsLabels, Counter>,
+    /// Config-time cache of per-service handles (never touched per request).
+    services: Mutex<HashMap<ServiceKey, Arc<ServiceMetrics>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations = Family::<ServiceLabels, AtomicHistogram>::default();
+        let connect_errors = Family::<ServiceLabels, Counter>::default();
+        let xds_updates = Family::<XdsLabels, Counter>::default();
+        registry.register(
+            "trellis_requests",
+            "Requests proxied, by direction, destination service and response status",
+            requests.clone(),
+        );
+        registry.register(
+            "trellis_request_duration_seconds",
+            "Time from receiving a request to forwarding the response head",
+            durations.clone(),
+        );
+        registry.register(
+            "trellis_upstream_connect_errors",
+            "Failed connection attempts to an upstream endpoint or the local app",
+            connect_errors.clone(),
+        );
+        registry.register(
+            "trellis_xds_updates",
+            "xDS responses processed, by type and result (ack or nack)",
+            xds_updates.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            connect_errors,
+            xds_updates,
+            services: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The handles for one destination service (created on first use, then shared).
+    pub fn service(&self, direction: Direction, service: &str) -> Arc<ServiceMetrics> {
+        let mut map = self
+            .services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(m) = map.get(&(direction, Arc::from(service))) {
+            return m.clone();
+        }
+        let name: Arc<str> = Arc::from(service);
+        let labels = ServiceLabels {
+            direction: direction.as_str(),
+            destination_service: name.clone(),
+        };
+        let m = Arc::new(ServiceMetrics {
+            direction,
+            service: name.clone(),
+            requests: self.requests.clone(),
+            by_status: (0..500).map(|_| OnceLock::new()).collect(),
+            duration: self.durations.get_or_create_owned(&labels),
+            connect_errors: self.connect_errors.get_or_create_owned(&labels),
+        });
+        map.insert((direction, name), m.clone());
+        m
+    }
+
+    pub fn xds_update(&self, type_url: &str, accepted: bool) {
+        let labels = XdsLabels {
+            r#type: crate::xds::short_type(type_url),
+            result: if accepted { "ack" } else { "nack" },
+        };
+        self.xds_updates.get_or_create(&labels).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Pre-resolved metric handles for one (direction, destination service).
+#[derive(Debug)]
+pub(crate) struct ServiceMetrics {
+    direction: Direction,
+    service: Arc<str>,
+    requests: Family<RequestLabels, Counter>,
+    /// Index `status - 100`; each counter is resolved from the family on first use.
+    by_status: Box<[OnceLock<Counter>]>,
+    duration: AtomicHistogram,
+    connect_errors: Counter,
+}
+
+impl ServiceMetrics {
+    pub fn record(&self, status: http::StatusCode, elapsed: Duration) {
+        let code = status.as_u16();
+        let slot = &self.by_status[usize::from(code.clamp(100, 599) - 100)];
+        slot.get_or_init(|| {
+            self.requests.get_or_create_owned(&RequestLabels {
+                direction: self.direction.as_str(),
+                destination_service: self.service.clone(),
+                status_code: code,
+            })
+        })
+        .inc();
+        self.duration.observe(elapsed);
+    }
+
+    pub fn connect_error(&self) {
+        self.connect_errors.inc();
+    }
+}
+
+/// A lock-free histogram with fixed buckets ([`BUCKETS`]), encoded as a Prometheus histogram.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AtomicHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// Non-cumulative counts; the last slot is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Default for HistogramInner {
+    fn default() -> Self {
+        HistogramInner {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl AtomicHistogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0, 0u64); BUCKETS.len() + 1];
+        for (i, slot) in buckets.iter_mut().enumerate() {
+            let bound = BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+            *slot = (bound, self.inner.buckets[i].load(Ordering::Relaxed));
+        }
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}

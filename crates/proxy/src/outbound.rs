@@ -1,0 +1,256 @@
+//! The outbound listener: the app's calls to other services. Decide (pure routing over the
+//! live snapshot), then dispatch to the chosen endpoint — the peer sidecar's inbound listener —
+//! over a pooled keep-alive connection, HTTP/2 when the app spoke HTTP/2.
+//!
+//! The balancer's [`LoadGuard`] is completed when the response head arrives (latency = time to
+//! first byte, as linkerd's peak-EWMA measures it); streaming bodies do not count as load
+//! afterwards. The duration metric measures the same span.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::balance::LoadGuard;
+use crate::http::{ProxyBody, local_reply, strip_hop_by_hop};
+use crate::metrics::{Direction, ServiceMetrics, UNKNOWN_SERVICE};
+use crate::routing;
+use crate::server::Handler;
+use crate::shared::Shared;
+use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamCluster;
+
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    shared: Arc<Shared>,
+    unknown: Arc<ServiceMetrics>,
+}
+
+impl Outbound {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let unknown = shared.metrics.service(Direction::Outbound, UNKNOWN_SERVICE);
+        Outbound { shared, unknown }
+    }
+}
+
+/// Where a request goes.
+struct Decision {
+    cluster: Arc<UpstreamCluster>,
+    index: usize,
+    load: LoadGuard,
+    metrics: Arc<ServiceMetrics>,
+}
+
+/// Why a request cannot be routed.
+enum Rejection {
+    NoAuthority,
+    UnknownService(String),
+    NoRoute(Arc<ServiceMetrics>, String),
+    NoEndpoints(Arc<ServiceMetrics>, String),
+}
+
+/// The authority a request names: absolute-form URI (as to an HTTP proxy, or h2 `:authority`)
+/// first, else the Host header.
+fn authority<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST)?.to_str().ok(),
+    }
+}
+
+/// The routing decision for `req` over `snap`. Pure apart from the random weighted pick.
+fn decide<B>(snap: &Snapshot, req: &Request<B>, peer: IpAddr) -> Result<Decision, Rejection> {
+    let authority = authority(req).ok_or(Rejection::NoAuthority)?;
+    let routes = &*snap.routes;
+    let Some((vh_index, vh)) = routes.table.find(authority) else {
+        return Err(Rejection::UnknownService(
+            routing::strip_port(authority).to_string(),
+        ));
+    };
+    let metrics = &routes.metrics[vh_index];
+    let Some(route) = vh.route(req.method(), req.uri().path(), req.headers()) else {
+        return Err(Rejection::NoRoute(metrics.clone(), vh.name.to_string()));
+    };
+    let action = &route.action;
+    let r = if action.is_split() { rand::random() } else { 0 };
+    let cluster_name = action.pick_cluster(r);
+    let Some(cluster) = snap.clusters.get(cluster_name) else {
+        return Err(Rejection::NoEndpoints(
+            metrics.clone(),
+            format!("cluster `{cluster_name}` is not known (yet)"),
+        ));
+    };
+    let hash = action
+        .hash
+        .as_ref()
+        .and_then(|p| routing::hash_key(p, req.headers(), peer));
+    let Some(picked) = cluster.balancer.pick(hash) else {
+        return Err(Rejection::NoEndpoints(
+            metrics.clone(),
+            format!("cluster `{cluster_name}` has no healthy endpoints"),
+        ));
+    };
+    if picked.index >= cluster.endpoints.len() {
+        return Err(Rejection::NoEndpoints(
+            metrics.clone(),
+            format!("cluster `{cluster_name}`: balancer picked a missing endpoint"),
+        ));
+    }
+    Ok(Decision {
+        cluster: cluster.clone(),
+        index: picked.index,
+        load: picked.load,
+        metrics: metrics.clone(),
+    })
+}
+
+impl Handler for Outbound {
+    fn call(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        let start = Instant::now();
+        let decision = {
+            let snap = self.shared.live.load();
+            decide(&snap, &req, peer.ip())
+        };
+        async move {
+            match decision {
+                Ok(d) => forward(d, req, start).await,
+                Err(rejection) => self.reject(rejection, start),
+            }
+        }
+    }
+}
+
+impl Outbound {
+    fn reject(&self, rejection: Rejection, start: Instant) -> Response<ProxyBody> {
+        let (metrics, resp) = match rejection {
+            Rejection::NoAuthority => (
+                &self.unknown,
+                local_reply(
+                    StatusCode::BAD_REQUEST,
+                    "no_authority",
+                    "trellis: the request names no service: send it as to an HTTP proxy \
+                     (`GET http://<service>/path`) or with a Host header naming the service\n",
+                ),
+            ),
+            Rejection::UnknownService(host) => (
+                &self.unknown,
+                local_reply(
+                    StatusCode::NOT_FOUND,
+                    "unknown_service",
+                    format!("trellis: no service named \"{host}\" is known to this proxy\n"),
+                ),
+            ),
+            Rejection::NoRoute(ref m, ref service) => (
+                m,
+                local_reply(
+                    StatusCode::NOT_FOUND,
+                    "no_route",
+                    format!("trellis: no route of service \"{service}\" matches this request\n"),
+                ),
+            ),
+            Rejection::NoEndpoints(ref m, ref why) => (
+                m,
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_healthy_endpoints",
+                    format!("trellis: {why}\n"),
+                ),
+            ),
+        };
+        metrics.record(resp.status(), start.elapsed());
+        resp
+    }
+}
+
+async fn forward(d: Decision, mut req: Request<Incoming>, start: Instant) -> Response<ProxyBody> {
+    let endpoint = &d.cluster.endpoints[d.index];
+    let version = req.version();
+    strip_hop_by_hop(req.headers_mut());
+    if version != Version::HTTP_2
+        && !req.headers().contains_key(header::HOST)
+        && let Some(a) = req.uri().authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(endpoint.authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    match Uri::from_parts(parts) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => {
+            let resp = local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("trellis: cannot forward this request URI: {e}\n"),
+            );
+            d.metrics.record(resp.status(), start.elapsed());
+            return resp;
+        }
+    }
+    let result = d.cluster.clients.for_version(version).request(req).await;
+    match result {
+        Ok(resp) => {
+            d.load.complete();
+            let (mut head, body) = resp.into_parts();
+            strip_hop_by_hop(&mut head.headers);
+            head.version = version;
+            d.metrics.record(head.status, start.elapsed());
+            Response::from_parts(head, Either::Left(body))
+        }
+        Err(e) => {
+            drop(d.load);
+            let resp = if e.is_connect() {
+                d.metrics.connect_error();
+                tracing::debug!(cluster = %d.cluster.name, endpoint = %endpoint.authority, error = %e, "upstream connect failed");
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_connect_failure",
+                    format!(
+                        "trellis: cannot connect to {} (cluster `{}`): {e}\n",
+                        endpoint.authority, d.cluster.name
+                    ),
+                )
+            } else {
+                tracing::debug!(cluster = %d.cluster.name, endpoint = %endpoint.authority, error = %e, "upstream request failed");
+                local_reply(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    format!(
+                        "trellis: upstream {} (cluster `{}`) failed: {}\n",
+                        endpoint.authority,
+                        d.cluster.name,
+                        error_chain(&e)
+                    ),
+                )
+            };
+            d.metrics.record(resp.status(), start.elapsed());
+            resp
+        }
+    }
+}
+
+/// An error with its sources, `a: b: c`.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,184 @@
+//! Registration with the control plane's HTTP API (docs/API.md): bootstrap (learn the xDS
+//! address), register this instance with its bound inbound port, heartbeat every TTL/3,
+//! register again on 404, and deregister on shutdown. The control plane may be down at any
+//! time; every call is retried with capped jittered backoff while the proxy keeps serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use trellis_model::InstanceRegistration;
+
+use crate::backoff::Backoff;
+use crate::shared::Shared;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Registrar {
+    shared: Arc<Shared>,
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Deserialize)]
+struct Bootstrap {
+    xds_addr: String,
+}
+
+impl Registrar {
+    pub fn new(shared: Arc<Shared>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let base = shared.config.control_url.trim_end_matches('/').to_string();
+        Ok(Registrar { shared, http, base })
+    }
+
+    fn instance_url(&self) -> String {
+        let c = &self.shared.config;
+        format!("{}/v1/instances/{}/{}", self.base, c.service, c.instance_id)
+    }
+
+    fn registration(&self) -> InstanceRegistration {
+        let c = &self.shared.config;
+        InstanceRegistration {
+            service: c.service.clone(),
+            id: c.instance_id.clone(),
+            address: c.advertise_ip.to_string(),
+            port: c.inbound_addr.port(),
+            protocol: c.app_protocol,
+            labels: c.labels.clone(),
+            zone: c.zone.clone(),
+            weight: c.weight,
+            ttl_ms: u64::try_from(c.ttl.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Bootstraps (sending the xDS address on `xds`), then registers and heartbeats forever.
+    pub async fn run(self, xds: oneshot::Sender<String>) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let xds_addr = loop {
+            match self.bootstrap().await {
+                Ok(addr) => break addr,
+                Err(e) => {
+                    self.set_error(format!("bootstrap: {e}"));
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        };
+        tracing::info!(%xds_addr, "bootstrapped from the control plane");
+        self.shared
+            .status
+            .update(|s| s.xds_addr = Some(xds_addr.clone()));
+        let _ = xds.send(xds_addr);
+        let interval = (self.shared.config.ttl / 3).max(Duration::from_millis(30));
+        loop {
+            backoff.reset();
+            while let Err(e) = self.register().await {
+                self.set_error(format!("register: {e}"));
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            tracing::info!(
+                service = %self.shared.config.service,
+                instance = %self.shared.config.instance_id,
+                port = self.shared.config.inbound_addr.port(),
+                "registered with the control plane"
+            );
+            self.shared.status.update(|s| {
+                s.registered = true;
+                s.registration_error = None;
+            });
+            // Heartbeat until the control plane forgets us (404).
+            loop {
+                tokio::time::sleep(interval).await;
+                match self.heartbeat().await {
+                    Ok(true) => self.shared.status.update(|s| s.registration_error = None),
+                    Ok(false) => {
+                        tracing::warn!(
+                            "the control plane does not know this instance; registering again"
+                        );
+                        self.shared.status.update(|s| s.registered = false);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "heartbeat failed; will retry");
+                        self.shared
+                            .status
+                            .update(|s| s.registration_error = Some(format!("heartbeat: {e}")));
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_error(&self, e: String) {
+        tracing::debug!(error = %e, control = %self.base, "control plane call failed; retrying");
+        self.shared
+            .status
+            .update(|s| s.registration_error = Some(e));
+    }
+
+    async fn bootstrap(&self) -> Result<String, String> {
+        let url = format!("{}/v1/bootstrap", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: status {}", resp.status()));
+        }
+        let b: Bootstrap = resp
+            .json()
+            .await
+            .map_err(|e| format!("GET {url}: unexpected body (want {{\"xds_addr\": ...}}): {e}"))?;
+        Ok(b.xds_addr)
+    }
+
+    async fn register(&self) -> Result<(), String> {
+        let url = format!("{}/v1/instances", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .json(&self.registration())
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        Err(format!("POST {url}: status {status}: {body}"))
+    }
+
+    /// `Ok(false)` when the control plane answers 404 (unknown instance).
+    async fn heartbeat(&self) -> Result<bool, String> {
+        let url = format!("{}/heartbeat", self.instance_url());
+        let resp = self
+            .http
+            .put(&url)
+            .send()
+            .await
+            .map_err(|e| format!("PUT {url}: {e}"))?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            s => Err(format!("PUT {url}: status {s}")),
+        }
+    }
+
+    /// Removes the registration (best effort, bounded by the client timeout).
+    pub async fn deregister(&self) {
+        let url = self.instance_url();
+        match self.http.delete(&url).send().await {
+            Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
+                tracing::info!("deregistered from the control plane");
+            }
+            Ok(r) => tracing::warn!(status = %r.status(), %url, "deregistration refused"),
+            Err(e) => tracing::warn!(error = %e, %url, "deregistration failed"),
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Forwarding tests: real listeners, real backends, a snapshot built directly.
+mod forwarding;

@@ -1,0 +1,122 @@
+//! Upstream clusters as the request path sees them: endpoints, their balancer and the pooled
+//! clients, immutable once built. A new config builds new [`UpstreamCluster`]s only for
+//! clusters whose endpoints or policy changed; clients are shared by connect timeout and live
+//! for the whole process, so connection pools survive every update.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use crate::balance::{Algorithm, Balance, EndpointMeta};
+use crate::http::HttpClients;
+use crate::xds::translate::Endpoint;
+
+/// Builds a balancer; `balance::build` in production.
+pub(crate) type BalancerFactory = fn(&Algorithm, &[EndpointMeta]) -> Arc<dyn Balance>;
+
+#[derive(Debug)]
+pub(crate) struct UpstreamCluster {
+    pub name: Arc<str>,
+    pub algorithm: Algorithm,
+    pub connect_timeout: Duration,
+    pub endpoints: Vec<UpstreamEndpoint>,
+    pub balancer: Arc<dyn Balance>,
+    pub clients: HttpClients,
+}
+
+#[derive(Debug)]
+pub(crate) struct UpstreamEndpoint {
+    pub endpoint: Endpoint,
+    /// `ip:port`, pre-built so rewriting a request's URI does not allocate.
+    pub authority: Authority,
+}
+
+impl UpstreamCluster {
+    /// A cluster with an explicit balancer (whose indexes refer to `endpoints`).
+    pub fn new(
+        name: &str,
+        algorithm: Algorithm,
+        connect_timeout: Duration,
+        endpoints: Vec<Endpoint>,
+        balancer: Arc<dyn Balance>,
+        clients: HttpClients,
+    ) -> Self {
+        let endpoints = endpoints
+            .into_iter()
+            .map(|endpoint| UpstreamEndpoint {
+                authority: authority(endpoint.addr),
+                endpoint,
+            })
+            .collect();
+        UpstreamCluster {
+            name: Arc::from(name),
+            algorithm,
+            connect_timeout,
+            endpoints,
+            balancer,
+            clients,
+        }
+    }
+
+    /// Whether this cluster already is what `(algorithm, timeout, endpoints)` would build.
+    pub fn same_config(
+        &self,
+        algorithm: &Algorithm,
+        connect_timeout: Duration,
+        endpoints: &[Endpoint],
+    ) -> bool {
+        self.algorithm == *algorithm
+            && self.connect_timeout == connect_timeout
+            && self.endpoints.len() == endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(endpoints)
+                .all(|(a, b)| a.endpoint == *b)
+    }
+}
+
+fn authority(addr: std::net::SocketAddr) -> Authority {
+    // A SocketAddr always renders as a valid authority (`1.2.3.4:80`, `[::1]:80`).
+    Authority::try_from(addr.to_string().as_str())
+        .unwrap_or_else(|_| Authority::from_static("invalid.invalid:1"))
+}
+
+/// `RoundRobin` with differing endpoint weights is `Weighted` (both arrive as ROUND_ROBIN).
+pub(crate) fn effective_algorithm(algorithm: &Algorithm, endpoints: &[Endpoint]) -> Algorithm {
+    match algorithm {
+        Algorithm::RoundRobin if endpoints.iter().any(|e| e.weight != 1) => Algorithm::Weighted,
+        other => other.clone(),
+    }
+}
+
+pub(crate) fn endpoint_metas(endpoints: &[Endpoint]) -> Vec<EndpointMeta> {
+    endpoints
+        .iter()
+        .map(|e| EndpointMeta {
+            addr: e.addr,
+            weight: e.weight,
+            id: e.id.clone(),
+        })
+        .collect()
+}
+
+/// The process-wide clients, one pair per distinct connect timeout.
+#[derive(Debug, Default)]
+pub(crate) struct ClientCache {
+    by_timeout: Mutex<HashMap<Duration, HttpClients>>,
+}
+
+impl ClientCache {
+    pub fn get(&self, connect_timeout: Duration) -> HttpClients {
+        let mut map = self
+            .by_timeout
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry(connect_timeout)
+            .or_insert_with(|| HttpClients::new(connect_timeout))
+            .clone()
+    }
+}
