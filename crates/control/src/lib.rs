@@ -121,8 +121,20 @@ pub async fn run(
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
+    // The ADS streams follow their own copy of the snapshot feed, owned here, so that shutdown
+    // can end them (a closed feed ends every stream) whoever else still holds the registry.
+    let mut source = registry.subscribe();
+    let (feed_tx, feed_rx) = watch::channel(source.borrow_and_update().clone());
+    let feed = tokio::spawn(async move {
+        while source.changed().await.is_ok() {
+            let snapshot = source.borrow_and_update().clone();
+            if feed_tx.send(snapshot).is_err() {
+                break;
+            }
+        }
+    });
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(crate::xds::ads_server(registry.subscribe(), proxies))
+        .add_service(crate::xds::ads_server(feed_rx, proxies))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx));
     let mut grpc_task = tokio::spawn(grpc_server);
     drop(registry);
@@ -135,7 +147,9 @@ pub async fn run(
     tracing::info!("control plane shutting down");
     let _ = stop_tx.send(true);
     finish("admin HTTP", http_task).await;
-    // Dropping the registry's tasks (and with them the snapshot sender) ends the ADS streams.
+    // Closing the feed ends the ADS streams, so proxies reconnect instead of holding us open.
+    feed.abort();
+    let _ = feed.await;
     tasks.shutdown().await;
     finish("xDS gRPC", grpc_task).await;
     match early {

@@ -129,7 +129,6 @@ struct AdsStream {
 
 impl AdsStream {
     async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) {
-        let mut watching = true;
         let end = loop {
             let step = tokio::select! {
                 msg = requests.message() => match msg {
@@ -140,13 +139,11 @@ impl AdsStream {
                         Err(End::Gone)
                     }
                 },
-                changed = self.snapshots.changed(), if watching => match changed {
+                changed = self.snapshots.changed() => match changed {
                     Ok(()) => self.on_snapshot().await,
-                    Err(_) => {
-                        // The publisher is gone: keep serving what we have.
-                        watching = false;
-                        Ok(())
-                    }
+                    // The publisher only goes away when the control plane shuts down: end the
+                    // stream so the proxy reconnects (to this plane once back, or a replica).
+                    Err(_) => Err(End::Fail(Status::unavailable("control plane is shutting down"))),
                 },
                 () = self.tx.closed() => Err(End::Gone),
             };
