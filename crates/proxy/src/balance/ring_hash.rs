@@ -40,7 +40,7 @@ const POINTS_PER_BUCKET: usize = 4;
 
 /// The bucket index over sorted `points`: `(buckets, shift)`.
 fn index(points: &[u64]) -> (Vec<u32>, u32) {
-    let bits = (points.len() / POINTS_PER_BUCKET).max(1).ilog2();
+    let bits = (points.len() / POINTS_PER_BUCKET).max(2).ilog2();
     let shift = 64 - bits;
     let mut buckets = Vec::with_capacity((1 << bits) + 1);
     let mut at = 0;

@@ -155,3 +155,27 @@ fn table_sizes_round_up_to_primes() {
     let balancer = build(&Algorithm::Maglev { table_size: 1000 }, &endpoints(7));
     assert!(balancer.pick(Some(12_345)).is_some_and(|p| p.index < 7));
 }
+
+#[test]
+fn ring_hash_picks_the_owner_of_the_next_point_on_the_ring() {
+    // An independent model of the ring: 64 points per endpoint (min_ring_size 256 / 4), at
+    // XXH64(id, replica); a key belongs to the first point at or after it, wrapping around.
+    for n in [1, 2, 5, 40] {
+        let set = endpoints(n);
+        let mut ring: Vec<(u64, usize)> = (0..n)
+            .flat_map(|i| (0..64).map(move |r| (i, r)))
+            .map(|(i, r)| (xxh64(set[i].id.as_bytes(), r), i))
+            .collect();
+        ring.sort_unstable();
+        let balancer = build(&Algorithm::RingHash { min_ring_size: 256 }, &set);
+        let mut keys: Vec<u64> = (0..2_000u64).map(|k| hash_key(&k.to_le_bytes())).collect();
+        keys.extend(ring.iter().flat_map(|&(p, _)| [p.wrapping_sub(1), p, p.wrapping_add(1)]));
+        keys.extend([0, u64::MAX]);
+        for key in keys {
+            let at = ring.partition_point(|&(p, _)| p < key);
+            let want = ring.get(at).unwrap_or(&ring[0]).1;
+            let got = balancer.pick(Some(key)).map(|p| p.index);
+            assert_eq!(got, Some(want), "n = {n}, key {key:#x}");
+        }
+    }
+}
