@@ -1,0 +1,607 @@
+#!/usr/bin/env python3
+"""Trellis benchmarks, side by side with direct traffic, Envoy, nginx and haproxy in one run.
+
+Started by bench/run.sh (which installs the tools and builds Trellis in release mode).
+Everything listens on 127.0.0.1 with ports picked free at start; every process started here is
+stopped by PID. The proxy under test is pinned to CPU 0; backend and load generators to CPU 1.
+
+Scenarios, interleaved round by round:
+  direct       load generator -> backend (the limit)
+  one hop      -> proxy -> backend, HTTP/1.1 keep-alive both sides:
+               trellis sidecar, envoy (--concurrency 1), nginx (1 worker), haproxy (1 thread)
+  mesh path    -> client proxy -> server proxy -> backend: trellis pair, envoy pair
+  h2           h2load (h2c, prior knowledge) -> proxy -> backend
+
+Figures: max req/s (wrk, closed loop), latency p50/p90/p99/p99.9 at fixed rates (oha, open loop,
+corrected for coordinated omission), proxy CPU per request, proxy RSS idle and after load.
+Results go to docs/BENCHMARKS.md (the section between the BENCH markers) and bench/out/.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+BODY = "hello world!\n"  # 13 bytes
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, deadline_s: float = 20.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)  # polling for a port to open, not synchronisation by sleep
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {deadline_s}s")
+
+
+class Procs:
+    """Every process the benchmark starts, stopped by PID at the end."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, cmd: list[str], cpu: str, stdout=None) -> subprocess.Popen:
+        log = open(os.path.join(self.workdir, f"{name}.log"), "ab")
+        p = subprocess.Popen(
+            ["taskset", "-c", cpu, *cmd],
+            stdout=stdout if stdout is not None else log,
+            stderr=log,
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+
+def proc_tree(pid: int) -> list[int]:
+    """pid and its descendants (nginx/haproxy fork workers)."""
+    out = [pid]
+    try:
+        children = subprocess.check_output(["pgrep", "-P", str(pid)], text=True).split()
+    except subprocess.CalledProcessError:
+        children = []
+    for c in children:
+        out.extend(proc_tree(int(c)))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except FileNotFoundError:
+            pass
+    return total / CLK_TCK
+
+
+def rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def core_busy_seconds(cpu: str) -> float:
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + v[4]
+                return (sum(v[:8]) - idle) / CLK_TCK
+    return 0.0
+
+
+# ---- configurations of the peers -------------------------------------------------------------
+
+
+def nginx_backend_conf(port_h1: int, port_h2: int, workdir: str) -> str:
+    return f"""
+daemon off; worker_processes 1; pid {workdir}/nginx-backend.pid; error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  server {{ listen 127.0.0.1:{port_h1} backlog=4096; location / {{ default_type text/plain; return 200 "{BODY.strip()}\\n"; }} }}
+  server {{ listen 127.0.0.1:{port_h2} http2 backlog=4096; location / {{ default_type text/plain; return 200 "{BODY.strip()}\\n"; }} }}
+}}
+"""
+
+
+def nginx_proxy_conf(port: int, port_h2: int, backend: int, workdir: str) -> str:
+    return f"""
+daemon off; worker_processes 1; pid {workdir}/nginx-proxy.pid; error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096; listen 127.0.0.1:{port_h2} http2 backlog=4096;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+"""
+
+
+def haproxy_conf(port: int, port_h2: int, backend: int) -> str:
+    return f"""
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port_h2} proto h2
+  default_backend be
+backend be
+  server b1 127.0.0.1:{backend}
+"""
+
+
+def envoy_conf(admin: int, listen: int, upstream: int) -> str:
+    return json.dumps({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "in",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "bench",
+                        "codec_type": "AUTO",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                        }]},
+                        "http_filters": [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                        }],
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "upstream", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}},
+                }]}]},
+            }],
+        },
+    })
+
+
+# ---- the setup -------------------------------------------------------------------------------
+
+
+class Target:
+    """One way of reaching the backend: the port to load, a Host header, the proxy PIDs."""
+
+    def __init__(self, name, port, host=None, h2_port=None, pids=None, features=""):
+        self.name, self.port, self.host, self.h2_port = name, port, host, h2_port
+        self.pids = pids or []
+        self.features = features
+        self.rss_idle = rss_mib(self.all_pids())
+
+    def all_pids(self):
+        out = []
+        for p in self.pids:
+            out.extend(proc_tree(p))
+        return out
+
+
+def read_ready(p: subprocess.Popen, deadline_s: float = 30.0) -> dict:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        line = p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process {p.args} exited before its ready line")
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "ready" in msg:
+            return msg
+    raise RuntimeError("no ready line")
+
+
+def api(control: str, method: str, path: str, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(control + path, data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read() or b"null")
+
+
+def wait_proxy_knows(admin: str, service: str, deadline_s: float = 20.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(f"http://{admin}/config_dump", timeout=2) as r:
+                dump = r.read().decode()
+            if f'"{service}"' in dump and "127.0.0.1" in dump:
+                with urllib.request.urlopen(f"http://{admin}/ready", timeout=2) as r2:
+                    if r2.status == 200:
+                        return
+        except OSError:
+            pass
+        time.sleep(0.05)  # polling for the config to arrive
+    raise RuntimeError(f"proxy {admin} never learned service {service}")
+
+
+def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
+    b1, b2 = free_port(), free_port()
+    conf = os.path.join(workdir, "nginx-backend.conf")
+    open(conf, "w").write(nginx_backend_conf(b1, b2, workdir))
+    procs.start("backend", ["nginx", "-c", conf, "-e", "stderr"], LOAD_CPU)
+    wait_port(b1)
+    wait_port(b2)
+    targets = [Target("direct", b1, h2_port=b2)]
+
+    # Trellis: a control plane (on the load core: it is idle during the runs), the backend
+    # registered as service `backend` (h1) and `backend-h2` (h2c), a sidecar as the one hop,
+    # and a client/server sidecar pair for the mesh path.
+    data = tempfile.mkdtemp(prefix="trellis-bench-", dir=workdir)
+    cp = procs.start("trellis-control", [args.trellis, "control", "--data-dir", data,
+                                         "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"],
+                     LOAD_CPU, stdout=subprocess.PIPE)
+    ready = read_ready(cp)
+    control = "http://" + ready["http"]
+    for svc, port, proto in (("backend", b1, "http"), ("backend-h2", b2, "http2")):
+        api(control, "POST", "/v1/instances", {"service": svc, "id": f"{svc}-1", "address": "127.0.0.1",
+                                               "port": port, "protocol": proto, "ttl_ms": 3600000})
+
+    def sidecar(name, service, app_port, extra=()):
+        p = procs.start(name, [args.trellis, "--log", "warn", "proxy", "--service", service,
+                               "--app-port", str(app_port), "--control", control,
+                               "--admin-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0",
+                               "--inbound-addr", "127.0.0.1:0", "--ttl", "1h", *extra],
+                        PROXY_CPU, stdout=subprocess.PIPE)
+        return p, read_ready(p)
+
+    one, one_ready = sidecar("trellis-sidecar", "bench-client", b1)
+    wait_proxy_knows(one_ready["admin"], "backend")
+    port_of = lambda addr: int(addr.rsplit(":", 1)[1])  # noqa: E731
+    t = Target("trellis", port_of(one_ready["outbound"]), host="backend", pids=[one.pid],
+               features="routing + load balancing + metrics; no TLS")
+    t.h2_host = "backend-h2"
+    targets.append(t)
+
+    # Envoy, one hop.
+    env_port, env_admin = free_port(), free_port()
+    conf = os.path.join(workdir, "envoy-one.json")
+    open(conf, "w").write(envoy_conf(env_admin, env_port, b1))
+    e = procs.start("envoy", [args.envoy, "-c", conf, "--concurrency", "1", "--base-id", "11",
+                              "--log-level", "warn"], PROXY_CPU)
+    wait_port(env_port)
+    targets.append(Target("envoy", env_port, h2_port=env_port, pids=[e.pid],
+                          features="router only, default stats"))
+
+    # nginx, one hop.
+    ng_port, ng_h2 = free_port(), free_port()
+    conf = os.path.join(workdir, "nginx-proxy.conf")
+    open(conf, "w").write(nginx_proxy_conf(ng_port, ng_h2, b1, workdir))
+    n = procs.start("nginx-proxy", ["nginx", "-c", conf, "-e", "stderr"], PROXY_CPU)
+    wait_port(ng_port)
+    targets.append(Target("nginx", ng_port, h2_port=ng_h2, pids=[n.pid], features="proxy_pass, upstream keepalive"))
+
+    # haproxy, one hop.
+    hp_port, hp_h2 = free_port(), free_port()
+    conf = os.path.join(workdir, "haproxy.cfg")
+    open(conf, "w").write(haproxy_conf(hp_port, hp_h2, b1))
+    h = procs.start("haproxy", ["haproxy", "-f", conf, "-db"], PROXY_CPU)
+    wait_port(hp_port)
+    targets.append(Target("haproxy", hp_port, h2_port=hp_h2, pids=[h.pid], features="mode http, http-reuse always"))
+
+    # Mesh path: Trellis pair. The server sidecar fronts the backend as service `mesh-backend`.
+    srv, srv_ready = sidecar("trellis-server-sidecar", "mesh-backend", b1)
+    cli, cli_ready = sidecar("trellis-client-sidecar", "mesh-client", b1)
+    wait_proxy_knows(cli_ready["admin"], "mesh-backend")
+    targets.append(Target("trellis pair", port_of(cli_ready["outbound"]), host="mesh-backend",
+                          pids=[cli.pid, srv.pid], features="plaintext h1 between sidecars"))
+
+    # Mesh path: Envoy pair.
+    es_port, es_admin, ec_port, ec_admin = free_port(), free_port(), free_port(), free_port()
+    conf_s = os.path.join(workdir, "envoy-server.json")
+    conf_c = os.path.join(workdir, "envoy-client.json")
+    open(conf_s, "w").write(envoy_conf(es_admin, es_port, b1))
+    open(conf_c, "w").write(envoy_conf(ec_admin, ec_port, es_port))
+    es = procs.start("envoy-server", [args.envoy, "-c", conf_s, "--concurrency", "1", "--base-id", "12",
+                                      "--log-level", "warn"], PROXY_CPU)
+    ec = procs.start("envoy-client", [args.envoy, "-c", conf_c, "--concurrency", "1", "--base-id", "13",
+                                      "--log-level", "warn"], PROXY_CPU)
+    wait_port(es_port)
+    wait_port(ec_port)
+    targets.append(Target("envoy pair", ec_port, pids=[ec.pid, es.pid], features="plaintext h1 between proxies"))
+
+    for t in targets:
+        t.rss_idle = rss_mib(t.all_pids())
+    return targets, {"control": control}
+
+
+# ---- load ------------------------------------------------------------------------------------
+
+
+def run_load(cmd: list[str]) -> str:
+    return subprocess.run(["taskset", "-c", LOAD_CPU, *cmd], check=True, capture_output=True,
+                          text=True, timeout=600).stdout
+
+
+def measure(t: Target, fn):
+    pids = t.all_pids()
+    c0, busy0 = cpu_seconds(pids), core_busy_seconds(PROXY_CPU)
+    result = fn()
+    c1, busy1 = cpu_seconds(pids), core_busy_seconds(PROXY_CPU)
+    result["proxy_cpu_s"] = c1 - c0
+    result["core_busy_s"] = busy1 - busy0
+    return result
+
+
+def wrk_max(t: Target, duration: int, conns: int) -> dict:
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
+    if t.host:
+        cmd += ["-H", f"Host: {t.host}"]
+    out = run_load([*cmd, f"http://127.0.0.1:{t.port}/"])
+    m = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return {"requests": int(m.group(1)), "rps": float(rps.group(1)),
+            "errors": int(errors.group(1)) if errors else 0, "socket_errors": sock.group(1) if sock else ""}
+
+
+def oha_rate(t: Target, rate: int, duration: int, conns: int) -> dict:
+    cmd = ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-q", str(rate),
+           "--latency-correction", "-c", str(conns), "--disable-keepalive=false"]
+    cmd = [c for c in cmd if c != "--disable-keepalive=false"]
+    if t.host:
+        cmd += ["-H", f"Host: {t.host}"]
+    out = json.loads(run_load([*cmd, f"http://127.0.0.1:{t.port}/"]))
+    pct = out["latencyPercentiles"]
+    status = out.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in status.items() if k.startswith("2"))
+    total = sum(status.values())
+    return {"p50": pct["p50"] * 1e6, "p90": pct["p90"] * 1e6, "p99": pct["p99"] * 1e6,
+            "p999": pct["p99.9"] * 1e6, "requests": total, "errors": total - ok}
+
+
+def h2load_max(t: Target, duration: int, conns: int) -> dict:
+    port = t.h2_port or t.port
+    cmd = ["h2load", "-c", str(conns), "-m", "10", "-t", "1", "-D", str(duration)]
+    host = getattr(t, "h2_host", None) or t.host
+    if host:
+        cmd += ["-H", f":authority: {host}"]
+    out = run_load([*cmd, f"http://127.0.0.1:{port}/"])
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    return {"rps": float(m.group(1)) if m else 0.0,
+            "requests": int(done.group(1)) if done else 0,
+            "errors": (int(done.group(3)) + int(done.group(4))) if done else -1}
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, None
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(v, unit="", digits=0):
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}{unit}"
+
+
+def ratio(v, base):
+    if v is None or not base:
+        return "-"
+    return f"{v / base:.2f}x"
+
+
+def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
+    names = [t.name for t in targets]
+    by = {n: results[n] for n in names}
+    direct_rps = med([r["max"]["rps"] for r in by["direct"]])[0]
+    envoy_rps = med([r["max"]["rps"] for r in by["envoy"]])[0]
+    lines = []
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines.append(f"Run: {date}; {args.rounds} rounds, {args.duration} s per measurement, "
+                 f"{args.conns} connections, {len(BODY)}-byte body. Proxy under test pinned to CPU {PROXY_CPU}; "
+                 f"backend (nginx, 1 worker) and load generators (wrk, oha, h2load) pinned to CPU {LOAD_CPU}. "
+                 f"Medians over rounds, min–max in brackets.")
+    lines.append("")
+    lines.append(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, kernel {platform.release()}. "
+                 f"Versions: {versions(args)}.")
+    lines.append("")
+    lines.append("### Maximum throughput, HTTP/1.1 keep-alive (wrk, closed loop)")
+    lines.append("")
+    lines.append("| target | req/s | vs direct | vs Envoy | proxy CPU per request | RSS idle -> after load | errors | features on |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for t in targets:
+        rs = by[t.name]
+        rps, lo, hi = med([r["max"]["rps"] for r in rs])
+        cpu = med([r["max"]["proxy_cpu_s"] / max(r["max"]["requests"], 1) * 1e6 for r in rs])[0] if t.pids else None
+        rss_after = med([r["rss_after"] for r in rs])[0] if t.pids else None
+        errs = sum(r["max"]["errors"] for r in rs)
+        base = envoy_rps if "pair" not in t.name else med([r["max"]["rps"] for r in by["envoy pair"]])[0]
+        lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, direct_rps)} | {ratio(rps, base)} | "
+                     f"{fmt(cpu, ' us', 1)} | {fmt(t.rss_idle, ' MiB', 1) if t.pids else '-'} -> {fmt(rss_after, ' MiB', 1)} | {errs} | {t.features or '-'} |")
+    for rate in args.rates:
+        lines.append("")
+        lines.append(f"### Latency at {rate:,} req/s (oha, open loop, latency-corrected), microseconds")
+        lines.append("")
+        lines.append("| target | p50 | p90 | p99 | p99.9 | added p50 / p99 vs direct | errors |")
+        lines.append("|---|---|---|---|---|---|---|")
+        d50 = med([r[f"rate{rate}"]["p50"] for r in by["direct"]])[0]
+        d99 = med([r[f"rate{rate}"]["p99"] for r in by["direct"]])[0]
+        for t in targets:
+            rs = by[t.name]
+            vals = {k: med([r[f"rate{rate}"][k] for r in rs]) for k in ("p50", "p90", "p99", "p999")}
+            errs = sum(r[f"rate{rate}"]["errors"] for r in rs)
+            added = "-" if t.name == "direct" else f"+{vals['p50'][0] - d50:,.0f} / +{vals['p99'][0] - d99:,.0f}"
+            cells = " | ".join(f"{fmt(v[0])} [{fmt(v[1])}–{fmt(v[2])}]" for v in vals.values())
+            lines.append(f"| {t.name} | {cells} | {added} | {errs} |")
+    lines.append("")
+    lines.append("### HTTP/2 downstream (h2load, h2c prior knowledge, 10 streams per connection)")
+    lines.append("")
+    lines.append("| target | req/s | vs direct | vs nginx | errors |")
+    lines.append("|---|---|---|---|---|")
+    h2_direct = med([r["h2"]["rps"] for r in by["direct"] if "h2" in r])[0]
+    h2_nginx = med([r["h2"]["rps"] for r in by["nginx"] if "h2" in r])[0]
+    for t in targets:
+        rs = [r for r in by[t.name] if "h2" in r]
+        if not rs:
+            continue
+        rps, lo, hi = med([r["h2"]["rps"] for r in rs])
+        errs = sum(r["h2"]["errors"] for r in rs)
+        lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, h2_direct)} | {ratio(rps, h2_nginx)} | {errs} |")
+    if notes:
+        lines.append("")
+        lines.append("Disturbances noted during the run:")
+        lines.extend(f"- {n}" for n in notes)
+    return "\n".join(lines) + "\n"
+
+
+def versions(args) -> str:
+    def first_line(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except Exception:  # noqa: BLE001 - a missing version string is not fatal
+            return "?"
+    envoy = re.search(r"/(\d+\.\d+\.\d+)/", first_line([args.envoy, "--version"]) + "/")
+    return ", ".join([
+        "trellis " + first_line([args.trellis, "--version"]).split()[-1],
+        "envoy " + (envoy.group(1) if envoy else "?"),
+        first_line(["nginx", "-v"]).replace("nginx version: ", ""),
+        "haproxy " + first_line(["haproxy", "-v"]).split()[2],
+        first_line(["wrk", "--version"]).split()[1],
+        "oha " + first_line(["oha", "--version"]).split()[-1],
+        first_line(["h2load", "--version"]),
+    ])
+
+
+def write_doc(section: str) -> None:
+    path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+    begin, end = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
+    doc = open(path).read() if os.path.exists(path) else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    head, rest = doc.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    open(path, "w").write(f"{head}{begin}\n{section}{end}{tail}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trellis", required=True)
+    ap.add_argument("--envoy", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--rates", type=int, nargs="+", default=[1000, 5000])
+    ap.add_argument("--quick", action="store_true", help="1 round of 3 s: a smoke run, not for the record")
+    ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/ alone")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration = 1, 3
+    if os.cpu_count() < 2:
+        print("bench: needs 2 CPUs (one for the proxy, one for load)", file=sys.stderr)
+        return 1
+    out = os.path.join(ROOT, "bench", "out")
+    os.makedirs(out, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="run-", dir=out)
+    procs = Procs(workdir)
+    notes = []
+    started = time.monotonic()
+    try:
+        targets, _ = setup(procs, args, workdir)
+        print(f"bench: {len(targets)} targets up; proxy on CPU {PROXY_CPU}, load and backend on CPU {LOAD_CPU}; logs in {workdir}",
+              flush=True)
+        results = {t.name: [] for t in targets}
+        for rnd in range(1, args.rounds + 1):
+            for t in targets:
+                r = {}
+                r["max"] = measure(t, lambda: wrk_max(t, args.duration, args.conns))
+                r["rss_after"] = rss_mib(t.all_pids())
+                for rate in args.rates:
+                    r[f"rate{rate}"] = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns))
+                if "pair" not in t.name:
+                    r["h2"] = measure(t, lambda: h2load_max(t, args.duration, args.conns))
+                if t.pids:
+                    for key, v in r.items():
+                        if isinstance(v, dict) and v.get("core_busy_s", 0) > 1.0:
+                            foreign = v["core_busy_s"] - v["proxy_cpu_s"]
+                            if foreign > 0.15 * v["core_busy_s"]:
+                                notes.append(f"round {rnd}, {t.name}, {key}: {foreign:.2f} s of CPU {PROXY_CPU} "
+                                             f"used by other processes ({foreign / v['core_busy_s']:.0%})")
+                results[t.name].append(r)
+                print(f"bench: round {rnd}/{args.rounds} {t.name:13s} max {r['max']['rps']:>9,.0f} req/s  "
+                      + "  ".join(f"p99@{rate} {r[f'rate{rate}']['p99']:,.0f}us" for rate in args.rates)
+                      + (f"  h2 {r['h2']['rps']:,.0f} req/s" if "h2" in r else ""), flush=True)
+        json.dump(results, open(os.path.join(workdir, "results.json"), "w"), indent=1)
+        section = report(results, targets, args, notes)
+        section += f"\nWhole run: {time.monotonic() - started:.0f} s.\n"
+        print(section)
+        if not args.no_write and not args.quick:
+            write_doc(section)
+            print("bench: wrote docs/BENCHMARKS.md")
+        return 0
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
