@@ -1,0 +1,151 @@
+//! An in-process HTTP echo backend (HTTP/1.1 and h2c on one port, via hyper-util's auto
+//! server) that answers every request with its instance name: header `x-instance` and a JSON
+//! body `{instance, path, method, version, headers}`. It can add a fixed latency to every
+//! answer, to play a slow instance.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// A running echo server; stops (with all its connections) when dropped.
+pub struct EchoServer {
+    name: String,
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Starts on 127.0.0.1:0.
+    pub async fn start(name: &str) -> anyhow::Result<Self> {
+        Self::start_with_latency(name, Duration::ZERO).await
+    }
+
+    /// Starts on 127.0.0.1:0; every answer is delayed by `latency` (the slow-instance knob).
+    pub async fn start_with_latency(name: &str, latency: Duration) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("echo server: cannot bind 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(State {
+            name: name.to_string(),
+            latency,
+            hits: hits.clone(),
+        });
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.answer(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                // Reap finished connections so the set does not grow without bound.
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self {
+            name: name.to_string(),
+            addr,
+            hits,
+            task,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Requests answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct State {
+    name: String,
+    latency: Duration,
+    hits: Arc<AtomicUsize>,
+}
+
+impl State {
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let body_len = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        if !self.latency.is_zero() {
+            // Simulated service time, not synchronisation.
+            tokio::time::sleep(self.latency).await;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let headers: BTreeMap<String, String> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = serde_json::json!({
+            "instance": self.name,
+            "path": parts.uri.path(),
+            "method": parts.method.as_str(),
+            "version": format!("{:?}", parts.version),
+            "headers": headers,
+            "body_len": body_len,
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        *resp.status_mut() = StatusCode::OK;
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&self.name) {
+            h.insert("x-instance", v);
+        }
+        resp
+    }
+}

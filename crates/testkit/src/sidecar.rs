@@ -1,0 +1,253 @@
+//! A sidecar as a child process (`trellis proxy`), and waiting on its admin endpoints
+//! (`/ready`, `/config_dump`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::DEADLINE;
+use crate::log::TestLog;
+use crate::process::Process;
+use crate::wait::{wait_for, wait_until};
+
+/// Optional `trellis proxy` flags.
+#[derive(Debug, Clone, Default)]
+pub struct SidecarOpts {
+    pub instance_id: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub weight: Option<u32>,
+    pub zone: Option<String>,
+    /// e.g. `"1s"`.
+    pub ttl: Option<String>,
+    /// `http`, `http2` or `grpc`.
+    pub app_protocol: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+impl SidecarOpts {
+    pub fn id(mut self, id: &str) -> Self {
+        self.instance_id = Some(id.to_string());
+        self
+    }
+
+    pub fn label(mut self, k: &str, v: &str) -> Self {
+        self.labels.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn weight(mut self, w: u32) -> Self {
+        self.weight = Some(w);
+        self
+    }
+
+    pub fn ttl(mut self, ttl: &str) -> Self {
+        self.ttl = Some(ttl.to_string());
+        self
+    }
+
+    pub fn protocol(mut self, p: &str) -> Self {
+        self.app_protocol = Some(p.to_string());
+        self
+    }
+}
+
+pub struct Sidecar {
+    process: Process,
+    service: String,
+    instance_id: String,
+    admin: SocketAddr,
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+}
+
+impl Sidecar {
+    /// Starts `trellis proxy` for `service` in front of 127.0.0.1:`app_port`, all listeners on
+    /// port 0, and waits until its admin `/ready` answers 200 (it has its config).
+    pub async fn start(
+        bin: impl AsRef<Path>,
+        log: &TestLog,
+        control_url: &str,
+        service: &str,
+        app_port: u16,
+        opts: SidecarOpts,
+    ) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = [
+            "proxy",
+            "--service",
+            service,
+            "--app-port",
+            &app_port.to_string(),
+            "--control",
+            control_url,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--outbound-addr",
+            "127.0.0.1:0",
+            "--inbound-addr",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(id) = &opts.instance_id {
+            args.extend(["--instance-id".to_string(), id.clone()]);
+        }
+        for (k, v) in &opts.labels {
+            args.extend(["--label".to_string(), format!("{k}={v}")]);
+        }
+        if let Some(w) = opts.weight {
+            args.extend(["--weight".to_string(), w.to_string()]);
+        }
+        if let Some(z) = &opts.zone {
+            args.extend(["--zone".to_string(), z.clone()]);
+        }
+        if let Some(t) = &opts.ttl {
+            args.extend(["--ttl".to_string(), t.clone()]);
+        }
+        if let Some(p) = &opts.app_protocol {
+            args.extend(["--app-protocol".to_string(), p.clone()]);
+        }
+        args.extend(opts.extra_args.iter().cloned());
+        let name = format!("proxy {}", opts.instance_id.as_deref().unwrap_or(service));
+        let process = Process::spawn(bin, &args, &name, log.sink(), DEADLINE).await?;
+        let instance_id = process
+            .ready()
+            .get("instance_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .or(opts.instance_id.clone())
+            .unwrap_or_default();
+        let sidecar = Self {
+            admin: process.ready_addr("admin")?,
+            outbound: process.ready_addr("outbound")?,
+            inbound: process.ready_addr("inbound")?,
+            process,
+            service: service.to_string(),
+            instance_id,
+        };
+        sidecar.wait_ready(DEADLINE).await?;
+        Ok(sidecar)
+    }
+
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn outbound(&self) -> SocketAddr {
+        self.outbound
+    }
+
+    pub fn inbound(&self) -> SocketAddr {
+        self.inbound
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self, deadline: Duration) -> anyhow::Result<()> {
+        let url = format!("http://{}/ready", self.admin);
+        let what = format!("{} admin /ready to answer 200", self.process.name());
+        wait_until(deadline, &what, || async {
+            matches!(admin_get(&url).await, Ok((200, _)))
+        })
+        .await
+        .with_context(|| format!("last stderr lines:\n{}", self.process.stderr_tail()))
+    }
+
+    /// The admin `/config_dump` JSON.
+    pub async fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
+        config_dump(self.admin).await
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = admin_get(&format!("http://{}/metrics", self.admin)).await?;
+        if status != 200 {
+            bail!("GET /metrics on {}: status {status}", self.admin);
+        }
+        Ok(body)
+    }
+}
+
+async fn admin_get(url: &str) -> anyhow::Result<(u16, String)> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await.unwrap_or_default()))
+}
+
+async fn config_dump(admin: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let url = format!("http://{admin}/config_dump");
+    let (status, body) = admin_get(&url).await?;
+    if status != 200 {
+        bail!("GET {url}: status {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {url}: not JSON"))
+}
+
+/// Polls a proxy's `/config_dump` until `predicate` holds; returns that dump. On timeout the
+/// error quotes the start of the last dump seen.
+pub async fn wait_for_proxy_config<P>(
+    admin: SocketAddr,
+    deadline: Duration,
+    what: &str,
+    predicate: P,
+) -> anyhow::Result<serde_json::Value>
+where
+    P: Fn(&serde_json::Value) -> bool,
+{
+    let predicate = &predicate;
+    wait_for(deadline, what, || async move {
+        match config_dump(admin).await {
+            Ok(dump) if predicate(&dump) => Ok(dump),
+            Ok(dump) => {
+                let text = dump.to_string();
+                Err(text.chars().take(2000).collect())
+            }
+            Err(e) => Err(format!("{e:#}")),
+        }
+    })
+    .await
+}
+
+/// True when some string (or key) anywhere in `v` contains `needle`, comparing
+/// case-insensitively and ignoring `_` and `-` (so `ringhash` matches `RING_HASH` and
+/// `RingHash`). For predicates on a config dump whose exact layout a test should not pin.
+pub fn json_mentions(v: &serde_json::Value, needle: &str) -> bool {
+    fn norm(s: &str) -> String {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    }
+    fn walk(v: &serde_json::Value, needle: &str) -> bool {
+        match v {
+            serde_json::Value::String(s) => norm(s).contains(needle),
+            serde_json::Value::Array(a) => a.iter().any(|x| walk(x, needle)),
+            serde_json::Value::Object(o) => o
+                .iter()
+                .any(|(k, x)| norm(k).contains(needle) || walk(x, needle)),
+            _ => false,
+        }
+    }
+    walk(v, &norm(needle))
+}
