@@ -5,7 +5,8 @@
 pub const OUTBOUND: &str = "outbound";
 /// The inbound listener.
 pub const INBOUND: &str = "inbound";
-/// Extension name and type URL of the Peak-EWMA load-balancing policy.
+/// Extension name of the Peak-EWMA load-balancing policy, and the type URL inside its
+/// `xds.type.v3.TypedStruct` wrapper (docs/XDS.md).
 pub const PEAK_EWMA_NAME: &str = "trellis.peak_ewma";
 pub const PEAK_EWMA_TYPE_URL: &str = "type.googleapis.com/trellis.lb.v1.PeakEwma";
 /// `filter_metadata` key on endpoints.

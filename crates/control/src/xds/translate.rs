@@ -13,9 +13,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     load_balancing_policy::Policy,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality, Metadata,
-    SocketAddress, TypedExtensionConfig, address, config_source::ConfigSourceSpecifier,
-    socket_address::PortSpecifier,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Http1ProtocolOptions,
+    Http2ProtocolOptions, Locality, Metadata, SocketAddress, TypedExtensionConfig, address,
+    config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
@@ -35,11 +35,17 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_filter,
 };
 use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::LeastRequest;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions,
+    http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    },
+};
 use envoy_types::pb::google::protobuf::{
     Any, Duration, Struct, UInt32Value, UInt64Value, Value, value::Kind,
 };
 use envoy_types::util::pack_any;
-use trellis_model::{Algorithm, LoadBalancer, wire};
+use trellis_model::{Algorithm, LoadBalancer, Protocol, wire};
 
 pub use super::node::NodeInfo;
 pub use super::resources::{
@@ -51,6 +57,8 @@ use crate::snapshot::{Endpoint, MeshSnapshot, ServiceView};
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 pub const LEAST_REQUEST_POLICY: &str = "envoy.load_balancing_policies.least_request";
+/// Key of the upstream HTTP protocol options in `Cluster.typed_extension_protocol_options`.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 pub const DEFAULT_RING_SIZE: u64 = 1024;
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
 const CONNECT_TIMEOUT_SECS: i64 = 1;
@@ -70,7 +78,13 @@ pub fn resources_for(snapshot: &MeshSnapshot, node: &NodeInfo) -> Resources {
             wire::INBOUND.to_string(),
             pack_any(inbound_listener(node, port)),
         );
-        let inbound = inbound_cluster(port);
+        // The app speaks what its service speaks (as declared or registered).
+        let protocol = snapshot
+            .services
+            .get(&node.service)
+            .map(upstream_protocol)
+            .unwrap_or_default();
+        let inbound = inbound_cluster(port, protocol);
         out.insert(CLUSTER_TYPE, inbound.name.clone(), pack_any(inbound));
     }
 
@@ -87,10 +101,11 @@ pub fn resources_for(snapshot: &MeshSnapshot, node: &NodeInfo) -> Resources {
             .and_then(|v| v.policy.as_ref())
             .map(|p| p.load_balancer.clone())
             .unwrap_or_default();
+        let protocol = view.map(upstream_protocol).unwrap_or_default();
         out.insert(
             CLUSTER_TYPE,
             name.clone(),
-            pack_any(eds_cluster(&name, &lb)),
+            pack_any(eds_cluster(&name, &lb, protocol)),
         );
         let endpoints = view
             .map(|v| subset_endpoints(v, subset.as_deref()))
@@ -144,6 +159,42 @@ fn subset_endpoints<'a>(view: &'a ServiceView, subset: Option<&str>) -> Vec<&'a 
         .iter()
         .filter(|e| def.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
         .collect()
+}
+
+/// The protocol callers speak to a service's instances (their sidecars' inbound listeners,
+/// which accept HTTP/1.1 and h2c): HTTP/2 when the Service declares `http2` or `grpc` or any
+/// instance registered as such (gRPC needs HTTP/2 end to end), else HTTP/1.1.
+pub fn upstream_protocol(view: &ServiceView) -> Protocol {
+    let declared = view.declared.as_ref().map(|d| d.protocol);
+    let h2 = |p: Protocol| matches!(p, Protocol::Http2 | Protocol::Grpc);
+    if let Some(p) = declared.filter(|p| h2(*p)) {
+        return p;
+    }
+    view.endpoints
+        .iter()
+        .map(|e| e.protocol)
+        .find(|p| h2(*p))
+        .unwrap_or(Protocol::Http)
+}
+
+/// `typed_extension_protocol_options` pinning the upstream HTTP version: explicit HTTP/2 for
+/// `http2` and `grpc`, explicit HTTP/1.1 for `http`.
+fn protocol_options(protocol: Protocol) -> std::collections::HashMap<String, Any> {
+    let config = match protocol {
+        Protocol::Http => ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default()),
+        Protocol::Http2 | Protocol::Grpc => {
+            ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
+        }
+    };
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(config),
+            },
+        )),
+        ..Default::default()
+    };
+    [(HTTP_PROTOCOL_OPTIONS.to_string(), pack_any(options))].into()
 }
 
 fn socket_address(ip: IpAddr, port: u16) -> Address {
@@ -241,7 +292,7 @@ fn connect_timeout() -> Option<Duration> {
     })
 }
 
-fn inbound_cluster(app_port: u16) -> Cluster {
+fn inbound_cluster(app_port: u16, protocol: Protocol) -> Cluster {
     let name = wire::inbound_cluster_name(app_port);
     let endpoint = LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
@@ -254,6 +305,7 @@ fn inbound_cluster(app_port: u16) -> Cluster {
     Cluster {
         name: name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        typed_extension_protocol_options: protocol_options(protocol),
         connect_timeout: connect_timeout(),
         lb_policy: LbPolicy::RoundRobin as i32,
         load_assignment: Some(ClusterLoadAssignment {
@@ -268,9 +320,10 @@ fn inbound_cluster(app_port: u16) -> Cluster {
     }
 }
 
-fn eds_cluster(name: &str, lb: &LoadBalancer) -> Cluster {
+fn eds_cluster(name: &str, lb: &LoadBalancer, protocol: Protocol) -> Cluster {
     let mut cluster = Cluster {
         name: name.to_string(),
+        typed_extension_protocol_options: protocol_options(protocol),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
@@ -316,17 +369,38 @@ fn eds_cluster(name: &str, lb: &LoadBalancer) -> Cluster {
     cluster
 }
 
+/// Type URL of `xds.type.v3.TypedStruct`, the standard wrapper for an extension's config whose
+/// proto the receiver may not know.
+pub const TYPED_STRUCT_TYPE_URL: &str = "type.googleapis.com/xds.type.v3.TypedStruct";
+
+/// `xds.type.v3.TypedStruct` (envoy-types does not generate it): the extension's own type URL
+/// plus its config as a `Struct`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TypedStruct {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<Struct>,
+}
+
 /// Peak EWMA first (the Trellis sidecar uses it), least request second (what Envoy, which
-/// skips the unknown first entry, falls back to).
+/// skips the unknown first entry, falls back to). The Peak EWMA config travels as a
+/// `TypedStruct` naming `trellis.lb.v1.PeakEwma`: Envoy finds no factory for that type and skips
+/// the entry, and, unlike a bare `Any` of an unknown type, can still render it in its admin
+/// `/config_dump`.
 fn peak_ewma_policy() -> LoadBalancingPolicy {
+    let typed_struct = TypedStruct {
+        type_url: wire::PEAK_EWMA_TYPE_URL.to_string(),
+        value: Some(Struct::default()),
+    };
     LoadBalancingPolicy {
         policies: vec![
             Policy {
                 typed_extension_config: Some(TypedExtensionConfig {
                     name: wire::PEAK_EWMA_NAME.to_string(),
                     typed_config: Some(Any {
-                        type_url: wire::PEAK_EWMA_TYPE_URL.to_string(),
-                        value: Vec::new(),
+                        type_url: TYPED_STRUCT_TYPE_URL.to_string(),
+                        value: prost::Message::encode_to_vec(&typed_struct),
                     }),
                 }),
             },

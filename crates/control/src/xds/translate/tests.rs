@@ -155,7 +155,13 @@ fn lb_policy_per_algorithm() {
                     .map(|p| {
                         let t = p.typed_extension_config.clone().expect("typed extension");
                         let any = t.typed_config.expect("typed config");
-                        assert!(t.name != wire::PEAK_EWMA_NAME || any.value.is_empty());
+                        if t.name == wire::PEAK_EWMA_NAME {
+                            // A TypedStruct naming the Trellis type, so Envoy can show it.
+                            assert_eq!(any.type_url, TYPED_STRUCT_TYPE_URL);
+                            let ts = <TypedStruct as prost::Message>::decode(&any.value[..])
+                                .expect("TypedStruct");
+                            return (t.name, ts.type_url);
+                        }
                         (t.name, any.type_url)
                     })
                     .collect();
@@ -338,4 +344,75 @@ fn translation_is_deterministic_and_sorted() {
         a.get(LISTENER_TYPE),
         c.get(LISTENER_TYPE)
     ));
+}
+
+// ---- upstream protocol ----------------------------------------------------------------------
+
+/// `Some(true)` for explicit HTTP/2, `Some(false)` for explicit HTTP/1.1, `None` without options.
+fn explicit_h2(c: &Cluster) -> Option<bool> {
+    let any = c
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)?;
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    );
+    let opts = <HttpProtocolOptions as prost::Message>::decode(&any.value[..]).expect("options");
+    match opts.upstream_protocol_options {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(_)),
+        })) => Some(true),
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::HttpProtocolOptions(_)),
+        })) => Some(false),
+        other => panic!("unexpected upstream protocol options {other:?}"),
+    }
+}
+
+#[test]
+fn clusters_pin_the_upstream_http_version_from_the_service_protocol() {
+    let plain = view("plain", vec![endpoint("p", None, 1, &[])]);
+    let mut rpc_ep = endpoint("r", None, 1, &[("version", "v1")]);
+    rpc_ep.protocol = Protocol::Grpc;
+    let mut rpc = view("rpc", vec![rpc_ep]);
+    rpc.declared = Some(trellis_model::ServiceSpec {
+        protocol: Protocol::Http,
+        subsets: vec![trellis_model::Subset {
+            name: "v1".into(),
+            labels: [("version".to_string(), "v1".to_string())].into(),
+        }],
+    });
+    rpc.routes = vec![http_route(
+        "rpc-v1",
+        "rpc",
+        json!([{ "backendRefs": [{ "name": "rpc", "subset": "v1" }] }]),
+    )];
+    let mut declared = view("declared", vec![]);
+    declared.declared = Some(trellis_model::ServiceSpec {
+        protocol: Protocol::Http2,
+        subsets: vec![],
+    });
+    let mut web_ep = endpoint("web-1", None, 1, &[]);
+    web_ep.protocol = Protocol::Grpc;
+    let web = view("web", vec![web_ep]);
+    let res = resources_for(
+        &snapshot(vec![plain, rpc, declared, web]),
+        &node(Some(8080)),
+    );
+    for (name, h2) in [
+        ("plain", false),
+        // An instance registered as grpc makes the service HTTP/2, subsets included.
+        ("rpc", true),
+        ("rpc|v1", true),
+        ("declared", true),
+        // The node's own app speaks what its service speaks.
+        ("inbound|8080", true),
+    ] {
+        let c: Cluster = decode(&res, CLUSTER_TYPE, name);
+        assert_eq!(explicit_h2(&c), Some(h2), "cluster {name}");
+    }
+    // A node whose service is unknown gets HTTP/1.1 to its app.
+    let res = resources_for(&snapshot(vec![]), &node(Some(8080)));
+    let c: Cluster = decode(&res, CLUSTER_TYPE, "inbound|8080");
+    assert_eq!(explicit_h2(&c), Some(false));
 }
