@@ -169,7 +169,10 @@ fn ring_hash_picks_the_owner_of_the_next_point_on_the_ring() {
         ring.sort_unstable();
         let balancer = build(&Algorithm::RingHash { min_ring_size: 256 }, &set);
         let mut keys: Vec<u64> = (0..2_000u64).map(|k| hash_key(&k.to_le_bytes())).collect();
-        keys.extend(ring.iter().flat_map(|&(p, _)| [p.wrapping_sub(1), p, p.wrapping_add(1)]));
+        keys.extend(
+            ring.iter()
+                .flat_map(|&(p, _)| [p.wrapping_sub(1), p, p.wrapping_add(1)]),
+        );
         keys.extend([0, u64::MAX]);
         for key in keys {
             let at = ring.partition_point(|&(p, _)| p < key);
