@@ -13,6 +13,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use trellis_model::{Kind, Resource};
 
+mod security;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -308,7 +309,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let Some(kind) = Kind::parse(&args.kind) else {
         eprintln!(
-            "error: unknown kind `{}`: expected service, trafficpolicy or httproute",
+            "error: unknown kind `{}`: expected service, trafficpolicy, httproute, authorizationpolicy or requestauthentication",
             args.kind
         );
         return Ok(ExitCode::from(1));
@@ -366,7 +367,7 @@ fn parse_listing(what: &str) -> Option<Listing> {
 pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let Some(listing) = parse_listing(&args.what) else {
         eprintln!(
-            "error: cannot list `{}`: expected services, instances, proxies, resources, trafficpolicies or httproutes",
+            "error: cannot list `{}`: expected services, instances, proxies, resources, trafficpolicies, httproutes, authorizationpolicies or requestauthentications",
             args.what
         );
         return Ok(ExitCode::from(1));

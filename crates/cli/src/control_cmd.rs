@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use trellis_control::ca::{CaConfig, OperatorRoot};
 use trellis_control::{BoundAddrs, ControlConfig, StartupError};
 
 #[derive(clap::Args, Debug)]
@@ -27,9 +28,23 @@ pub struct Args {
     /// Changes are pushed to proxies after this quiet period (debounce).
     #[arg(long, default_value = "100ms", value_parser = trellis_model::parse_duration)]
     pub push_debounce: std::time::Duration,
+    /// SPIFFE trust domain: workloads get `spiffe://<trust-domain>/ns/<namespace>/svc/<service>`.
+    #[arg(long, default_value = trellis_control::ca::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of issued workload certificates (at least 1m).
+    #[arg(long, default_value = "24h", value_parser = trellis_model::parse_duration)]
+    pub cert_ttl: std::time::Duration,
+    /// Sign with this operator root CA certificate (PEM) instead of the stored or generated
+    /// root; the certificate joins the stored trust bundle. Needs --ca-key.
+    #[arg(long, requires = "ca_key", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// The PKCS#8 PEM private key of --ca-cert.
+    #[arg(long, requires = "ca_cert", value_name = "FILE")]
+    pub ca_key: Option<PathBuf>,
 }
 
-/// Exit code for a startup configuration the operator must fix (unusable data dir, busy port).
+/// Exit code for a startup configuration the operator must fix (unusable data dir, busy port,
+/// unusable CA files).
 const EXIT_BAD_CONFIG: u8 = 2;
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -40,6 +55,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         restart_grace: args.restart_grace,
         remove_after: args.remove_after,
         push_debounce: args.push_debounce,
+        ca: CaConfig {
+            trust_domain: args.trust_domain,
+            cert_ttl: args.cert_ttl,
+            operator_root: args
+                .ca_cert
+                .zip(args.ca_key)
+                .map(|(cert, key)| OperatorRoot { cert, key }),
+        },
     };
     let ready = |bound: BoundAddrs| {
         let mut fields = serde_json::Map::new();

@@ -13,6 +13,7 @@ mod demo;
 mod proxy_cmd;
 mod ready;
 mod sample_app;
+mod token_cmd;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +52,8 @@ enum Command {
     Get(client::GetArgs),
     /// Show everything about one service.
     Describe(client::DescribeArgs),
+    /// Manage join tokens for workload identity.
+    Token(token_cmd::Args),
     /// Start a control plane, a sample application of three services with sidecars, and traffic.
     Demo(demo::Args),
     /// The demo's sample application (one HTTP service).
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
             Command::Delete(a) => client::delete(a).await,
             Command::Get(a) => client::get(a).await,
             Command::Describe(a) => client::describe(a).await,
+            Command::Token(a) => token_cmd::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::SampleApp(a) => sample_app::run(a).await,
         }

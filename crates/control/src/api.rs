@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use trellis_model::{InstanceRegistration, Kind};
 
+use crate::ca::Ca;
 use crate::registry::{Registry, RegistryError, ServiceDescription};
 use crate::xds::{ProxyStatus, ProxyTable};
+
+mod identity;
 
 /// Largest request body accepted (registrations and resource files).
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -28,6 +31,8 @@ pub struct ApiState {
     pub proxies: ProxyTable,
     /// The bound xDS address handed to sidecars by `/v1/bootstrap`.
     pub xds_addr: SocketAddr,
+    /// The mesh CA behind the identity endpoints ([`identity`]).
+    pub ca: Ca,
 }
 
 /// An error response: status plus `{"error": ..., "errors"?: [...]}`.
@@ -106,6 +111,7 @@ pub fn router(state: ApiState) -> Router {
             get(get_resource).delete(delete_resource),
         )
         .route("/v1/proxies", get(list_proxies))
+        .merge(identity::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,

@@ -2,11 +2,13 @@
 //!
 //! [`run`] wires the pieces: the [`store::RedbStore`] under the [`registry::Registry`], which
 //! publishes [`snapshot::MeshSnapshot`]s to the ADS server ([`xds`]) on the gRPC listener,
-//! and the admin API ([`api`]) on the HTTP listener.
+//! and the admin API ([`api`]) on the HTTP listener. The mesh certificate authority ([`ca`])
+//! keeps its roots and join tokens in the same store and serves through the admin API.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ca;
 pub mod metrics;
 pub mod registry;
 pub mod snapshot;
@@ -40,6 +42,8 @@ pub struct ControlConfig {
     pub restart_grace: Duration,
     pub remove_after: Duration,
     pub push_debounce: Duration,
+    /// The mesh CA: trust domain, certificate lifetime, optional operator root.
+    pub ca: ca::CaConfig,
 }
 
 /// The addresses actually bound (useful with port 0).
@@ -60,6 +64,8 @@ pub enum StartupError {
     },
     #[error("--data-dir: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Ca(#[from] ca::CaInitError),
     #[error("--{flag} {addr}: cannot listen: {source}")]
     Bind {
         flag: &'static str,
@@ -84,6 +90,10 @@ pub async fn run(
     let store = tokio::task::spawn_blocking(move || RedbStore::open(&dir))
         .await?
         .map_err(StartupError::Store)?;
+    let store = Arc::new(store);
+    let ca = ca::Ca::init(store.clone(), config.ca.clone())
+        .await
+        .map_err(StartupError::Ca)?;
     let metrics = Arc::new(Metrics::new());
     let registry_config = RegistryConfig {
         restart_grace: config.restart_grace,
@@ -91,7 +101,7 @@ pub async fn run(
         push_debounce: config.push_debounce,
         ..RegistryConfig::default()
     };
-    let (registry, tasks) = Registry::start(Arc::new(store), registry_config, metrics)
+    let (registry, tasks) = Registry::start(store, registry_config, metrics)
         .await
         .map_err(StartupError::Store)?;
 
@@ -115,6 +125,7 @@ pub async fn run(
         registry: registry.clone(),
         proxies: proxies.clone(),
         xds_addr: bound.grpc,
+        ca,
     });
     let mut http_task = tokio::spawn(
         axum::serve(http, router)

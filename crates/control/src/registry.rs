@@ -22,7 +22,10 @@ use trellis_model::{
     ServiceSpec, TrafficPolicySpec,
 };
 
-pub use build::{InstanceState, build_snapshot, declared, policy_for, routes_for};
+pub use build::{
+    InstanceState, authentication_for, authorization_for, build_snapshot, declared, policy_for,
+    routes_for,
+};
 
 use crate::metrics::Metrics;
 use crate::snapshot::MeshSnapshot;
@@ -582,5 +585,7 @@ async fn publisher(inner: Arc<Inner>, mut version: u64, mut reserved: u64) {
     }
 }
 
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
-use trellis_model::{HttpRouteResource, Protocol, ServiceSpec, TrafficPolicySpec};
+use trellis_model::{
+    AuthorizationPolicyResource, HttpRouteResource, Protocol, RequestAuthenticationResource,
+    ServiceSpec, TrafficPolicySpec,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct MeshSnapshot {
@@ -30,6 +33,12 @@ pub struct ServiceView {
     pub routes: Vec<HttpRouteResource>,
     /// Healthy instances only, sorted by instance id.
     pub endpoints: Vec<Endpoint>,
+    /// AuthorizationPolicies governing this service's inbound requests (those naming it and
+    /// the mesh-wide ones, without targetRef), sorted by name.
+    pub authorization: Vec<AuthorizationPolicyResource>,
+    /// RequestAuthentications applying to this service (naming it, or mesh-wide), sorted by
+    /// name.
+    pub authentication: Vec<RequestAuthenticationResource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

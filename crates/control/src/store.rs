@@ -1,4 +1,5 @@
-//! Durable state of the control plane: registered instances and applied resources.
+//! Durable state of the control plane: registered instances, applied resources and (in
+//! [`IdentityStore`]) the mesh CA's roots and join tokens.
 //!
 //! [`Store`] is the small contract the registry needs; [`RedbStore`] implements it on one
 //! embedded redb file (`<data-dir>/trellis.redb`). Every write is one committed transaction, so
@@ -13,6 +14,9 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use trellis_model::{InstanceRegistration, Kind, Resource};
+
+mod identity;
+pub use identity::{IdentityStore, StoredCa, StoredRoot, StoredToken};
 
 /// The on-disk schema this build reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -133,6 +137,10 @@ impl RedbStore {
             }
             txn.open_table(INSTANCES).map_err(|e| open_err(e.into()))?;
             txn.open_table(RESOURCES).map_err(|e| open_err(e.into()))?;
+            txn.open_table(identity::CA)
+                .map_err(|e| open_err(e.into()))?;
+            txn.open_table(identity::TOKENS)
+                .map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         Ok(RedbStore { db: Arc::new(db) })

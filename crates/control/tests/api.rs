@@ -43,14 +43,14 @@ struct Api {
 
 async fn serve() -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = RedbStore::open(dir.path()).expect("store");
-    let (registry, tasks) = Registry::start(
-        Arc::new(store),
-        RegistryConfig::default(),
-        Arc::new(Metrics::new()),
-    )
-    .await
-    .expect("registry");
+    let store = Arc::new(RedbStore::open(dir.path()).expect("store"));
+    let ca = trellis_control::ca::Ca::init(store.clone(), Default::default())
+        .await
+        .expect("ca");
+    let (registry, tasks) =
+        Registry::start(store, RegistryConfig::default(), Arc::new(Metrics::new()))
+            .await
+            .expect("registry");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -59,6 +59,7 @@ async fn serve() -> Api {
         registry,
         proxies: ProxyTable::default(),
         xds_addr: "127.0.0.1:15010".parse().expect("addr"),
+        ca,
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
     Api {
@@ -316,6 +317,7 @@ fn config(dir: &std::path::Path) -> ControlConfig {
         restart_grace: Duration::from_secs(10),
         remove_after: Duration::from_secs(60),
         push_debounce: Duration::from_millis(100),
+        ca: trellis_control::ca::CaConfig::default(),
     }
 }
 

@@ -9,12 +9,14 @@
 mod duration;
 mod registration;
 mod resource;
+mod security;
 mod validate;
 pub mod wire;
 
 pub use duration::{format_duration, parse_duration};
 pub use registration::{Health, InstanceRegistration, Protocol};
 pub use resource::*;
+pub use security::*;
 pub use validate::{
     ApplyError, Document, DocumentError, KnownServices, METHODS, NoServices, check_dns_label,
     check_header_name, kind_and_name, parse_and_validate, parse_documents, parse_indexed, validate,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Protocol;
+use crate::{AuthorizationPolicyResource, Protocol, RequestAuthenticationResource};
 
 /// The only apiVersion this release understands.
 pub const API_VERSION: &str = "trellis.dev/v1alpha1";
@@ -17,6 +17,8 @@ pub enum Resource {
     TrafficPolicy(TrafficPolicyResource),
     #[serde(rename = "HTTPRoute")]
     HttpRoute(HttpRouteResource),
+    AuthorizationPolicy(AuthorizationPolicyResource),
+    RequestAuthentication(RequestAuthenticationResource),
 }
 
 /// The kinds, for addressing (`trellis get httproutes`, `DELETE /v1/resources/{kind}/{name}`).
@@ -26,6 +28,8 @@ pub enum Kind {
     TrafficPolicy,
     #[serde(rename = "HTTPRoute")]
     HttpRoute,
+    AuthorizationPolicy,
+    RequestAuthentication,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +221,8 @@ impl Resource {
             Resource::Service(_) => Kind::Service,
             Resource::TrafficPolicy(_) => Kind::TrafficPolicy,
             Resource::HttpRoute(_) => Kind::HttpRoute,
+            Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::RequestAuthentication(_) => Kind::RequestAuthentication,
         }
     }
 
@@ -225,6 +231,8 @@ impl Resource {
             Resource::Service(r) => &r.metadata,
             Resource::TrafficPolicy(r) => &r.metadata,
             Resource::HttpRoute(r) => &r.metadata,
+            Resource::AuthorizationPolicy(r) => &r.metadata,
+            Resource::RequestAuthentication(r) => &r.metadata,
         }
     }
 
@@ -234,7 +242,13 @@ impl Resource {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Service, Kind::TrafficPolicy, Kind::HttpRoute];
+    pub const ALL: [Kind; 5] = [
+        Kind::Service,
+        Kind::TrafficPolicy,
+        Kind::HttpRoute,
+        Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
+    ];
 
     /// The canonical kind name, as written in YAML.
     pub fn as_str(self) -> &'static str {
@@ -242,6 +256,8 @@ impl Kind {
             Kind::Service => "Service",
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
         }
     }
 
@@ -251,6 +267,12 @@ impl Kind {
             "service" | "services" | "svc" => Some(Kind::Service),
             "trafficpolicy" | "trafficpolicies" | "tp" => Some(Kind::TrafficPolicy),
             "httproute" | "httproutes" | "route" | "routes" => Some(Kind::HttpRoute),
+            "authorizationpolicy" | "authorizationpolicies" | "authz" | "ap" => {
+                Some(Kind::AuthorizationPolicy)
+            }
+            "requestauthentication" | "requestauthentications" | "authn" | "ra" => {
+                Some(Kind::RequestAuthentication)
+            }
             _ => None,
         }
     }

@@ -25,6 +25,7 @@ mod refs;
 mod registration;
 mod rules;
 mod schema;
+mod security;
 mod split;
 #[cfg(test)]
 mod tests;
@@ -266,6 +267,8 @@ fn parse_all(source: &str, text: &str) -> Parsed {
             Kind::Service => &schema::SERVICE,
             Kind::TrafficPolicy => &schema::TRAFFIC_POLICY,
             Kind::HttpRoute => &schema::HTTP_ROUTE,
+            Kind::AuthorizationPolicy => &schema::AUTHORIZATION_POLICY,
+            Kind::RequestAuthentication => &schema::REQUEST_AUTHENTICATION,
         };
         let shape_errors = {
             let before = issues.len();

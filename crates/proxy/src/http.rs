@@ -1,30 +1,38 @@
-//! HTTP plumbing shared by the listeners: the response body type, pooled upstream clients,
-//! hop-by-hop header handling and the proxy's own error responses.
+//! HTTP plumbing shared by the listeners: the response body type, pooled upstream clients
+//! (HTTP/1.1: [`crate::pool`]; HTTP/2: hyper-util's client, whose connections are shared by
+//! streams anyway), hop-by-hop header handling and the proxy's own error responses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Either as FutEither;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use std::future::Future;
+
+use crate::pool::{EndpointPool, H1Pools, PoolError, UpstreamBody};
 
 /// Every response the proxy sends: a streamed upstream body, or a small body of its own.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// Header naming why the proxy answered itself.
 pub(crate) const REASON: HeaderName = HeaderName::from_static("x-trellis-reason");
 
-/// A pooled keep-alive client (one pool per endpoint address, kept for the process lifetime).
+/// A pooled HTTP/2 client (one connection per endpoint address, kept for the process lifetime).
 pub(crate) type HttpClient = Client<HttpConnector, Incoming>;
 
-/// The HTTP/1.1 and the HTTP/2 (h2c prior knowledge) client for one connect timeout.
+/// The HTTP/1.1 pools and the HTTP/2 (h2c prior knowledge) client for one connect timeout.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClients {
-    pub h1: HttpClient,
+    pub h1: Arc<H1Pools>,
     pub h2: HttpClient,
 }
 
@@ -34,25 +42,86 @@ impl HttpClients {
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
         let h2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(crate::pool::IDLE_TIMEOUT)
             .http2_only(true)
             .http2_adaptive_window(true)
             .build(connector);
-        HttpClients { h1, h2 }
-    }
-
-    /// The client matching the downstream protocol: HTTP/2 in, HTTP/2 out.
-    pub fn for_version(&self, version: http::Version) -> &HttpClient {
-        if version == http::Version::HTTP_2 {
-            &self.h2
-        } else {
-            &self.h1
+        HttpClients {
+            h1: Arc::new(H1Pools::new(connect_timeout)),
+            h2,
         }
     }
+}
+
+/// Why forwarding to an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("cannot forward this request URI: {0}")]
+    Uri(#[from] http::Error),
+    #[error(transparent)]
+    H1(#[from] PoolError),
+    #[error(transparent)]
+    H2(#[from] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// No connection could be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Uri(_) => false,
+            UpstreamError::H1(e) => e.is_connect(),
+            UpstreamError::H2(e) => e.is_connect(),
+        }
+    }
+}
+
+/// One upstream endpoint: its HTTP/1.1 pool, and its address for the HTTP/2 client.
+pub(crate) struct Target<'a> {
+    pub pool: &'a Arc<EndpointPool>,
+    pub authority: &'a Authority,
+    pub h2: &'a HttpClient,
+}
+
+/// Forwards `req` (hop-by-hop headers already stripped): HTTP/2 requests over the h2 client with
+/// an absolute URI naming the endpoint, others over the endpoint's HTTP/1.1 pool in origin form.
+/// `now` is the request's start (a coarse clock for the pool's idle expiry).
+///
+/// The preparation runs before this returns; the future only waits for the upstream.
+pub(crate) fn send(
+    mut req: Request<Incoming>,
+    to: Target<'_>,
+    now: std::time::Instant,
+) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'static + use<> {
+    if req.version() == Version::HTTP_2 {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(to.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        let h2 = match Uri::from_parts(parts) {
+            Ok(uri) => {
+                *req.uri_mut() = uri;
+                FutEither::Left(to.h2.request(req).map(|r| match r {
+                    Ok(resp) => Ok(resp.map(UpstreamBody::plain)),
+                    Err(e) => Err(UpstreamError::H2(e)),
+                }))
+            }
+            Err(e) => FutEither::Right(std::future::ready(Err(UpstreamError::Uri(e.into())))),
+        };
+        return FutEither::Left(h2);
+    }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        // Absolute form (as sent to an HTTP proxy): the origin server gets the path only.
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+    }
+    FutEither::Right(to.pool.send(req, now).map(|r| r.map_err(UpstreamError::H1)))
 }
 
 /// A response generated by the proxy itself, with `x-trellis-reason`.
@@ -76,7 +145,19 @@ pub(crate) fn local_reply(
 /// Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, and TE unless it is
 /// exactly `trailers` (which gRPC needs end to end).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry none of these.
+    // Fast path: one pass over the few headers a message has (standard names compare as
+    // integers), instead of six hashed lookups; most messages carry none of these.
+    let hop = |n: &HeaderName| {
+        n == header::CONNECTION
+            || n == header::TE
+            || n == header::TRANSFER_ENCODING
+            || n == header::UPGRADE
+            || n.as_str() == "keep-alive"
+            || n.as_str() == "proxy-connection"
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
     const FIXED: [HeaderName; 4] = [
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),

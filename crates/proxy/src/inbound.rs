@@ -7,15 +7,18 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use futures_util::FutureExt;
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use trellis_model::Protocol;
 
-use crate::http::{HttpClients, ProxyBody, local_reply, strip_hop_by_hop};
+use crate::http::{HttpClients, ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
 use crate::metrics::{Direction, ServiceMetrics};
 use crate::outbound::error_chain;
+use crate::pool::{EndpointPool, UpstreamBody};
 use crate::server::Handler;
 
 /// Connect timeout to the local app.
@@ -26,6 +29,8 @@ pub(crate) struct Inbound {
     app: Authority,
     app_h2: bool,
     clients: HttpClients,
+    /// HTTP/1.1 connections to the app.
+    pool: Arc<EndpointPool>,
     metrics: Arc<ServiceMetrics>,
 }
 
@@ -37,6 +42,7 @@ impl Inbound {
             app: Authority::try_from(app.to_string().as_str())
                 .unwrap_or_else(|_| Authority::from_static("127.0.0.1:80")),
             app_h2: matches!(c.app_protocol, Protocol::Http2 | Protocol::Grpc),
+            pool: shared.clients.get(APP_CONNECT_TIMEOUT).h1.endpoint(app),
             clients: shared.clients.get(APP_CONNECT_TIMEOUT),
             metrics: shared.metrics.service(Direction::Inbound, &c.service),
         }
@@ -50,48 +56,60 @@ impl Handler for Inbound {
         _peer: SocketAddr,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         let start = Instant::now();
-        async move {
-            let resp = self.forward(req).await;
+        // Prepared and handed to the app's connection here; the future only waits.
+        let (downstream, sent) = self.send(req, start);
+        sent.map(move |result| {
+            let resp = self.finish(result, downstream);
             self.metrics.record(resp.status(), start.elapsed());
             resp
-        }
+        })
     }
 }
 
 impl Inbound {
-    async fn forward(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    fn send(
+        &self,
+        mut req: Request<Incoming>,
+        start: Instant,
+    ) -> (
+        Version,
+        impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'static + use<>,
+    ) {
         let downstream = req.version();
-        let h2 = self.app_h2 || downstream == Version::HTTP_2;
         strip_hop_by_hop(req.headers_mut());
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.app.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        match Uri::from_parts(parts) {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => {
-                return local_reply(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("trellis: cannot forward this request URI: {e}\n"),
-                );
-            }
-        }
-        let client = if h2 {
+        if self.app_h2 {
             *req.version_mut() = Version::HTTP_2;
-            &self.clients.h2
-        } else {
-            &self.clients.h1
+        } else if downstream != Version::HTTP_2
+            && !req.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(self.app.as_str())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        let to = Target {
+            pool: &self.pool,
+            authority: &self.app,
+            h2: &self.clients.h2,
         };
-        match client.request(req).await {
+        (downstream, crate::http::send(req, to, start))
+    }
+
+    fn finish(
+        &self,
+        result: Result<Response<UpstreamBody>, UpstreamError>,
+        downstream: Version,
+    ) -> Response<ProxyBody> {
+        match result {
             Ok(resp) => {
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 head.version = downstream;
                 Response::from_parts(head, Either::Left(body))
             }
+            Err(UpstreamError::Uri(e)) => local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("trellis: cannot forward this request URI: {e}\n"),
+            ),
             Err(e) if e.is_connect() => {
                 self.metrics.connect_error();
                 local_reply(

@@ -14,6 +14,8 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod authn;
+pub mod authz;
 mod backoff;
 pub mod balance;
 mod config;
@@ -21,6 +23,7 @@ mod http;
 mod inbound;
 mod metrics;
 mod outbound;
+mod pool;
 mod registration;
 mod routing;
 mod server;

@@ -11,15 +11,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt;
+use futures_util::future::Either as FutEither;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::balance::LoadGuard;
-use crate::http::{ProxyBody, local_reply, strip_hop_by_hop};
+use crate::http::{ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
 use crate::metrics::{Direction, ServiceMetrics, UNKNOWN_SERVICE};
+use crate::pool::UpstreamBody;
 use crate::routing;
 use crate::server::Handler;
 use crate::shared::Shared;
@@ -65,7 +67,12 @@ fn authority<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// The routing decision for `req` over `snap`. Pure apart from the random weighted pick.
-fn decide<B>(snap: &Snapshot, req: &Request<B>, peer: IpAddr) -> Result<Decision, Rejection> {
+fn decide<B>(
+    snap: &Snapshot,
+    req: &Request<B>,
+    peer: IpAddr,
+    now: Instant,
+) -> Result<Decision, Rejection> {
     let authority = authority(req).ok_or(Rejection::NoAuthority)?;
     let routes = &*snap.routes;
     let Some((vh_index, vh)) = routes.table.find(authority) else {
@@ -90,7 +97,7 @@ fn decide<B>(snap: &Snapshot, req: &Request<B>, peer: IpAddr) -> Result<Decision
         .hash
         .as_ref()
         .and_then(|p| routing::hash_key(p, req.headers(), peer));
-    let Some(picked) = cluster.balancer.pick(hash) else {
+    let Some(picked) = cluster.balancer.pick_at(hash, now) else {
         return Err(Rejection::NoEndpoints(
             metrics.clone(),
             format!("cluster `{cluster_name}` has no healthy endpoints"),
@@ -119,13 +126,11 @@ impl Handler for Outbound {
         let start = Instant::now();
         let decision = {
             let snap = self.shared.live.load();
-            decide(&snap, &req, peer.ip())
+            decide(&snap, &req, peer.ip(), start)
         };
-        async move {
-            match decision {
-                Ok(d) => forward(d, req, start).await,
-                Err(rejection) => self.reject(rejection, start),
-            }
+        match decision {
+            Ok(d) => FutEither::Left(forward(d, req, start)),
+            Err(rejection) => FutEither::Right(std::future::ready(self.reject(rejection, start))),
         }
     }
 }
@@ -172,7 +177,13 @@ impl Outbound {
     }
 }
 
-async fn forward(d: Decision, mut req: Request<Incoming>, start: Instant) -> Response<ProxyBody> {
+/// Prepares and hands `req` to the upstream at once; the returned future (moved into hyper's
+/// per-connection slot, so kept small) only waits for the response head.
+fn forward(
+    d: Decision,
+    mut req: Request<Incoming>,
+    start: Instant,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
     let endpoint = &d.cluster.endpoints[d.index];
     let version = req.version();
     strip_hop_by_hop(req.headers_mut());
@@ -183,25 +194,22 @@ async fn forward(d: Decision, mut req: Request<Incoming>, start: Instant) -> Res
     {
         req.headers_mut().insert(header::HOST, v);
     }
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(endpoint.authority.clone());
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    match Uri::from_parts(parts) {
-        Ok(uri) => *req.uri_mut() = uri,
-        Err(e) => {
-            let resp = local_reply(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("trellis: cannot forward this request URI: {e}\n"),
-            );
-            d.metrics.record(resp.status(), start.elapsed());
-            return resp;
-        }
-    }
-    let result = d.cluster.clients.for_version(version).request(req).await;
+    let to = Target {
+        pool: &endpoint.pool,
+        authority: &endpoint.authority,
+        h2: &d.cluster.clients.h2,
+    };
+    crate::http::send(req, to, start).map(move |result| finish(d, result, version, start))
+}
+
+/// The response for the upstream's `result`, with the balancer and metrics told.
+fn finish(
+    d: Decision,
+    result: Result<Response<UpstreamBody>, UpstreamError>,
+    version: Version,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let endpoint = &d.cluster.endpoints[d.index];
     match result {
         Ok(resp) => {
             d.load.complete();
@@ -210,6 +218,16 @@ async fn forward(d: Decision, mut req: Request<Incoming>, start: Instant) -> Res
             head.version = version;
             d.metrics.record(head.status, start.elapsed());
             Response::from_parts(head, Either::Left(body))
+        }
+        Err(UpstreamError::Uri(e)) => {
+            drop(d.load);
+            let resp = local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("trellis: cannot forward this request URI: {e}\n"),
+            );
+            d.metrics.record(resp.status(), start.elapsed());
+            resp
         }
         Err(e) => {
             drop(d.load);

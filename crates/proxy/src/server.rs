@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -55,9 +56,9 @@ pub(crate) async fn serve<H: Handler>(
                 };
                 let _ = stream.set_nodelay(true);
                 let h = handler.clone();
+                // `map`, not an `async` block that would hold the handler's future twice.
                 let svc = hyper::service::service_fn(move |req| {
-                    let fut = h.clone().call(req, peer);
-                    async move { Ok::<_, Infallible>(fut.await) }
+                    h.clone().call(req, peer).map(Ok::<_, Infallible>)
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);

@@ -11,6 +11,7 @@ use http::uri::Authority;
 
 use crate::balance::{Algorithm, Balance, EndpointMeta};
 use crate::http::HttpClients;
+use crate::pool::EndpointPool;
 use crate::xds::translate::Endpoint;
 
 /// Builds a balancer; `balance::build` in production.
@@ -31,6 +32,8 @@ pub(crate) struct UpstreamEndpoint {
     pub endpoint: Endpoint,
     /// `ip:port`, pre-built so rewriting a request's URI does not allocate.
     pub authority: Authority,
+    /// Its HTTP/1.1 connections (shared with other clusters that have the same address).
+    pub pool: Arc<EndpointPool>,
 }
 
 impl UpstreamCluster {
@@ -47,6 +50,7 @@ impl UpstreamCluster {
             .into_iter()
             .map(|endpoint| UpstreamEndpoint {
                 authority: authority(endpoint.addr),
+                pool: clients.h1.endpoint(endpoint.addr),
                 endpoint,
             })
             .collect();

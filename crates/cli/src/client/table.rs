@@ -291,6 +291,8 @@ pub(super) fn resources(items: &[Resource], kind: Option<Kind>) -> String {
                 .collect();
             render(&["NAME", "PARENTS", "RULES", "BACKENDS"], &rows)
         }
+        Some(Kind::AuthorizationPolicy) => super::security::authorization_policies(items),
+        Some(Kind::RequestAuthentication) => super::security::request_authentications(items),
         None => {
             let rows: Vec<Vec<String>> = items
                 .iter()

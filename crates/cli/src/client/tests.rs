@@ -268,3 +268,54 @@ async fn an_unreachable_control_plane_is_named_with_a_hint() {
         other => panic!("expected Unreachable, got {:?}", other.map(|a| a.status)),
     }
 }
+
+const SECURITY: &str = "\
+apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-all}
+spec: {}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-delete}
+spec:
+  targetRef: {name: catalog}
+  action: DENY
+  rules: [{to: [{methods: [DELETE]}]}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  targetRef: {name: catalog}
+  jwtRules:
+    - {issuer: https://a.example, jwksUri: https://a.example/jwks}
+    - {issuer: b, jwks: '{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"AA\"}]}'}
+";
+
+#[test]
+fn security_tables() {
+    let resources = trellis_model::parse_documents("s", SECURITY).expect("valid");
+    assert_eq!(
+        table::resources(&resources, Some(Kind::AuthorizationPolicy)),
+        "NAME       TARGET         ACTION  RULES\n\
+         deny-all   * (mesh-wide)  ALLOW   0 (allows nothing)\n\
+         no-delete  catalog        DENY    1\n"
+    );
+    assert_eq!(
+        table::resources(&resources, Some(Kind::RequestAuthentication)),
+        "NAME  TARGET   ISSUERS              KEYS\n\
+         jwt   catalog  https://a.example,b  https://a.example/jwks,inline\n"
+    );
+    for what in [
+        "authorizationpolicies",
+        "authz",
+        "requestauthentications",
+        "authn",
+    ] {
+        assert!(
+            matches!(parse_listing(what), Some(Listing::Resources(Some(_)))),
+            "{what}"
+        );
+    }
+}

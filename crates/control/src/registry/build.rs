@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use tokio::time::Instant;
 use trellis_model::{
-    Health, HttpRouteResource, InstanceRegistration, Resource, ServiceSpec, TrafficPolicySpec,
+    AuthorizationPolicyResource, Health, HttpRouteResource, InstanceRegistration,
+    RequestAuthenticationResource, Resource, ServiceSpec, TrafficPolicySpec,
 };
 
 use crate::snapshot::{Endpoint, MeshSnapshot, ServiceView};
@@ -86,9 +87,42 @@ pub fn routes_for<'a>(
     routes
 }
 
+/// AuthorizationPolicies that govern `service` (naming it, or mesh-wide), sorted by name.
+pub fn authorization_for<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    service: &str,
+) -> Vec<AuthorizationPolicyResource> {
+    let mut out: Vec<AuthorizationPolicyResource> = resources
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::AuthorizationPolicy(p) if p.spec.applies_to(service) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    out
+}
+
+/// RequestAuthentications that apply to `service` (naming it, or mesh-wide), sorted by name.
+pub fn authentication_for<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    service: &str,
+) -> Vec<RequestAuthenticationResource> {
+    let mut out: Vec<RequestAuthenticationResource> = resources
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::RequestAuthentication(a) if a.spec.applies_to(service) => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    out
+}
+
 /// Builds the snapshot proxies see: every service declared by a Service resource or with
-/// registered instances (healthy or not), with its declared spec, policy, routes and healthy
-/// endpoints sorted by instance id.
+/// registered instances (healthy or not), with its declared spec, policy, routes, the
+/// authorization and authentication policies that apply to it, and healthy endpoints sorted by
+/// instance id.
 pub fn build_snapshot<'a, 'b>(
     version: u64,
     instances: impl IntoIterator<Item = &'a InstanceState>,
@@ -135,6 +169,8 @@ pub fn build_snapshot<'a, 'b>(
         view.declared = declared(resources.clone(), &view.name);
         view.policy = policy_for(resources.clone(), &view.name);
         view.routes = routes_for(resources.clone(), &view.name);
+        view.authorization = authorization_for(resources.clone(), &view.name);
+        view.authentication = authentication_for(resources.clone(), &view.name);
         view.endpoints
             .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     }

@@ -48,6 +48,16 @@ pub(super) fn cross_check(
             Resource::TrafficPolicy(p) => {
                 service("spec.targetRef.name", &p.spec.target_ref.name, &mut issues);
             }
+            Resource::AuthorizationPolicy(p) => {
+                if let Some(target) = &p.spec.target_ref {
+                    service("spec.targetRef.name", &target.name, &mut issues);
+                }
+            }
+            Resource::RequestAuthentication(a) => {
+                if let Some(target) = &a.spec.target_ref {
+                    service("spec.targetRef.name", &target.name, &mut issues);
+                }
+            }
             Resource::HttpRoute(h) => {
                 for (i, p) in h.spec.parent_refs.iter().enumerate() {
                     service(&format!("spec.parentRefs[{i}].name"), &p.name, &mut issues);

@@ -101,10 +101,12 @@ pub(crate) fn check_resource(r: &Resource, out: &mut Vec<Issue>) {
         Resource::Service(s) => check_service(s, out),
         Resource::TrafficPolicy(p) => check_policy(p, out),
         Resource::HttpRoute(h) => check_route(h, out),
+        Resource::AuthorizationPolicy(p) => super::security::check_authorization(p, out),
+        Resource::RequestAuthentication(a) => super::security::check_authentication(a, out),
     }
 }
 
-fn label(field: &str, value: &str, out: &mut Vec<Issue>) {
+pub(super) fn label(field: &str, value: &str, out: &mut Vec<Issue>) {
     if let Err(e) = check_dns_label(value) {
         out.push(Issue::new(field, e));
     }

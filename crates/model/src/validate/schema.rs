@@ -181,6 +181,84 @@ pub(crate) static HTTP_ROUTE: Shape = Shape::Obj(&[
     f("spec", &ROUTE_SPEC, Required),
 ]);
 
+static STR_LIST: Shape = Shape::List(&Shape::Str);
+
+static AUTHZ_SOURCE: Shape = Shape::Obj(&[
+    f("principals", &STR_LIST, Optional),
+    f("notPrincipals", &STR_LIST, Optional),
+    f("namespaces", &STR_LIST, Optional),
+]);
+
+static AUTHZ_HEADER: Shape = Shape::Obj(&[
+    f("name", &Shape::Str, Required),
+    f("value", &Shape::Str, Required),
+]);
+
+static AUTHZ_OPERATION: Shape = Shape::Obj(&[
+    f("methods", &STR_LIST, Optional),
+    f("paths", &STR_LIST, Optional),
+    f("headers", &Shape::List(&AUTHZ_HEADER), Optional),
+]);
+
+static AUTHZ_CONDITION: Shape = Shape::Obj(&[
+    f("claim", &Shape::Str, Required),
+    f("values", &STR_LIST, Required),
+]);
+
+static AUTHZ_RULE: Shape = Shape::Obj(&[
+    f("from", &Shape::List(&AUTHZ_SOURCE), Optional),
+    f("to", &Shape::List(&AUTHZ_OPERATION), Optional),
+    f("when", &Shape::List(&AUTHZ_CONDITION), Optional),
+]);
+
+static AUTHZ_SPEC: Shape = Shape::Obj(&[
+    f("targetRef", &SERVICE_REF, Nullable),
+    f("action", &Shape::OneOf(&["ALLOW", "DENY"]), Optional),
+    f("rules", &Shape::List(&AUTHZ_RULE), Optional),
+]);
+
+static JWT_HEADER: Shape = Shape::Obj(&[
+    f("name", &Shape::Str, Required),
+    f("prefix", &Shape::Str, Nullable),
+]);
+
+static FORWARD_CLAIMS: Shape = Shape::Obj(&[
+    f("header", &Shape::Str, Required),
+    f("claims", &STR_LIST, Required),
+]);
+
+static JWT_RULE: Shape = Shape::Obj(&[
+    f("issuer", &Shape::Str, Required),
+    f("audiences", &STR_LIST, Optional),
+    f("jwksUri", &Shape::Str, Nullable),
+    f("jwks", &Shape::Str, Nullable),
+    // Names are checked by the rules, which explain why HS* and `none` are refused.
+    f("algorithms", &STR_LIST, Optional),
+    f("clockSkew", &Shape::Str, Nullable),
+    f("fromHeaders", &Shape::List(&JWT_HEADER), Optional),
+    f("fromParams", &STR_LIST, Optional),
+    f("forwardClaimsHeader", &FORWARD_CLAIMS, Nullable),
+]);
+
+static AUTHN_SPEC: Shape = Shape::Obj(&[
+    f("targetRef", &SERVICE_REF, Nullable),
+    f("jwtRules", &Shape::List(&JWT_RULE), Required),
+]);
+
+pub(crate) static AUTHORIZATION_POLICY: Shape = Shape::Obj(&[
+    f("apiVersion", &Shape::Str, Required),
+    f("kind", &Shape::Str, Required),
+    f("metadata", &METADATA, Required),
+    f("spec", &AUTHZ_SPEC, Required),
+]);
+
+pub(crate) static REQUEST_AUTHENTICATION: Shape = Shape::Obj(&[
+    f("apiVersion", &Shape::Str, Required),
+    f("kind", &Shape::Str, Required),
+    f("metadata", &METADATA, Required),
+    f("spec", &AUTHN_SPEC, Required),
+]);
+
 /// Joins a field path and a key: `spec` + `rules` = `spec.rules`.
 pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {

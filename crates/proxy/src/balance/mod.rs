@@ -149,6 +149,12 @@ pub trait Balance: Send + Sync + std::fmt::Debug {
     /// Picks an endpoint. `hash` is the request's hash key for hash-based algorithms (ignored by
     /// others; a hash-based balancer given `None` picks at random). `None` when empty.
     fn pick(&self, hash: Option<u64>) -> Option<Picked>;
+    /// [`Balance::pick`] for a request that arrived at `now`: latency-aware balancers use it
+    /// instead of reading the clock again (the data plane reads it once per request).
+    fn pick_at(&self, hash: Option<u64>, now: Instant) -> Option<Picked> {
+        let _ = now;
+        self.pick(hash)
+    }
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -175,17 +181,36 @@ pub fn build(algorithm: &Algorithm, endpoints: &[EndpointMeta]) -> Arc<dyn Balan
     }
 }
 
-/// A uniformly random index below `n` (`n > 0`), from the thread-local RNG.
+thread_local! {
+    /// wyrand state, seeded once per thread from the OS-seeded `rand` RNG. Picks need speed and
+    /// uniformity, not unpredictability: this is one add and one multiply per number, where
+    /// `rand::rng()` costs a thread-local `Rc` clone and a ChaCha block refill now and then.
+    static RNG: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+}
+
+/// The next 64 random bits (wyrand).
+fn random_u64() -> u64 {
+    RNG.with(|state| {
+        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+/// A uniformly random index below `n` (`n > 0`): Lemire's multiply-shift (bias below n/2⁶⁴).
 fn random_index(n: usize) -> usize {
-    use rand::RngExt;
-    rand::rng().random_range(0..n)
+    ((u128::from(random_u64()) * n as u128) >> 64) as usize
+}
+
+/// A uniformly random `f64` in `[0, 1)`.
+fn random_f64() -> f64 {
+    (random_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// Two distinct uniformly random indices below `n` (`n >= 2`), for power of two choices.
 fn random_pair(n: usize) -> (usize, usize) {
-    use rand::RngExt;
-    let mut rng = rand::rng();
-    let a = rng.random_range(0..n);
-    let b = rng.random_range(0..n - 1);
+    let a = random_index(n);
+    let b = random_index(n - 1);
     (a, if b >= a { b + 1 } else { b })
 }

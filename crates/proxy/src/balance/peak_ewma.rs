@@ -15,9 +15,10 @@
 //! probed again after a while instead of starving forever; the read does not store, so it never
 //! distorts the average.
 //!
-//! Lock-free: the estimate is an `f64`'s bits in an `AtomicU64`, updated by compare-and-swap;
-//! the sample time is a second atomic advanced with `fetch_max`. Two completions racing can at
-//! worst give one sample the decay weight of a slightly longer interval.
+//! Lock-free: the estimate is an `f64`'s bits in an `AtomicU64` and the sample time a second
+//! atomic, both updated with plain stores (no compare-and-swap: the locked instructions cost
+//! more than the rest of the update). Two completions of one endpoint racing can at worst lose
+//! one of the two samples; the next sample corrects the estimate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,31 +89,26 @@ impl Endpoint {
     }
 
     /// Records a latency sample that arrived at `at`.
+    ///
+    /// Plain loads and stores, no read-modify-write: two completions of the same endpoint racing
+    /// can lose one sample (the next one corrects the estimate), which costs far less than two
+    /// locked instructions on every response.
     fn observe(&self, rtt: Duration, at: Instant) {
         let now_ns = nanos(at.saturating_duration_since(self.epoch));
         let sample = nanos(rtt) as f64;
-        let mut bits = self.estimate_ns.load(Ordering::Acquire);
-        loop {
-            let estimate = f64::from_bits(bits);
-            let sampled = self.sampled_ns.load(Ordering::Acquire);
-            let next = if sample >= estimate || sampled == NEVER_SAMPLED {
-                sample
-            } else {
-                let keep = self.survival_since(sampled, now_ns);
-                estimate * keep + sample * (1.0 - keep)
-            };
-            match self.estimate_ns.compare_exchange_weak(
-                bits,
-                next.to_bits(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(current) => bits = current,
-            }
+        let estimate = f64::from_bits(self.estimate_ns.load(Ordering::Relaxed));
+        let sampled = self.sampled_ns.load(Ordering::Relaxed);
+        let next = if sample >= estimate || sampled == NEVER_SAMPLED {
+            sample
+        } else {
+            let keep = self.survival_since(sampled, now_ns);
+            estimate * keep + sample * (1.0 - keep)
+        };
+        self.estimate_ns.store(next.to_bits(), Ordering::Relaxed);
+        let stamp = now_ns.saturating_add(1);
+        if stamp > sampled {
+            self.sampled_ns.store(stamp, Ordering::Relaxed);
         }
-        self.sampled_ns
-            .fetch_max(now_ns.saturating_add(1), Ordering::Release);
     }
 }
 
@@ -140,8 +136,11 @@ impl PeakEwma {
 }
 
 impl Balance for PeakEwma {
-    fn pick(&self, _hash: Option<u64>) -> Option<Picked> {
-        let now = Instant::now();
+    fn pick(&self, hash: Option<u64>) -> Option<Picked> {
+        self.pick_at(hash, Instant::now())
+    }
+
+    fn pick_at(&self, _hash: Option<u64>, now: Instant) -> Option<Picked> {
         let index = match self.endpoints.len() {
             0 => return None,
             1 => 0,

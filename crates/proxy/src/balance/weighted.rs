@@ -16,7 +16,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Balance, EndpointMeta, LoadGuard, Picked, random_index};
+use super::{Balance, EndpointMeta, LoadGuard, Picked, random_f64, random_index};
 
 /// Longest precomputed cycle (entries are `u16`, 128 KiB at most). Every endpoint has at least
 /// one slot, so a schedule never holds more than `u16::MAX + 1` endpoints.
@@ -77,9 +77,8 @@ impl Balance for Weighted {
                 usize::from(slots[ticket % slots.len()])
             }
             Plan::Alias { keep, alias } => {
-                use rand::RngExt;
                 let column = random_index(keep.len());
-                if rand::rng().random::<f64>() < keep[column] {
+                if random_f64() < keep[column] {
                     column
                 } else {
                     alias[column]

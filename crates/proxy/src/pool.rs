@@ -1,0 +1,337 @@
+//! HTTP/1.1 upstream connection pools, one per endpoint address, resolved when a config is
+//! applied so the request path does no lookup: it pops an idle connection (LIFO: the warmest),
+//! sends, and the response body hands the connection back when it has been read to the end.
+//!
+//! Why not hyper-util's legacy `Client`: per request it hashes the `(scheme, authority)` pool
+//! key twice under the pool's lock, allocates request extensions, and spawns a task that waits
+//! for the connection to become idle again. Here checkout is a `Vec::pop` under an uncontended
+//! mutex and the connection is returned by the body itself.
+//!
+//! A request that finds its pooled connection closed before anything was written (the server
+//! closed an idle keep-alive connection) is retried once per pooled connection and then on a
+//! fresh one, as the legacy client does. Idle connections older than [`IDLE_TIMEOUT`] are
+//! closed when the pool is next used; a pool and its connections go away when no cluster refers
+//! to the endpoint any more.
+
+use std::collections::HashMap;
+use std::future::{Future, ready};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Either;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections older than this are closed instead of reused.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// At most this many idle connections are kept per endpoint.
+const MAX_IDLE: usize = 1024;
+
+/// The process-wide HTTP/1.1 pools for one connect timeout, by endpoint address.
+#[derive(Debug)]
+pub(crate) struct H1Pools {
+    connect_timeout: Duration,
+    by_addr: Mutex<HashMap<SocketAddr, Weak<EndpointPool>>>,
+}
+
+impl H1Pools {
+    pub fn new(connect_timeout: Duration) -> Self {
+        H1Pools {
+            connect_timeout,
+            by_addr: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for `addr`, shared with every cluster that has this endpoint (config time only).
+    pub fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointPool> {
+        let mut map = self
+            .by_addr
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(pool) = map.get(&addr).and_then(Weak::upgrade) {
+            return pool;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let pool = Arc::new(EndpointPool {
+            addr,
+            connect_timeout: self.connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        });
+        map.insert(addr, Arc::downgrade(&pool));
+        pool
+    }
+}
+
+/// Keep-alive HTTP/1.1 connections to one endpoint.
+#[derive(Debug)]
+pub(crate) struct EndpointPool {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    tx: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PoolError {
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP/1.1 handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl PoolError {
+    /// The endpoint could not be reached at all (no request was sent).
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, PoolError::Http(_))
+    }
+}
+
+impl EndpointPool {
+    /// Sends `req` (origin-form URI, `Host` set) over a pooled or new connection. `now` is the
+    /// request's start, used as a coarse clock for idle expiry (no extra clock read).
+    ///
+    /// The common case — an idle connection that is ready — hands the request to it before
+    /// returning, so the future only waits for the response head and stays small (it is moved
+    /// into hyper's per-connection slot on every request); anything else runs boxed.
+    pub fn send(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        now: Instant,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, PoolError>> + Send + 'static + use<>
+    {
+        let pool = self.clone();
+        match self.pop_idle(now) {
+            Some(mut tx) if tx.is_ready() => {
+                // Combinators, not an `async` block: a block would hold `sent` twice.
+                Either::Left(tx.try_send_request(req).then(move |sent| match sent {
+                    Ok(resp) => Either::Left(ready(Ok(
+                        resp.map(|body| UpstreamBody::pooled(body, tx, pool, now)),
+                    ))),
+                    Err(mut e) => match e.take_message() {
+                        // Closed before the request was written: safe to send it elsewhere.
+                        Some(req) => Either::Right(Box::pin(pool.send_slow(req, None, now))),
+                        None => Either::Left(ready(Err(PoolError::Http(e.into_error())))),
+                    },
+                }))
+            }
+            idle => Either::Right(Box::pin(pool.send_slow(req, idle, now))),
+        }
+    }
+
+    /// [`Self::send`] when no idle connection was ready: wait for `first` (if any) to become
+    /// ready, else try the other idle ones, else connect.
+    async fn send_slow(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        mut first: Option<SendRequest<Incoming>>,
+        now: Instant,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        loop {
+            let pooled = match first.take() {
+                Some(mut tx) => match tx.ready().await {
+                    Ok(()) => Some(tx),
+                    Err(_) => continue,
+                },
+                None => self.checkout(now).await,
+            };
+            let (mut tx, reused) = match pooled {
+                Some(tx) => (tx, true),
+                None => (self.connect().await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let pool = self.clone();
+                    return Ok(resp.map(|body| UpstreamBody::pooled(body, tx, pool, now)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Closed before the request was written: safe to send it elsewhere.
+                    Some(r) if reused => req = r,
+                    _ => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and not expired.
+    fn pop_idle(&self, now: Instant) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.lock();
+        while let Some(i) = idle.pop() {
+            if !i.tx.is_closed() && now.saturating_duration_since(i.since) <= IDLE_TIMEOUT {
+                return Some(i.tx);
+            }
+        }
+        None
+    }
+
+    /// An idle connection that is ready for a request, if any.
+    async fn checkout(&self, now: Instant) -> Option<SendRequest<Incoming>> {
+        loop {
+            let idle = self.lock().pop()?;
+            if idle.tx.is_closed() || now.saturating_duration_since(idle.since) > IDLE_TIMEOUT {
+                continue;
+            }
+            let mut tx = idle.tx;
+            // Usually ready at once; right after a body ended, the connection task may still be
+            // finishing that response.
+            if tx.ready().await.is_ok() {
+                return Some(tx);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, PoolError> {
+        let addr = self.addr;
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| PoolError::ConnectTimeout {
+                addr,
+                timeout: self.connect_timeout,
+            })?
+            .map_err(|source| PoolError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| PoolError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    fn put(&self, tx: SendRequest<Incoming>, since: Instant) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        // Oldest first: drop the expired ones from the front.
+        let expired = idle
+            .iter()
+            .take_while(|i| since.saturating_duration_since(i.since) > IDLE_TIMEOUT)
+            .count();
+        if expired > 0 {
+            idle.drain(..expired);
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { tx, since });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    #[cfg(test)]
+    pub fn idle_len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// An upstream response body. One from a pooled HTTP/1.1 connection gives the connection back
+/// once read to the end; dropped earlier, the connection is closed (HTTP/1.1 cannot skip the
+/// rest of a response).
+#[derive(Debug)]
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    reuse: Option<Reuse>,
+}
+
+#[derive(Debug)]
+struct Reuse {
+    tx: SendRequest<Incoming>,
+    pool: Arc<EndpointPool>,
+    since: Instant,
+}
+
+impl UpstreamBody {
+    /// A body from a connection that is not pooled here (HTTP/2).
+    pub fn plain(inner: Incoming) -> Self {
+        UpstreamBody { inner, reuse: None }
+    }
+
+    fn pooled(
+        inner: Incoming,
+        tx: SendRequest<Incoming>,
+        pool: Arc<EndpointPool>,
+        since: Instant,
+    ) -> Self {
+        let mut body = UpstreamBody {
+            inner,
+            reuse: Some(Reuse { tx, pool, since }),
+        };
+        body.release_if_done();
+        body
+    }
+
+    fn release_if_done(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(r) = self.reuse.take()
+        {
+            r.pool.put(r.tx, r.since);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(r) = this.reuse.take() {
+                    r.pool.put(r.tx, r.since);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => this.release_if_done(),
+            Poll::Ready(Some(Err(_))) => this.reuse = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests;
