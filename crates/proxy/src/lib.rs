@@ -164,3 +164,4 @@ impl Listeners {
         }
     }
 }
+pub mod identity;
