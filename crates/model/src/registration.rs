@@ -36,6 +36,11 @@ pub struct InstanceRegistration {
     /// instance unhealthy.
     #[serde(default = "default_ttl_ms")]
     pub ttl_ms: u64,
+    /// The SPIFFE ID of the instance's sidecar certificate, when the sidecar serves mTLS
+    /// (`spiffe://<trust-domain>/ns/<namespace>/svc/<service>`); absent for plaintext-only
+    /// instances. Callers use mTLS to instances that have one (docs/XDS.md, "Security").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 fn default_weight() -> u32 {

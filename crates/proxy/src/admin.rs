@@ -2,7 +2,6 @@
 //! (Prometheus text).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::http::ProxyBody;
 use crate::routing::{HashPolicy, HeaderTarget, PathMatch, StringMatch};
-use crate::server::Handler;
+use crate::server::{ConnInfo, Handler};
 use crate::shared::Shared;
 
 #[derive(Debug)]
@@ -44,8 +43,8 @@ impl Handler for Admin {
     fn call(
         self: Arc<Self>,
         req: Request<Incoming>,
-        _peer: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        _conn: &ConnInfo,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
         let resp = self.route(&req);
         async move { resp }
     }

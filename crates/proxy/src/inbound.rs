@@ -19,7 +19,7 @@ use crate::http::{HttpClients, ProxyBody, Target, UpstreamError, local_reply, st
 use crate::metrics::{Direction, ServiceMetrics};
 use crate::outbound::error_chain;
 use crate::pool::{EndpointPool, UpstreamBody};
-use crate::server::Handler;
+use crate::server::{ConnInfo, Handler};
 
 /// Connect timeout to the local app.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -53,8 +53,8 @@ impl Handler for Inbound {
     fn call(
         self: Arc<Self>,
         req: Request<Incoming>,
-        _peer: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        _conn: &ConnInfo,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
         let start = Instant::now();
         // Prepared and handed to the app's connection here; the future only waits.
         let (downstream, sent) = self.send(req, start);

@@ -20,12 +20,14 @@ mod backoff;
 pub mod balance;
 mod config;
 mod http;
+pub mod identity;
 mod inbound;
 mod metrics;
 mod outbound;
 mod pool;
 mod registration;
 mod routing;
+mod security;
 mod server;
 mod shared;
 mod snapshot;
@@ -164,4 +166,3 @@ impl Listeners {
         }
     }
 }
-pub mod identity;

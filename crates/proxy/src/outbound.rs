@@ -7,7 +7,7 @@
 //! afterwards. The duration metric measures the same span.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +23,7 @@ use crate::http::{ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_ho
 use crate::metrics::{Direction, ServiceMetrics, UNKNOWN_SERVICE};
 use crate::pool::UpstreamBody;
 use crate::routing;
-use crate::server::Handler;
+use crate::server::{ConnInfo, Handler};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamCluster;
@@ -121,12 +121,12 @@ impl Handler for Outbound {
     fn call(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        conn: &ConnInfo,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
         let start = Instant::now();
         let decision = {
             let snap = self.shared.live.load();
-            decide(&snap, &req, peer.ip(), start)
+            decide(&snap, &req, conn.peer.ip(), start)
         };
         match decision {
             Ok(d) => FutEither::Left(forward(d, req, start)),

@@ -52,6 +52,7 @@ impl Registrar {
             zone: c.zone.clone(),
             weight: c.weight,
             ttl_ms: u64::try_from(c.ttl.as_millis()).unwrap_or(u64::MAX),
+            identity: None,
         }
     }
 

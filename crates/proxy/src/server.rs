@@ -18,13 +18,21 @@ use tokio::sync::watch;
 
 use crate::http::ProxyBody;
 
+/// What is known about one downstream connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The caller's SPIFFE ID from its verified client certificate; `None` for plaintext.
+    pub peer_id: Option<Arc<str>>,
+}
+
 /// A listener's request handler.
 pub(crate) trait Handler: Send + Sync + 'static {
     fn call(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static;
+        conn: &ConnInfo,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<Self>;
 }
 
 /// Serves `listener` until `stop` turns true, then drains for at most `drain`.
@@ -57,8 +65,9 @@ pub(crate) async fn serve<H: Handler>(
                 let _ = stream.set_nodelay(true);
                 let h = handler.clone();
                 // `map`, not an `async` block that would hold the handler's future twice.
+                let info = ConnInfo { peer, peer_id: None };
                 let svc = hyper::service::service_fn(move |req| {
-                    h.clone().call(req, peer).map(Ok::<_, Infallible>)
+                    h.clone().call(req, &info).map(Ok::<_, Infallible>)
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);

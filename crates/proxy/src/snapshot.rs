@@ -6,12 +6,16 @@ use std::sync::Arc;
 
 use crate::metrics::{Direction, Metrics, ServiceMetrics};
 use crate::routing::RouteTable;
+use crate::security::InboundSecurity;
 use crate::upstream::UpstreamCluster;
 
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub routes: Arc<Routes>,
     pub clusters: HashMap<Arc<str>, Arc<UpstreamCluster>>,
+    /// This proxy's inbound mode and policies; `None` until the `inbound` Listener has been
+    /// accepted (the inbound listener then refuses requests: fail closed).
+    pub inbound: Option<Arc<InboundSecurity>>,
 }
 
 /// The route table with each virtual host's metric handles (same indexes).
@@ -40,6 +44,7 @@ impl Snapshot {
         Snapshot {
             routes,
             clusters: clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
+            inbound: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use http::uri::Authority;
 use crate::balance::{Algorithm, Balance, EndpointMeta};
 use crate::http::HttpClients;
 use crate::pool::EndpointPool;
+use crate::security::TlsPolicy;
 use crate::xds::translate::Endpoint;
 
 /// Builds a balancer; `balance::build` in production.
@@ -25,6 +26,8 @@ pub(crate) struct UpstreamCluster {
     pub endpoints: Vec<UpstreamEndpoint>,
     pub balancer: Arc<dyn Balance>,
     pub clients: HttpClients,
+    /// Upstream mTLS for the endpoints that serve it; `None`: plaintext to every endpoint.
+    pub tls: Option<TlsPolicy>,
 }
 
 #[derive(Debug)]
@@ -61,7 +64,14 @@ impl UpstreamCluster {
             endpoints,
             balancer,
             clients,
+            tls: None,
         }
+    }
+
+    /// The same cluster with upstream mTLS settings.
+    pub fn with_tls(mut self, tls: Option<TlsPolicy>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Whether this cluster already is what `(algorithm, timeout, endpoints)` would build.
@@ -70,8 +80,10 @@ impl UpstreamCluster {
         algorithm: &Algorithm,
         connect_timeout: Duration,
         endpoints: &[Endpoint],
+        tls: Option<&TlsPolicy>,
     ) -> bool {
-        self.algorithm == *algorithm
+        self.tls.as_ref() == tls
+            && self.algorithm == *algorithm
             && self.connect_timeout == connect_timeout
             && self.endpoints.len() == endpoints.len()
             && self

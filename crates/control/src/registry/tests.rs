@@ -60,6 +60,7 @@ fn reg(service: &str, id: &str, ttl_ms: u64) -> InstanceRegistration {
         zone: None,
         weight: 1,
         ttl_ms,
+        identity: None,
     }
 }
 

@@ -17,6 +17,7 @@ fn instance(service: &str, id: &str) -> StoredInstance {
             zone: Some("z1".to_string()),
             weight: 3,
             ttl_ms: 5000,
+            identity: None,
         },
         registered_at_ms: 1_700_000_000_000,
     }

@@ -396,6 +396,7 @@ fn registration() -> InstanceRegistration {
         zone: None,
         weight: 1,
         ttl_ms: 10_000,
+        identity: None,
     }
 }
 
@@ -406,6 +407,7 @@ fn registrations() {
         address: "::1".into(),
         weight: 128,
         ttl_ms: 3_600_000,
+        identity: None,
         ..registration()
     };
     assert_eq!(validate_registration(&v6), Ok(()));

@@ -180,6 +180,7 @@ impl Harness {
                     weight: 1,
                     id: addr.to_string(),
                     zone: None,
+                    mtls: false,
                 })
                 .collect();
             let balancer = balance::build(&Algorithm::RoundRobin, &endpoint_metas(&eps));

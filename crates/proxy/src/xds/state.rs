@@ -101,7 +101,7 @@ impl XdsState {
             };
             let algorithm = effective_algorithm(&cc.algorithm, eps);
             if let Some(old) = previous.clusters.get(cc.name.as_str())
-                && old.same_config(&algorithm, cc.connect_timeout, eps)
+                && old.same_config(&algorithm, cc.connect_timeout, eps, cc.tls.as_ref())
             {
                 return old.clone();
             }
@@ -113,7 +113,8 @@ impl XdsState {
                 eps.to_vec(),
                 balancer,
                 clients.get(cc.connect_timeout),
-            ))
+            )
+            .with_tls(cc.tls.clone()))
         });
         Snapshot::new(routes, clusters.collect::<Vec<_>>())
     }

@@ -20,6 +20,7 @@ use prost::Message;
 use trellis_model::wire;
 
 use crate::balance::Algorithm;
+use crate::security::TlsPolicy;
 
 /// Default `connect_timeout` when a Cluster does not set one.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,6 +36,8 @@ pub(crate) struct ClusterConfig {
     pub algorithm: Algorithm,
     pub connect_timeout: Duration,
     pub endpoints: EndpointSource,
+    /// Upstream mTLS for endpoints that serve it (docs/XDS.md, "Security"); `None`: plaintext.
+    pub tls: Option<TlsPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +56,9 @@ pub(crate) struct Endpoint {
     /// The instance id from `filter_metadata["trellis"].instance_id`, else the address.
     pub id: String,
     pub zone: Option<String>,
+    /// The endpoint serves mTLS (`filter_metadata["envoy.transport_socket_match"].tlsMode ==
+    /// "mtls"`): connect with the cluster's [`ClusterConfig::tls`].
+    pub mtls: bool,
 }
 
 /// Decodes one resource, checking its type URL.
@@ -156,6 +162,7 @@ pub(crate) fn cluster(c: &Cluster) -> Result<ClusterConfig, String> {
         algorithm: algorithm(c)?,
         connect_timeout,
         endpoints,
+        tls: None,
     })
 }
 
@@ -262,6 +269,7 @@ pub(crate) fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, St
                 weight,
                 id,
                 zone: zone.clone(),
+                mtls: false,
             });
         }
     }

@@ -209,6 +209,7 @@ fn load_assignments_keep_usable_endpoints() {
         vec![(
             "catalog".to_string(),
             vec![Endpoint {
+                mtls: false,
                 addr: "127.0.0.1:41000".parse().expect("addr"),
                 weight: 3,
                 id: "catalog-a".to_string(),
