@@ -9,7 +9,8 @@ Scenarios, interleaved round by round:
   direct       load generator -> backend (the limit)
   one hop      -> proxy -> backend, HTTP/1.1 keep-alive both sides:
                trellis sidecar, envoy (--concurrency 1), nginx (1 worker), haproxy (1 thread)
-  mesh path    -> client proxy -> server proxy -> backend: trellis pair, envoy pair
+  mesh path    -> client proxy -> server proxy -> backend: trellis pair, envoy pair (plaintext);
+               trellis mtls pair, envoy mtls pair (mTLS 1.3 with certificates from the Trellis CA)
   h2           h2load (h2c, prior knowledge) -> proxy -> backend
 
 Figures: max req/s (wrk, closed loop), latency p50/p90/p99/p99.9 at fixed rates (oha, open loop,
@@ -36,6 +37,8 @@ PROXY_CPU = "0"
 LOAD_CPU = "1"
 BODY = "hello world!\n"  # 13 bytes
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The sidecar's TLS handshake counter (labels: direction, result).
+TRELLIS_HANDSHAKE_METRIC = "trellis_tls_handshakes_total"
 
 
 def free_port() -> int:
@@ -186,8 +189,31 @@ backend be
 """
 
 
-def envoy_conf(admin: int, listen: int, upstream: int) -> str:
-    return json.dumps({
+def envoy_tls(kind: str, pki: dict, peer_id: str | None = None) -> dict:
+    """An Envoy TLS transport socket with the Trellis-issued certificate in `pki` (TLS 1.3 only,
+    as Trellis sidecars use): `down` for a listener (client certificate required), `up` for a
+    cluster (ALPN h2, the server's SPIFFE ID checked)."""
+    common = {
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
+        "tls_certificates": [{"certificate_chain": {"filename": pki["cert"]},
+                              "private_key": {"filename": pki["key"]}}],
+        "validation_context": {"trusted_ca": {"filename": pki["bundle"]}},
+    }
+    if kind == "down":
+        common["alpn_protocols"] = ["h2", "http/1.1"]
+        ctx = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+               "require_client_certificate": True, "common_tls_context": common}
+    else:
+        common["alpn_protocols"] = ["h2"]
+        common["validation_context"]["match_typed_subject_alt_names"] = [
+            {"san_type": "URI", "matcher": {"exact": peer_id}}]
+        ctx = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+               "sni": "mesh-backend", "common_tls_context": common}
+    return {"name": "envoy.transport_sockets.tls", "typed_config": ctx}
+
+
+def envoy_conf(admin: int, listen: int, upstream: int, listener_tls=None, upstream_tls=None) -> str:
+    conf = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "listeners": [{
@@ -217,7 +243,41 @@ def envoy_conf(admin: int, listen: int, upstream: int) -> str:
                 }]}]},
             }],
         },
-    })
+    }
+    if listener_tls:
+        conf["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = listener_tls
+    if upstream_tls:
+        cluster = conf["static_resources"]["clusters"][0]
+        cluster["transport_socket"] = upstream_tls
+        # HTTP/2 between the proxies, as between Trellis sidecars.
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }}
+    return json.dumps(conf)
+
+
+def issue_cert(control: str, service: str, workdir: str) -> dict:
+    """A key made here and a leaf signed by the Trellis CA for `service` (join token + CSR, as a
+    sidecar does), written as PEM files for Envoy."""
+    tok = api(control, "POST", "/v1/tokens", {"service": service, "ttl_ms": 86400000})
+    key, csr = os.path.join(workdir, f"{service}.key"), os.path.join(workdir, f"{service}.csr")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-out", key], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-new", "-key", key, "-subj", f"/CN={service}", "-out", csr],
+                   check=True, capture_output=True)
+    req = urllib.request.Request(control + "/v1/certificates",
+                                 data=json.dumps({"csr": open(csr).read()}).encode(), method="POST",
+                                 headers={"content-type": "application/json",
+                                          "authorization": f"Bearer {tok['token']}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        signed = json.loads(r.read())
+    out = {"key": key, "cert": os.path.join(workdir, f"{service}.crt"),
+           "bundle": os.path.join(workdir, "bundle.pem"), "spiffe_id": signed["spiffe_id"]}
+    open(out["cert"], "w").write(signed["certificate_chain"])
+    open(out["bundle"], "w").write(signed["trust_bundle"])
+    return out
 
 
 # ---- the setup -------------------------------------------------------------------------------
@@ -226,10 +286,14 @@ def envoy_conf(admin: int, listen: int, upstream: int) -> str:
 class Target:
     """One way of reaching the backend: the port to load, a Host header, the proxy PIDs."""
 
-    def __init__(self, name, port, host=None, h2_port=None, pids=None, features=""):
+    def __init__(self, name, port, host=None, h2_port=None, pids=None, features="", peer="envoy",
+                 handshakes=None):
         self.name, self.port, self.host, self.h2_port = name, port, host, h2_port
         self.pids = pids or []
         self.features = features
+        # The Envoy setup this one is compared with, and a function counting the TLS handshakes
+        # its server side has done (mTLS pairs).
+        self.peer, self.handshakes = peer, handshakes
         self.rss_idle = rss_mib(self.all_pids())
 
     def all_pids(self):
@@ -300,7 +364,9 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
         api(control, "POST", "/v1/instances", {"service": svc, "id": f"{svc}-1", "address": "127.0.0.1",
                                                "port": port, "protocol": proto, "ttl_ms": 3600000})
 
-    def sidecar(name, service, app_port, extra=()):
+    def sidecar(name, service, app_port, extra=(), token=None):
+        if token:
+            extra = (*extra, "--join-token", api(control, "POST", "/v1/tokens", {"service": service})["token"])
         p = procs.start(name, [args.trellis, "--log", "warn", "proxy", "--service", service,
                                "--app-port", str(app_port), "--control", control,
                                "--admin-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0",
@@ -342,12 +408,26 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
     wait_port(hp_port)
     targets.append(Target("haproxy", hp_port, h2_port=hp_h2, pids=[h.pid], features="mode http, http-reuse always"))
 
-    # Mesh path: Trellis pair. The server sidecar fronts the backend as service `mesh-backend`.
+    # Mesh path: Trellis pair. The server sidecar fronts the backend as service `mesh-backend`,
+    # PERMISSIVE and without certificates: plaintext HTTP/1.1 between the sidecars.
+    api(control, "POST", "/v1/resources", {"apiVersion": "trellis.dev/v1alpha1", "kind": "Service",
+                                          "metadata": {"name": "mesh-backend"},
+                                          "spec": {"mtls": {"mode": "PERMISSIVE"}}})
     srv, srv_ready = sidecar("trellis-server-sidecar", "mesh-backend", b1)
     cli, cli_ready = sidecar("trellis-client-sidecar", "mesh-client", b1)
     wait_proxy_knows(cli_ready["admin"], "mesh-backend")
     targets.append(Target("trellis pair", port_of(cli_ready["outbound"]), host="mesh-backend",
-                          pids=[cli.pid, srv.pid], features="plaintext h1 between sidecars"))
+                          pids=[cli.pid, srv.pid], features="plaintext h1 between sidecars",
+                          peer="envoy pair"))
+
+    # Mesh path with mTLS (STRICT, the default): both sidecars hold certificates from the mesh CA.
+    tsrv, tsrv_ready = sidecar("trellis-mtls-server", "mesh-backend-tls", b1, token=True)
+    tcli, tcli_ready = sidecar("trellis-mtls-client", "mesh-client-tls", b1, token=True)
+    wait_proxy_knows(tcli_ready["admin"], "mesh-backend-tls")
+    targets.append(Target("trellis mtls pair", port_of(tcli_ready["outbound"]), host="mesh-backend-tls",
+                          pids=[tcli.pid, tsrv.pid], peer="envoy mtls pair",
+                          features="mTLS 1.3 (SPIFFE checks), h2 between sidecars",
+                          handshakes=lambda: trellis_handshakes(tsrv_ready["admin"])))
 
     # Mesh path: Envoy pair.
     es_port, es_admin, ec_port, ec_admin = free_port(), free_port(), free_port(), free_port()
@@ -361,11 +441,48 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
                                       "--log-level", "warn"], PROXY_CPU)
     wait_port(es_port)
     wait_port(ec_port)
-    targets.append(Target("envoy pair", ec_port, pids=[ec.pid, es.pid], features="plaintext h1 between proxies"))
+    targets.append(Target("envoy pair", ec_port, pids=[ec.pid, es.pid], features="plaintext h1 between proxies",
+                          peer="envoy pair"))
+
+    # Mesh path: Envoy mTLS pair, with certificates issued by the same Trellis CA.
+    srv_pki = issue_cert(control, "envoy-server", workdir)
+    cli_pki = issue_cert(control, "envoy-client", workdir)
+    ms_port, ms_admin, mc_port, mc_admin = free_port(), free_port(), free_port(), free_port()
+    conf_s = os.path.join(workdir, "envoy-mtls-server.json")
+    conf_c = os.path.join(workdir, "envoy-mtls-client.json")
+    open(conf_s, "w").write(envoy_conf(ms_admin, ms_port, b1, listener_tls=envoy_tls("down", srv_pki)))
+    open(conf_c, "w").write(envoy_conf(mc_admin, mc_port, ms_port,
+                                       upstream_tls=envoy_tls("up", cli_pki, srv_pki["spiffe_id"])))
+    ms = procs.start("envoy-mtls-server", [args.envoy, "-c", conf_s, "--concurrency", "1", "--base-id", "14",
+                                           "--log-level", "warn"], PROXY_CPU)
+    mc = procs.start("envoy-mtls-client", [args.envoy, "-c", conf_c, "--concurrency", "1", "--base-id", "15",
+                                           "--log-level", "warn"], PROXY_CPU)
+    wait_port(ms_port)
+    wait_port(mc_port)
+    targets.append(Target("envoy mtls pair", mc_port, pids=[mc.pid, ms.pid], peer="envoy mtls pair",
+                          features="mTLS 1.3 (SAN check), h2 between proxies",
+                          handshakes=lambda: envoy_handshakes(ms_admin)))
 
     for t in targets:
         t.rss_idle = rss_mib(t.all_pids())
     return targets, {"control": control}
+
+
+def envoy_handshakes(admin: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=ssl.handshake$", timeout=5) as r:
+        return sum(int(line.rsplit(":", 1)[1]) for line in r.read().decode().splitlines() if ":" in line)
+
+
+def trellis_handshakes(admin: str) -> int:
+    """Inbound mTLS handshakes completed by a sidecar (its Prometheus metrics)."""
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith(TRELLIS_HANDSHAKE_METRIC) and 'direction="inbound"' in line \
+                and 'result="ok"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
 
 
 # ---- load ------------------------------------------------------------------------------------
@@ -387,6 +504,14 @@ def measure(t: Target, fn):
 
 
 def wrk_max(t: Target, duration: int, conns: int) -> dict:
+    hs0 = t.handshakes() if t.handshakes else None
+    r = wrk_run(t, duration, conns)
+    if hs0 is not None:
+        r["handshakes"] = t.handshakes() - hs0
+    return r
+
+
+def wrk_run(t: Target, duration: int, conns: int) -> dict:
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
     if t.host:
         cmd += ["-H", f"Host: {t.host}"]
@@ -475,7 +600,7 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
         cpu = med([r["max"]["proxy_cpu_s"] / max(r["max"]["requests"], 1) * 1e6 for r in rs])[0] if t.pids else None
         rss_after = med([r["rss_after"] for r in rs])[0] if t.pids else None
         errs = sum(r["max"]["errors"] for r in rs)
-        base = envoy_rps if "pair" not in t.name else med([r["max"]["rps"] for r in by["envoy pair"]])[0]
+        base = med([r["max"]["rps"] for r in by[t.peer]])[0]
         lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, direct_rps)} | {ratio(rps, base)} | "
                      f"{fmt(cpu, ' us', 1)} | {fmt(t.rss_idle, ' MiB', 1) if t.pids else '-'} -> {fmt(rss_after, ' MiB', 1)} | {errs} | {t.features or '-'} |")
     for rate in args.rates:
@@ -507,6 +632,17 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
         rps, lo, hi = med([r["h2"]["rps"] for r in rs])
         errs = sum(r["h2"]["errors"] for r in rs)
         lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, h2_direct)} | {ratio(rps, h2_nginx)} | {errs} |")
+    tls = [t for t in targets if t.handshakes]
+    if tls:
+        lines.append("")
+        lines.append("### TLS handshakes on the server side of the mTLS pairs, per 1,000 requests (wrk runs)")
+        lines.append("")
+        lines.append("| target | handshakes per 1,000 requests |")
+        lines.append("|---|---|")
+        for t in tls:
+            per = [r["max"]["handshakes"] / max(r["max"]["requests"], 1) * 1000 for r in by[t.name]
+                   if "handshakes" in r["max"]]
+            lines.append(f"| {t.name} | {fmt(med(per)[0], '', 2)} |")
     if notes:
         lines.append("")
         lines.append("Disturbances noted during the run:")

@@ -1,6 +1,7 @@
 //! `trellis demo`: a whole mesh on one machine. It starts (as child processes of this same
 //! binary) a control plane; the sample apps ratings v1, catalog v1, catalog v2 and frontend,
-//! each with its sidecar; applies `demo/mesh.yaml` (catalog split 90/10 between v1 and v2);
+//! each with its sidecar (each given a join token, so calls between sidecars are mTLS); applies
+//! `demo/mesh.yaml` (catalog split 90/10 between v1 and v2; frontend PERMISSIVE for the traffic);
 //! sends a steady trickle of requests to the frontend and prints the v1/v2 split it sees.
 //! Ctrl-C or SIGTERM stops every child by PID and exits 0.
 
@@ -200,10 +201,13 @@ async fn start_and_serve(
             .with_context(|| format!("{}: bad app address {app_addr}", spec.instance))?
             .port();
         children.push(app);
+        let token = join_token(&control_url, spec.service).await?;
         let proxy = Child::start(
             exe,
             &strings(&[
                 "proxy",
+                "--join-token",
+                &token,
                 "--service",
                 spec.service,
                 "--instance-id",
@@ -362,6 +366,27 @@ async fn apply_mesh(control_url: &str) -> anyhow::Result<Vec<String>> {
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// A join token for `service` (`POST /v1/tokens`), so every sidecar gets an mTLS certificate.
+async fn join_token(control_url: &str, service: &str) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let url = format!("{control_url}/v1/tokens");
+    let resp = client
+        .post(&url)
+        .json(&serde_json::json!({ "service": service }))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    match body.get("token").and_then(|t| t.as_str()) {
+        Some(t) if status.is_success() => Ok(t.to_string()),
+        _ => bail!("creating a join token for {service} failed ({status}): {body}"),
+    }
 }
 
 /// Polls the sidecar's `/ready` (200 once it has its config).

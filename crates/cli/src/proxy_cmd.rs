@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use trellis_proxy::{BoundAddrs, ProxyConfig, StartupError};
+use trellis_proxy::{BoundAddrs, JoinToken, ProxyConfig, StartupError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -48,6 +48,15 @@ pub struct Args {
     /// On SIGTERM, wait at most this long for in-flight requests.
     #[arg(long, default_value = "10s", value_parser = trellis_model::parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Join token (from `trellis token create --service <name>`): the sidecar obtains its mTLS
+    /// workload certificate with it before registering. Without a token (or --join-token-file)
+    /// the sidecar is plaintext-only and its inbound listener refuses connections unless the
+    /// service is PERMISSIVE.
+    #[arg(long, env = "TRELLIS_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Read the join token from this file (e.g. a mounted secret) instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+    pub join_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +77,21 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 const EXIT_BAD_CONFIG: u8 = 2;
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let join_token = match (&args.join_token, &args.join_token_file) {
+        (Some(t), _) => Some(JoinToken::new(t)),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(t) => Some(JoinToken::new(&t)),
+            Err(e) => {
+                eprintln!(
+                    "error: --join-token-file {}: cannot read it: {e} (the file should hold the \
+                     token printed by `trellis token create`)",
+                    path.display()
+                );
+                return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+            }
+        },
+        (None, None) => None,
+    };
     let instance_id = args
         .instance_id
         .unwrap_or_else(|| format!("{}-{:08x}", args.service, rand::random::<u32>()));
@@ -90,6 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         weight: args.weight,
         ttl: args.ttl,
         drain_timeout: args.drain_timeout,
+        join_token,
     };
     let ready = move |bound: BoundAddrs| {
         let mut fields = serde_json::Map::new();

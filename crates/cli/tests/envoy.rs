@@ -8,7 +8,9 @@
 //! (HTTP/2 upstream).
 //!
 //! It also applies one service per balancing algorithm and an HTTPRoute with every match kind,
-//! and checks Envoy accepts them all. The Envoy harness is in `envoy/harness.rs`.
+//! and checks Envoy accepts them all, including the security config (the inbound listener's
+//! TLS inspector and plaintext chain, the optional `trellis.authz` TypedStruct filter, and the
+//! `envoy.transport_socket_match` endpoint metadata of an instance registered with an identity). The Envoy harness is in `envoy/harness.rs`.
 //!
 //! Envoy is found via `TRELLIS_ENVOY`, `envoy` on `PATH`, or `bench/.venv/bin/envoy` under the
 //! repository root. Without it the test fails when `CI` is set and is skipped otherwise.
@@ -36,12 +38,33 @@ const XDS_TYPES: [&str; 4] = [
     "ClusterLoadAssignment",
 ];
 
+/// Envoy holds no mesh certificate (no SDS), so it calls in plaintext and its own service can
+/// only be served in plaintext: every service it talks to, and its own, is PERMISSIVE. (A
+/// STRICT service gets no inbound listener on a node without `TRELLIS_IDENTITY`.)
+const PERMISSIVE: &str = r#"
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: catalog }
+spec: { mtls: { mode: PERMISSIVE } }
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: greeter }
+spec: { protocol: grpc, mtls: { mode: PERMISSIVE } }
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: web }
+spec: { mtls: { mode: PERMISSIVE } }
+"#;
+
 const SUBSETS_AND_ROUTE: &str = r#"
 apiVersion: trellis.dev/v1alpha1
 kind: Service
 metadata:
   name: catalog
 spec:
+  mtls: { mode: PERMISSIVE }
   subsets:
     - name: v1
       labels: { version: v1 }
@@ -149,6 +172,23 @@ spec:
           headers: [ { name: x-to, value: ewma } ]
       backendRefs:
         - { name: s-ewma }
+---
+apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: web-no-delete }
+spec:
+  targetRef: { name: web }
+  action: DENY
+  rules: [ { to: [ { methods: [DELETE] } ] } ]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RequestAuthentication
+metadata: { name: web-jwt }
+spec:
+  targetRef: { name: web }
+  jwtRules:
+    - issuer: https://issuer.example
+      jwksUri: http://127.0.0.1:9/jwks.json
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +203,7 @@ async fn envoy_joins_the_mesh_over_ads() -> anyhow::Result<()> {
     };
     let log = TestLog::new("envoy")?;
     let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
+    control.apply_yaml(PERMISSIVE).await?;
     let url = control.url();
     let mut instances = Vec::new();
     for version in ["v1", "v2"] {
@@ -336,9 +377,15 @@ async fn scenario(
 /// instance, and routes by a regex path.
 async fn coverage(control: &ControlPlane, envoy: &Envoy) -> anyhow::Result<()> {
     control.apply_yaml(COVERAGE).await?;
+    // Registered with its identity: its endpoint carries the `envoy.transport_socket_match`
+    // metadata, which Envoy must accept (it has no socket matches, so it stays plaintext).
+    let identity = control.get_json("/v1/services/s-weighted").await?["spiffe_id"]
+        .as_str()
+        .context("/v1/services/s-weighted has a spiffe_id")?
+        .to_string();
     let registration = serde_json::json!({
         "service": "s-weighted", "id": "w-1", "address": "127.0.0.1", "port": 9,
-        "zone": "z1", "weight": 5, "ttl_ms": 3_600_000,
+        "zone": "z1", "weight": 5, "ttl_ms": 3_600_000, "identity": identity,
     });
     let (status, body) = control
         .request(
@@ -369,9 +416,22 @@ async fn coverage(control: &ControlPlane, envoy: &Envoy) -> anyhow::Result<()> {
                         .unwrap_or("ROUND_ROBIN")
                 }) == Some(*policy)
             }) && d.to_string().contains("catalog-coverage")
+                && d.to_string().contains("web-no-delete")
+                && d.to_string().contains("web-jwt")
         })
         .await?;
     wait_for_acks(control, "the coverage resources").await?;
+    // The optional `trellis.authn`/`trellis.authz` filters are skipped by Envoy: its inbound
+    // listener (plaintext chain, web is PERMISSIVE) still reaches the app.
+    let inbound = Client::new(envoy.inbound).with_addressing(Addressing::Host);
+    let reply = inbound
+        .send(&Req::get("anything", "/after-policies"))
+        .await?;
+    ensure!(
+        reply.status == 200,
+        "Envoy's inbound listener with the policy filters must still reach its app: {}",
+        reply.status
+    );
     let dump = envoy.config_dump().await?;
     let ewma = active_cluster(&dump, "s-ewma").context("cluster s-ewma")?;
     ensure!(

@@ -75,7 +75,9 @@ async fn token_csr_certificate_and_a_stable_root_across_restart() -> anyhow::Res
     let text_token = token_create(&control, &["--service", "catalog", "--ttl", "1h"]).await?;
     let text_token = text_token.trim();
     ensure!(
-        text_token.len() == 43 && !text_token.contains(char::is_whitespace),
+        text_token.len() == 4 + 43
+            && text_token.starts_with("tjt_")
+            && !text_token.contains(char::is_whitespace),
         "text output should be the token alone, got {text_token:?}"
     );
     let grant: Value = serde_json::from_str(

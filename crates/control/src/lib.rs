@@ -99,6 +99,7 @@ pub async fn run(
         restart_grace: config.restart_grace,
         remove_after: config.remove_after,
         push_debounce: config.push_debounce,
+        trust_domain: ca.trust_domain().to_string(),
         ..RegistryConfig::default()
     };
     let (registry, tasks) = Registry::start(store, registry_config, metrics)

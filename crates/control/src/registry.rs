@@ -8,6 +8,8 @@
 //! `push_debounce`, only when what proxies see changed.
 
 mod build;
+mod describe;
+mod identity;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,15 +19,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use trellis_model::{
-    ApplyError, Health, HttpRouteResource, InstanceRegistration, Kind, KnownServices, Resource,
-    ServiceSpec, TrafficPolicySpec,
-};
+use trellis_model::{ApplyError, Health, InstanceRegistration, Kind, KnownServices, Resource};
 
 pub use build::{
-    InstanceState, authentication_for, authorization_for, build_snapshot, declared, policy_for,
-    routes_for,
+    InstanceState, authentication_for, authorization_for, build_snapshot, declared, namespace_of,
+    policy_for, routes_for,
 };
+
+pub use describe::ServiceDescription;
+pub use identity::check_identity;
 
 use crate::metrics::Metrics;
 use crate::snapshot::MeshSnapshot;
@@ -41,6 +43,9 @@ pub struct RegistryConfig {
     pub push_debounce: Duration,
     /// How often the reaper checks TTLs.
     pub reap_interval: Duration,
+    /// The mesh CA's trust domain: published in snapshots, and the domain a registration's
+    /// `identity` must be in.
+    pub trust_domain: String,
 }
 
 impl Default for RegistryConfig {
@@ -50,6 +55,7 @@ impl Default for RegistryConfig {
             remove_after: Duration::from_secs(60),
             push_debounce: Duration::from_millis(100),
             reap_interval: Duration::from_millis(50),
+            trust_domain: crate::ca::DEFAULT_TRUST_DOMAIN.to_string(),
         }
     }
 }
@@ -83,16 +89,6 @@ pub struct ServiceSummary {
     pub declared: bool,
     pub instances: usize,
     pub healthy: usize,
-}
-
-/// Everything the registry knows about one service (the API adds its proxies).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ServiceDescription {
-    pub name: String,
-    pub declared: Option<ServiceSpec>,
-    pub policy: Option<TrafficPolicySpec>,
-    pub routes: Vec<HttpRouteResource>,
-    pub instances: Vec<InstanceView>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,12 +209,13 @@ impl Registry {
         let version = store.version_floor().await?.max(unix_ms());
         let reserved = version + VERSION_BLOCK;
         store.set_version_floor(reserved).await?;
-        let first = build_snapshot(
+        let mut first = build_snapshot(
             version,
             state.instances.values(),
             state.resources.values(),
             now,
         );
+        first.trust_domain.clone_from(&config.trust_domain);
         metrics.set_snapshot_version(version);
         let (snapshots, _) = watch::channel(Arc::new(first));
         let inner = Arc::new(Inner {
@@ -259,6 +256,16 @@ impl Registry {
         trellis_model::validate_registration(&reg).map_err(RegistryError::Invalid)?;
         let key = (reg.service.clone(), reg.id.clone());
         let _w = self.inner.writes.lock().await;
+        if let Some(identity) = &reg.identity {
+            let namespace = namespace_of(self.state().resources.values(), &reg.service);
+            check_identity(
+                &self.inner.config.trust_domain,
+                &namespace,
+                &reg.service,
+                identity,
+            )
+            .map_err(RegistryError::Invalid)?;
+        }
         let existing = self
             .state()
             .instances
@@ -362,29 +369,6 @@ impl Registry {
             }
         }
         out.into_values().collect()
-    }
-
-    /// `None` when the service is neither declared nor has instances.
-    pub fn describe(&self, name: &str) -> Option<ServiceDescription> {
-        let now = Instant::now();
-        let st = self.state();
-        let declared = declared(st.resources.values(), name);
-        let instances: Vec<InstanceView> = st
-            .instances
-            .values()
-            .filter(|i| i.registration.service == name)
-            .map(|i| view_of(i, now))
-            .collect();
-        if declared.is_none() && instances.is_empty() {
-            return None;
-        }
-        Some(ServiceDescription {
-            name: name.to_string(),
-            declared,
-            policy: policy_for(st.resources.values(), name),
-            routes: routes_for(st.resources.values(), name),
-            instances,
-        })
     }
 
     /// Parses and validates every document of `text`, then stores all of them in one
@@ -557,12 +541,14 @@ async fn publisher(inner: Arc<Inner>, mut version: u64, mut reserved: u64) {
         tokio::time::sleep(inner.config.push_debounce).await;
         let next = {
             let st = lock(&inner.state);
-            build_snapshot(
+            let mut next = build_snapshot(
                 version + 1,
                 st.instances.values(),
                 st.resources.values(),
                 Instant::now(),
-            )
+            );
+            next.trust_domain.clone_from(&inner.config.trust_domain);
+            next
         };
         if next.services == inner.snapshots.borrow().services {
             continue;

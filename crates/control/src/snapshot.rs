@@ -14,17 +14,49 @@ use trellis_model::{
     ServiceSpec, TrafficPolicySpec,
 };
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MeshSnapshot {
     /// Increases with every published change; used as the xDS `version_info`.
     pub version: u64,
+    /// The mesh CA's trust domain: services' SPIFFE IDs are
+    /// `spiffe://<trust_domain>/ns/<namespace>/svc/<name>`.
+    pub trust_domain: String,
     /// Every known service: declared by a Service resource or with registered instances.
     pub services: BTreeMap<String, ServiceView>,
 }
 
+impl Default for MeshSnapshot {
+    fn default() -> Self {
+        MeshSnapshot {
+            version: 0,
+            trust_domain: crate::ca::DEFAULT_TRUST_DOMAIN.to_string(),
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+impl MeshSnapshot {
+    /// The SPIFFE ID of a service's workloads (namespace `default` for an unknown service).
+    pub fn spiffe_id(&self, service: &str) -> String {
+        let namespace = self
+            .services
+            .get(service)
+            .map(|v| v.namespace.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE);
+        trellis_model::wire::spiffe_id(&self.trust_domain, namespace, service)
+    }
+}
+
+/// The namespace of a service without a Service resource.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ServiceView {
     pub name: String,
+    /// The Service resource's `metadata.namespace`; `default` without one (empty means
+    /// `default` too).
+    pub namespace: String,
     /// The Service resource's spec, when one is applied.
     pub declared: Option<ServiceSpec>,
     /// The TrafficPolicy targeting this service, when one is applied.
@@ -50,6 +82,8 @@ pub struct Endpoint {
     pub zone: Option<String>,
     pub weight: u32,
     pub labels: BTreeMap<String, String>,
+    /// The SPIFFE ID the instance registered with: its sidecar serves mTLS.
+    pub identity: Option<String>,
 }
 
 pub type SharedSnapshot = Arc<MeshSnapshot>;

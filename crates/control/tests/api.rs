@@ -389,3 +389,89 @@ async fn run_serves_until_shutdown_and_refuses_a_locked_or_unusable_data_dir() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn registration_identity_must_be_the_services_spiffe_id() {
+    let api = serve().await;
+    let with_identity = |service: &str, id: &str, identity: &str| {
+        json!({"service": service, "id": id, "address": "127.0.0.1", "port": 41000,
+               "identity": identity})
+    };
+    let register = |body: Value| api.send(api.http.post(api.url("/v1/instances")).json(&body));
+    let cases = [
+        (
+            "another service",
+            with_identity(
+                "catalog",
+                "c1",
+                "spiffe://cluster.local/ns/default/svc/orders",
+            ),
+            "an instance of `catalog` (namespace `default`) may only claim its service's identity",
+        ),
+        (
+            "another trust domain",
+            with_identity(
+                "catalog",
+                "c1",
+                "spiffe://evil.example/ns/default/svc/catalog",
+            ),
+            "its trust domain `evil.example` is not this mesh's (`cluster.local`)",
+        ),
+        (
+            "not a SPIFFE ID",
+            with_identity("catalog", "c1", "catalog"),
+            "it is not a SPIFFE ID",
+        ),
+        (
+            "another namespace",
+            with_identity(
+                "catalog",
+                "c1",
+                "spiffe://cluster.local/ns/shop/svc/catalog",
+            ),
+            "expected `spiffe://cluster.local/ns/default/svc/catalog`",
+        ),
+    ];
+    for (case, body, needle) in cases {
+        let (status, resp) = register(body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{case}: {resp}");
+        assert!(
+            error_of(&resp).starts_with("identity: ") && error_of(&resp).contains(needle),
+            "{case}: error should mention `{needle}`: {resp}"
+        );
+    }
+    let (_, list) = api.get("/v1/instances").await;
+    assert_eq!(list, json!([]), "refused registrations are not stored");
+
+    let ok = with_identity(
+        "catalog",
+        "c1",
+        "spiffe://cluster.local/ns/default/svc/catalog",
+    );
+    let (status, resp) = register(ok).await;
+    assert_eq!(status, StatusCode::CREATED, "{resp}");
+    assert_eq!(
+        resp["identity"],
+        "spiffe://cluster.local/ns/default/svc/catalog"
+    );
+
+    // The namespace comes from the Service resource; describe shows identity and mode.
+    let service = "apiVersion: trellis.dev/v1alpha1\nkind: Service\nmetadata: { name: orders, \
+                   namespace: shop }\nspec: { mtls: { mode: PERMISSIVE } }\n";
+    let (status, resp) = api.post_raw("/v1/resources", service).await;
+    assert!(status.is_success(), "{resp}");
+    let wrong = with_identity(
+        "orders",
+        "o1",
+        "spiffe://cluster.local/ns/default/svc/orders",
+    );
+    assert_eq!(register(wrong).await.0, StatusCode::BAD_REQUEST);
+    let right = with_identity("orders", "o1", "spiffe://cluster.local/ns/shop/svc/orders");
+    assert_eq!(register(right).await.0, StatusCode::CREATED);
+    let (_, d) = api.get("/v1/services/orders").await;
+    assert_eq!(d["spiffe_id"], "spiffe://cluster.local/ns/shop/svc/orders");
+    assert_eq!(d["mtls"], "PERMISSIVE");
+    assert_eq!(d["authorization"], json!([]));
+    let (_, d) = api.get("/v1/services/catalog").await;
+    assert_eq!(d["mtls"], "STRICT");
+}

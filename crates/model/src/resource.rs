@@ -10,6 +10,9 @@ use crate::{AuthorizationPolicyResource, Protocol, RequestAuthenticationResource
 pub const API_VERSION: &str = "trellis.dev/v1alpha1";
 
 /// A validated resource, as stored and as returned by the API.
+// Resources are few and never on the request path: boxing the large RequestAuthentication
+// would only make every match on them noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum Resource {
@@ -64,6 +67,51 @@ pub struct ServiceSpec {
     pub protocol: Protocol,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<Subset>,
+    /// Inbound mutual TLS; STRICT unless set (docs/RESOURCES.md).
+    #[serde(default, skip_serializing_if = "MtlsSettings::is_default")]
+    pub mtls: MtlsSettings,
+}
+
+/// `spec.mtls` of a Service: how its sidecars' inbound listeners treat callers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MtlsSettings {
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+impl MtlsSettings {
+    pub fn is_default(&self) -> bool {
+        *self == MtlsSettings::default()
+    }
+}
+
+/// Inbound mTLS mode of a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MtlsMode {
+    /// Only mutually authenticated TLS; plaintext and certificate-less callers fail in the
+    /// handshake.
+    #[default]
+    #[serde(rename = "STRICT")]
+    Strict,
+    /// mTLS and plaintext both accepted, for migration; plaintext callers have no identity.
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "STRICT",
+            MtlsMode::Permissive => "PERMISSIVE",
+        }
+    }
+}
+
+impl std::fmt::Display for MtlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! The zero-trust kinds: [`AuthorizationPolicyResource`] (who may call what) and
-//! [`RequestAuthenticationResource`] (which JWTs are accepted). docs/RESOURCES.md describes
+//! [`RequestAuthenticationResource`] (which JWTs, or OAuth2 tokens checked by introspection,
+//! are accepted). docs/RESOURCES.md describes
 //! them and the exact evaluation order; the sidecar compiles and enforces them.
 
 use std::time::Duration;
@@ -19,6 +20,12 @@ pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// The largest `clockSkew` accepted.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// How long an introspection answer is cached when `cacheTtl` is not set.
+pub const DEFAULT_INTROSPECTION_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// The largest `introspection.cacheTtl` accepted: a revoked token stays usable this long.
+pub const MAX_INTROSPECTION_CACHE_TTL: Duration = Duration::from_secs(300);
 
 // ---- AuthorizationPolicy --------------------------------------------------------------------
 
@@ -125,7 +132,11 @@ pub struct RequestAuthenticationSpec {
     /// The service whose inbound requests are checked; absent means every service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<ServiceRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt_rules: Vec<JwtRule>,
+    /// OAuth2 token introspection (RFC 7662) for opaque tokens: an alternative to JWT rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<Introspection>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +184,69 @@ pub struct JwtHeader {
 pub struct ForwardClaims {
     pub header: String,
     pub claims: Vec<String>,
+}
+
+/// An OAuth2 token introspection endpoint (RFC 7662) that judges opaque bearer tokens.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Introspection {
+    /// The `http://` or `https://` URL the token is POSTed to.
+    pub endpoint: String,
+    /// The client id the sidecar authenticates with (HTTP Basic).
+    pub client_id: String,
+    /// The client secret inline; exclusive with `clientSecretFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// An absolute path, on the sidecar's host, of a file holding the client secret (read on
+    /// each call to the endpoint, so it can be rotated in place); exclusive with `clientSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<String>,
+    /// When set and the answer carries `iss`, it must be this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// When set and the answer carries `aud`, it must hold one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// How long an answer is reused, e.g. `30s` (the default); never past the token's `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<String>,
+    /// Headers the token is read from; with `fromParams` both empty, `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters the token is read from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_params: Vec<String>,
+    /// Forwards selected fields of the introspection answer to the app in one header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_claims_header: Option<ForwardClaims>,
+}
+
+impl std::fmt::Debug for Introspection {
+    /// The inline secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspection")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("cache_ttl", &self.cache_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Introspection {
+    /// The configured cache TTL, or [`DEFAULT_INTROSPECTION_CACHE_TTL`].
+    pub fn cache_ttl(&self) -> Duration {
+        self.cache_ttl
+            .as_deref()
+            .and_then(|s| parse_duration(s).ok())
+            .unwrap_or(DEFAULT_INTROSPECTION_CACHE_TTL)
+    }
 }
 
 impl JwtRule {

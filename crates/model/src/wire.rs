@@ -18,6 +18,47 @@ pub const NODE_INSTANCE_ID: &str = "TRELLIS_INSTANCE_ID";
 pub const NODE_APP_PORT: &str = "TRELLIS_APP_PORT";
 pub const NODE_OUTBOUND_PORT: &str = "TRELLIS_OUTBOUND_PORT";
 pub const NODE_INBOUND_PORT: &str = "TRELLIS_INBOUND_PORT";
+/// The SPIFFE ID of the proxy's mesh certificate; absent when it holds none.
+pub const NODE_IDENTITY: &str = "TRELLIS_IDENTITY";
+
+// ---- Security (docs/XDS.md, "Security") -----------------------------------------------------
+
+/// `filter_metadata` key on endpoints that serve mTLS, and the match key of
+/// `transport_socket_matches`.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+/// Field of that metadata and of the match, and its value for mTLS endpoints.
+pub const TLS_MODE_KEY: &str = "tlsMode";
+pub const TLS_MODE_MTLS: &str = "mtls";
+/// Names of the transport socket matches (clusters) and filter chains (inbound listener).
+pub const MTLS_CHAIN: &str = "mtls";
+pub const PLAINTEXT_CHAIN: &str = "plaintext";
+/// `filter_chain_match.transport_protocol` values set by the TLS inspector.
+pub const TRANSPORT_TLS: &str = "tls";
+pub const TRANSPORT_RAW: &str = "raw_buffer";
+/// Transport sockets and the listener filter.
+pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+pub const RAW_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
+pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+/// SDS secret names: the proxy's own certificate and the trust bundle (never sent over xDS).
+pub const SDS_CERTIFICATE: &str = "default";
+pub const SDS_TRUST_BUNDLE: &str = "ROOTCA";
+/// ALPN offered by a sidecar's mTLS client; accepted by its mTLS server.
+pub const MTLS_CLIENT_ALPN: &[&str] = &["h2"];
+pub const MTLS_SERVER_ALPN: &[&str] = &["h2", "http/1.1"];
+/// The inbound HTTP filters carrying the policies, and their TypedStruct type URLs.
+pub const AUTHN_FILTER: &str = "trellis.authn";
+pub const AUTHZ_FILTER: &str = "trellis.authz";
+pub const AUTHN_TYPE_URL: &str = "type.googleapis.com/trellis.security.v1.RequestAuthentications";
+pub const AUTHZ_TYPE_URL: &str = "type.googleapis.com/trellis.security.v1.AuthorizationPolicies";
+/// Field of those TypedStructs' value holding the list of resources (JSON form, with `kind`).
+pub const POLICIES_FIELD: &str = "policies";
+/// Type URL of `xds.type.v3.TypedStruct`.
+pub const TYPED_STRUCT_TYPE_URL: &str = "type.googleapis.com/xds.type.v3.TypedStruct";
+
+/// The SPIFFE ID of a mesh workload: `spiffe://<trust-domain>/ns/<namespace>/svc/<service>`.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/svc/{service}")
+}
 
 /// Cluster name of a service, or of one of its subsets: `catalog`, `catalog|v1`.
 pub fn cluster_name(service: &str, subset: Option<&str>) -> String {

@@ -1,13 +1,11 @@
-//! Micro-benchmarks of the outbound request path's per-request steps that `trellis-proxy`
-//! makes reachable from outside the crate: forwarded-request header preparation and the
-//! hash-balancer key (`balance::hash_key` over a header value or the client IP).
+//! Micro-benchmarks of the outbound request path's per-request steps: the routing decision
+//! (`RouteTable::find` → `VirtualHost::route` → `RouteAction::pick_cluster`) at 10 and 1,000
+//! routes, forwarded-request header preparation, and the hash-balancer key (`balance::hash_key`
+//! over a header value or the client IP).
 //!
-//! The routing decision itself (`routing::RouteTable::find`, `VirtualHost::route`,
-//! `RouteAction::pick_cluster`) and `http::strip_hop_by_hop` are crate-private, so they are not
-//! benched here yet. Including their files with `#[path]` does not work: cargo builds benches
-//! with `--cfg test`, which pulls in those files' `mod tests;` against the wrong crate root.
-//! The header steps below reproduce `http.rs`'s `strip_hop_by_hop` and the HTTP/1.1 parts of
-//! `outbound.rs`'s `forward` and `http.rs`'s `send` with the same `http` crate calls.
+//! `http::strip_hop_by_hop` is crate-private (it pulls in the connection pools), so the header
+//! steps below reproduce it and the HTTP/1.1 parts of `outbound.rs`'s `forward` and `http.rs`'s
+//! `send` with the same `http` crate calls.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -16,7 +14,13 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri, Version};
+use std::sync::Arc;
+
 use trellis_proxy::balance::hash_key;
+use trellis_proxy::routing::{
+    HeaderMatch, HeaderTarget, PathMatch, Route, RouteAction, RouteMatch, RouteTable, StringMatch,
+    VirtualHost, WeightedCluster,
+};
 
 /// A typical app request: 12 headers, origin form with `Host` naming the service.
 fn typical() -> Request<()> {
@@ -201,5 +205,104 @@ fn hash_keys(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward_headers, hash_keys);
+/// Route `i` of a service: alternating path-prefix, exact-path and prefix+header matches, as
+/// HTTPRoutes produce them; the last route is the catch-all `/`.
+fn route(service: &str, i: usize, last: bool) -> Route {
+    let (path, headers) = if last {
+        (PathMatch::Prefix("/".to_string()), vec![])
+    } else {
+        match i % 3 {
+            0 => (PathMatch::SeparatedPrefix(format!("/api/v{i}")), vec![]),
+            1 => (PathMatch::Exact(format!("/api/v{i}/orders")), vec![]),
+            _ => (
+                PathMatch::SeparatedPrefix(format!("/api/v{i}")),
+                vec![HeaderMatch {
+                    target: HeaderTarget::Header(HeaderName::from_static("x-user-id")),
+                    matcher: StringMatch::Exact(format!("user-{i}")),
+                    invert: false,
+                }],
+            ),
+        }
+    };
+    let cluster = |name: String, weight| WeightedCluster {
+        name: Arc::from(name),
+        weight,
+    };
+    Route {
+        name: format!("{service}-{i}"),
+        matcher: RouteMatch { path, headers },
+        action: RouteAction {
+            clusters: vec![
+                cluster(format!("{service}|v1"), 90),
+                cluster(format!("{service}|v2"), 10),
+            ],
+            total_weight: 100,
+            hash: None,
+        },
+    }
+}
+
+/// `services` virtual hosts of `routes` routes each.
+fn table(services: usize, routes: usize) -> RouteTable {
+    RouteTable::new(
+        (0..services)
+            .map(|s| {
+                let name = format!("svc-{s}");
+                VirtualHost {
+                    routes: (0..routes)
+                        .map(|i| route(&name, i, i + 1 == routes))
+                        .collect(),
+                    domains: vec![name.clone(), format!("{name}:*")],
+                    name: Arc::from(name),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The whole decision for one request: host lookup, first matching route, weighted pick.
+fn decide<'t>(t: &'t RouteTable, req: &Request<()>) -> Option<&'t Arc<str>> {
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    let (_, vh) = t.find(host)?;
+    let route = vh.route(req.method(), req.uri().path(), req.headers())?;
+    Some(route.action.pick_cluster(37))
+}
+
+fn request_to(host: &'static str, path: &'static str) -> Request<()> {
+    let mut req = typical();
+    *req.uri_mut() = Uri::from_static(path);
+    req.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static(host));
+    req
+}
+
+fn route_matching(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    // 10 routes: one service with 10 routes; the request matches the first or only the last.
+    let ten = table(1, 10);
+    let first = request_to("svc-0:8080", "/api/v0/orders");
+    let last = request_to("svc-0:8080", "/other/path");
+    assert!(decide(&ten, &first).is_some() && decide(&ten, &last).is_some());
+    g.bench_function("10_routes/first_match", |b| {
+        b.iter(|| decide(black_box(&ten), black_box(&first)))
+    });
+    g.bench_function("10_routes/last_match", |b| {
+        b.iter(|| decide(black_box(&ten), black_box(&last)))
+    });
+    // 1,000 routes, spread as 100 services x 10 routes and as one service with 1,000 routes
+    // (checked in order, as Envoy does: the worst case for a linear route list).
+    let spread = table(100, 10);
+    let spread_req = request_to("svc-73", "/other/path");
+    let one = table(1, 1000);
+    assert!(decide(&spread, &spread_req).is_some() && decide(&one, &last).is_some());
+    g.bench_function("1000_routes/100_services_last_match", |b| {
+        b.iter(|| decide(black_box(&spread), black_box(&spread_req)))
+    });
+    g.bench_function("1000_routes/one_service_last_match", |b| {
+        b.iter(|| decide(black_box(&one), black_box(&last)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, route_matching, forward_headers, hash_keys);
 criterion_main!(benches);

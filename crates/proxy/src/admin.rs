@@ -62,7 +62,7 @@ impl Admin {
         }
         match req.uri().path() {
             "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
-            "/ready" => match self.shared.status.not_ready_reason() {
+            "/ready" => match not_ready_reason(&self.shared) {
                 None => reply(StatusCode::OK, TEXT, "ready\n"),
                 Some(why) => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +91,42 @@ impl Admin {
     }
 }
 
+/// `None` when ready to serve, else why not: with a join token, the certificate is needed too.
+fn not_ready_reason(shared: &Shared) -> Option<String> {
+    let status = shared.status.not_ready_reason();
+    if shared.config.join_token.is_none() || shared.tls.get().is_some() {
+        return status;
+    }
+    let cert = "no workload certificate yet (requesting one from the control plane's CA with \
+                the join token; see the sidecar's log)";
+    Some(match status {
+        Some(why) => format!("{cert}; {why}"),
+        None => cert.to_string(),
+    })
+}
+
+/// This sidecar's workload identity, for `/config_dump`.
+fn identity_json(shared: &Shared) -> Value {
+    let Some(tls) = shared.tls.get() else {
+        return json!({ "join_token": shared.config.join_token.is_some(), "certificate": null });
+    };
+    let creds = tls.identity.credentials();
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    json!({
+        "join_token": true,
+        "spiffe_id": tls.identity.spiffe_id(),
+        "certificate": {
+            "serial": creds.serial,
+            "not_before_ms": ms(creds.not_before),
+            "not_after_ms": ms(creds.not_after),
+        },
+        "trust_bundle_roots": tls.identity.trust_bundle().roots().len(),
+    })
+}
+
 /// The node, the xDS status (accepted versions, last NACK) and the live typed config.
 pub(crate) fn config_dump(shared: &Shared) -> Value {
     let c = &shared.config;
@@ -105,11 +141,13 @@ pub(crate) fn config_dump(shared: &Shared) -> Value {
                 "name": &*cl.name,
                 "algorithm": format!("{:?}", cl.algorithm),
                 "connect_timeout_ms": cl.connect_timeout.as_millis() as u64,
+                "tls": cl.tls.as_ref().map(|t| json!({"sni": t.sni, "expected_ids": t.expected_ids})),
                 "endpoints": cl.endpoints.iter().map(|e| json!({
                     "address": e.endpoint.addr.to_string(),
                     "weight": e.endpoint.weight,
                     "instance_id": e.endpoint.id,
                     "zone": e.endpoint.zone,
+                    "mtls": e.mtls.is_some(),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -149,6 +187,8 @@ pub(crate) fn config_dump(shared: &Shared) -> Value {
             "app_protocol": c.app_protocol,
         },
         "status": shared.status.get(),
+        "identity": identity_json(shared),
+        "inbound_mode": snap.inbound.as_ref().map(|i| i.mode.as_str()),
         "clusters": clusters,
         "routes": routes,
     })

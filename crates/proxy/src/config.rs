@@ -31,6 +31,30 @@ pub struct ProxyConfig {
     pub ttl: Duration,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Join token for this workload's mTLS certificate (`trellis token create`). `None`: a
+    /// plaintext-only sidecar, whose STRICT inbound listener refuses every connection.
+    pub join_token: Option<JoinToken>,
+}
+
+/// A join token; never printed (its `Debug` is redacted).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken(String);
+
+impl JoinToken {
+    /// A token as given by the operator (surrounding whitespace, e.g. a file's newline, removed).
+    pub fn new(token: &str) -> Self {
+        JoinToken(token.trim().to_string())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinToken(<redacted>)")
+    }
 }
 
 impl ProxyConfig {
@@ -62,6 +86,12 @@ impl ProxyConfig {
                 "control = `{}`: expected a URL such as http://127.0.0.1:15080",
                 self.control_url
             ));
+        }
+        if self.join_token.as_ref().is_some_and(|t| t.0.is_empty()) {
+            errors.push(
+                "join token: empty; create one with `trellis token create --service <name>`"
+                    .to_string(),
+            );
         }
         if errors.is_empty() {
             Ok(())

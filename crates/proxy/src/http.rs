@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 
+use crate::mtls::connect::{MtlsError, MtlsPools};
 use crate::pool::{EndpointPool, H1Pools, PoolError, UpstreamBody};
 
 /// Every response the proxy sends: a streamed upstream body, or a small body of its own.
@@ -29,11 +30,13 @@ pub(crate) const REASON: HeaderName = HeaderName::from_static("x-trellis-reason"
 /// A pooled HTTP/2 client (one connection per endpoint address, kept for the process lifetime).
 pub(crate) type HttpClient = Client<HttpConnector, Incoming>;
 
-/// The HTTP/1.1 pools and the HTTP/2 (h2c prior knowledge) client for one connect timeout.
+/// The HTTP/1.1 pools, the HTTP/2 (h2c prior knowledge) client and the mTLS endpoints for one
+/// connect timeout.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClients {
     pub h1: Arc<H1Pools>,
     pub h2: HttpClient,
+    pub mtls: Arc<MtlsPools>,
 }
 
 impl HttpClients {
@@ -50,6 +53,7 @@ impl HttpClients {
         HttpClients {
             h1: Arc::new(H1Pools::new(connect_timeout)),
             h2,
+            mtls: Arc::new(MtlsPools::new(connect_timeout)),
         }
     }
 }
@@ -63,6 +67,8 @@ pub(crate) enum UpstreamError {
     H1(#[from] PoolError),
     #[error(transparent)]
     H2(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Mtls(#[from] MtlsError),
 }
 
 impl UpstreamError {
@@ -72,6 +78,16 @@ impl UpstreamError {
             UpstreamError::Uri(_) => false,
             UpstreamError::H1(e) => e.is_connect(),
             UpstreamError::H2(e) => e.is_connect(),
+            UpstreamError::Mtls(e) => e.is_connect(),
+        }
+    }
+
+    /// The mTLS handshake with the upstream failed (e.g. an unexpected server identity).
+    pub fn is_tls(&self) -> bool {
+        match self {
+            UpstreamError::Mtls(e) => e.is_tls(),
+            UpstreamError::H1(e) => matches!(e, PoolError::Tls { .. }),
+            _ => false,
         }
     }
 }

@@ -7,6 +7,10 @@
 //! an ADS stream open; accepted configs are swapped in atomically ([`snapshot`]), and the proxy
 //! keeps serving its last config while the control plane is unreachable.
 //!
+//! With a join token the sidecar first obtains its workload certificate from the control
+//! plane's CA ([`identity`]) and only then registers; sidecar-to-sidecar traffic is mTLS
+//! (`mtls`), and the inbound listener refuses plaintext unless its service is PERMISSIVE.
+//!
 //! Request path: [`server`] accepts → [`outbound`] decides with [`routing`] over the live
 //! snapshot and picks an endpoint with [`balance`] → pooled [`upstream`] client → peer's
 //! [`inbound`] → app.
@@ -23,10 +27,13 @@ mod http;
 pub mod identity;
 mod inbound;
 mod metrics;
+mod mtls;
 mod outbound;
 mod pool;
 mod registration;
-mod routing;
+// Public only for the criterion benches (benches/routing.rs); not a supported API.
+#[doc(hidden)]
+pub mod routing;
 mod security;
 mod server;
 mod shared;
@@ -45,7 +52,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use config::{BoundAddrs, ProxyConfig};
+pub use config::{BoundAddrs, JoinToken, ProxyConfig};
 
 /// A startup problem the operator must fix (invalid flags, a listener port in use); the CLI
 /// exits with a distinct code for it.
@@ -66,6 +73,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate().map_err(|e| StartupError(e.to_string()))?;
+    let ca = match &config.join_token {
+        Some(token) => Some(
+            identity::CaClient::new(&config.control_url, token.expose())
+                .map_err(|e| StartupError(e.to_string()))?,
+        ),
+        None => None,
+    };
     let bind = |name: &'static str, addr| async move {
         TcpListener::bind(addr).await.map_err(|e| {
             StartupError(format!(
@@ -90,7 +104,25 @@ pub async fn run(
 
     let registrar = registration::Registrar::new(shared.clone())?;
     let (xds_tx, xds_rx) = oneshot::channel();
-    let registration = tokio::spawn(registrar.clone().run(xds_tx));
+    let registration = {
+        let (shared, registrar) = (shared.clone(), registrar.clone());
+        tokio::spawn(async move {
+            // With a token: the certificate first, so the registration and the xDS node carry
+            // the identity; the rotation tasks stop with this task.
+            let _rotation = match ca {
+                Some(ca) => Some(mtls::lifecycle::establish(&shared, ca).await),
+                None => {
+                    tracing::warn!(
+                        "no join token (--join-token): this sidecar has no workload identity; it \
+                         can only reach plaintext endpoints, and its inbound listener refuses \
+                         every connection unless the service's mTLS mode is PERMISSIVE"
+                    );
+                    None
+                }
+            };
+            registrar.run(xds_tx).await;
+        })
+    };
     let xds_shared = shared.clone();
     let xds = tokio::spawn(async move {
         if let Ok(addr) = xds_rx.await {
@@ -146,12 +178,12 @@ impl Listeners {
                 rx.clone(),
                 drain,
             )),
-            tokio::spawn(server::serve(
-                "inbound",
+            tokio::spawn(server::serve_inbound(
                 inbound,
                 Arc::new(inbound::Inbound::new(shared)),
                 rx,
                 drain,
+                shared.clone(),
             )),
         ];
         Listeners { stop, tasks }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
@@ -64,6 +65,8 @@ pub(crate) struct Metrics {
     durations: Family<ServiceLabels, AtomicHistogram>,
     connect_errors: Family<ServiceLabels, Counter>,
     xds_updates: Family<XdsLabels, Counter>,
+    /// mTLS handshakes, plaintext inbound connections, the inbound mode, certificate renewals.
+    pub tls: TlsMetrics,
     /// Config-time cache of per-service handles (never touched per request).
     services: Mutex<HashMap<ServiceKey, Arc<ServiceMetrics>>>,
 }
@@ -95,12 +98,14 @@ impl Metrics {
             "xDS responses processed, by type and result (ack or nack)",
             xds_updates.clone(),
         );
+        let tls = TlsMetrics::register(&mut registry);
         Metrics {
             registry,
             requests,
             durations,
             connect_errors,
             xds_updates,
+            tls,
             services: Mutex::new(HashMap::new()),
         }
     }
@@ -145,6 +150,128 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeErrorLabels {
+    direction: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+/// The inbound modes a gauge is kept for (`NONE`: no inbound config accepted yet).
+const MODES: [&str; 3] = ["STRICT", "PERMISSIVE", "NONE"];
+
+/// mTLS metrics. Touched per connection (handshakes are rare with pooling), never per request.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsMetrics {
+    handshakes_in: Counter,
+    handshakes_out: Counter,
+    errors: Family<HandshakeErrorLabels, Counter>,
+    plaintext: Family<ResultLabels, Counter>,
+    mode: Family<ModeLabels, Gauge>,
+    renewals: Counter,
+}
+
+impl TlsMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        let errors = Family::<HandshakeErrorLabels, Counter>::default();
+        let plaintext = Family::<ResultLabels, Counter>::default();
+        let mode = Family::<ModeLabels, Gauge>::default();
+        let renewals = Counter::default();
+        registry.register(
+            "trellis_tls_handshakes",
+            "Completed mTLS handshakes with other sidecars, by direction",
+            handshakes.clone(),
+        );
+        registry.register(
+            "trellis_tls_handshake_errors",
+            "Failed mTLS handshakes, by direction and reason",
+            errors.clone(),
+        );
+        registry.register(
+            "trellis_inbound_plaintext_connections",
+            "Plaintext connections to the inbound listener, by result (accepted in PERMISSIVE \
+             mode, refused otherwise)",
+            plaintext.clone(),
+        );
+        registry.register(
+            "trellis_inbound_mode",
+            "1 for the inbound listener's current mTLS mode (STRICT, PERMISSIVE, or NONE before \
+             the inbound config arrived)",
+            mode.clone(),
+        );
+        registry.register(
+            "trellis_identity_certificate_renewals",
+            "Times this sidecar's workload certificate was replaced by a renewed one",
+            renewals.clone(),
+        );
+        let m = TlsMetrics {
+            handshakes_in: handshakes.get_or_create_owned(&HandshakeLabels {
+                direction: "inbound",
+            }),
+            handshakes_out: handshakes.get_or_create_owned(&HandshakeLabels {
+                direction: "outbound",
+            }),
+            errors,
+            plaintext,
+            mode,
+            renewals,
+        };
+        m.set_inbound_mode(None);
+        m
+    }
+
+    pub fn handshake(&self, direction: Direction) {
+        match direction {
+            Direction::Inbound => self.handshakes_in.inc(),
+            Direction::Outbound => self.handshakes_out.inc(),
+        };
+    }
+
+    pub fn handshake_error(&self, direction: Direction, reason: &'static str) {
+        self.errors
+            .get_or_create(&HandshakeErrorLabels {
+                direction: direction.as_str(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A plaintext inbound connection, `accepted` in PERMISSIVE mode or refused.
+    pub fn plaintext(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "refused" };
+        self.plaintext.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// The inbound mode now in force (`None`: not configured yet).
+    pub fn set_inbound_mode(&self, mode: Option<&'static str>) {
+        let current = mode.unwrap_or("NONE");
+        for m in MODES {
+            self.mode
+                .get_or_create(&ModeLabels { mode: m })
+                .set(i64::from(m == current));
+        }
+    }
+
+    pub fn certificate_renewed(&self) {
+        self.renewals.inc();
     }
 }
 

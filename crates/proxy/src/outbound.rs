@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use crate::balance::LoadGuard;
 use crate::http::{ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
 use crate::metrics::{Direction, ServiceMetrics, UNKNOWN_SERVICE};
+use crate::mtls::connect::prepare_h2;
 use crate::pool::UpstreamBody;
 use crate::routing;
 use crate::server::{ConnInfo, Handler};
@@ -129,7 +130,7 @@ impl Handler for Outbound {
             decide(&snap, &req, conn.peer.ip(), start)
         };
         match decision {
-            Ok(d) => FutEither::Left(forward(d, req, start)),
+            Ok(d) => FutEither::Left(forward(d, req, start, &self.shared)),
             Err(rejection) => FutEither::Right(std::future::ready(self.reject(rejection, start))),
         }
     }
@@ -183,10 +184,26 @@ fn forward(
     d: Decision,
     mut req: Request<Incoming>,
     start: Instant,
-) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+    shared: &Shared,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
     let endpoint = &d.cluster.endpoints[d.index];
     let version = req.version();
     strip_hop_by_hop(req.headers_mut());
+    if let Some(mtls) = &endpoint.mtls {
+        // The endpoint serves mTLS: HTTP/2 over TLS, whatever the app spoke.
+        let Some(tls) = shared.tls.get() else {
+            return FutEither::Right(FutEither::Left(std::future::ready(no_identity(d, start))));
+        };
+        if let Err(e) = prepare_h2(&mut req, &endpoint.authority) {
+            let resp = finish(d, Err(UpstreamError::Uri(e)), version, start);
+            return FutEither::Right(FutEither::Left(std::future::ready(resp)));
+        }
+        // Boxed, so the plaintext path's future keeps its size.
+        let sent = mtls.send(tls, req, start);
+        return FutEither::Right(FutEither::Right(Box::pin(sent.map(move |result| {
+            finish(d, result.map_err(UpstreamError::Mtls), version, start)
+        }))));
+    }
     if version != Version::HTTP_2
         && !req.headers().contains_key(header::HOST)
         && let Some(a) = req.uri().authority()
@@ -199,7 +216,26 @@ fn forward(
         authority: &endpoint.authority,
         h2: &d.cluster.clients.h2,
     };
-    crate::http::send(req, to, start).map(move |result| finish(d, result, version, start))
+    FutEither::Left(
+        crate::http::send(req, to, start).map(move |result| finish(d, result, version, start)),
+    )
+}
+
+/// The answer when the chosen endpoint needs mTLS and this sidecar has no certificate.
+fn no_identity(d: Decision, start: Instant) -> Response<ProxyBody> {
+    drop(d.load);
+    let resp = local_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_identity",
+        format!(
+            "trellis: cluster `{}` serves mTLS only, but this sidecar has no workload \
+             certificate: start it with --join-token (from `trellis token create --service \
+             <name>`)\n",
+            d.cluster.name
+        ),
+    );
+    d.metrics.record(resp.status(), start.elapsed());
+    resp
 }
 
 /// The response for the upstream's `result`, with the balancer and metrics told.
@@ -231,7 +267,20 @@ fn finish(
         }
         Err(e) => {
             drop(d.load);
-            let resp = if e.is_connect() {
+            let resp = if e.is_tls() {
+                d.metrics.connect_error();
+                tracing::debug!(cluster = %d.cluster.name, endpoint = %endpoint.authority, error = %e, "upstream mTLS handshake failed");
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_tls_failure",
+                    format!(
+                        "trellis: mTLS with {} (cluster `{}`) failed: {}\n",
+                        endpoint.authority,
+                        d.cluster.name,
+                        error_chain(&e)
+                    ),
+                )
+            } else if e.is_connect() {
                 d.metrics.connect_error();
                 tracing::debug!(cluster = %d.cluster.name, endpoint = %endpoint.authority, error = %e, "upstream connect failed");
                 local_reply(

@@ -29,7 +29,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::metrics::{Direction, TlsMetrics};
 
 /// Idle connections older than this are closed instead of reused.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -65,6 +69,7 @@ impl H1Pools {
             addr,
             connect_timeout: self.connect_timeout,
             idle: Mutex::new(Vec::new()),
+            tls: None,
         });
         map.insert(addr, Arc::downgrade(&pool));
         pool
@@ -77,6 +82,24 @@ pub(crate) struct EndpointPool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    /// mTLS for every new connection (an mTLS peer that speaks HTTP/1.1 only).
+    tls: Option<PoolTls>,
+}
+
+/// How an HTTP/1.1 pool makes TLS connections.
+#[derive(Clone)]
+pub(crate) struct PoolTls {
+    pub connector: TlsConnector,
+    pub sni: ServerName<'static>,
+    pub metrics: TlsMetrics,
+}
+
+impl std::fmt::Debug for PoolTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolTls")
+            .field("sni", &self.sni)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -100,6 +123,12 @@ pub(crate) enum PoolError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("mTLS handshake with {addr} failed ({reason}): {source}")]
+    Tls {
+        addr: SocketAddr,
+        reason: &'static str,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -112,6 +141,16 @@ impl PoolError {
 }
 
 impl EndpointPool {
+    /// A pool (not shared through [`H1Pools`]) whose connections use mTLS.
+    pub fn with_tls(addr: SocketAddr, connect_timeout: Duration, tls: PoolTls) -> Arc<Self> {
+        Arc::new(EndpointPool {
+            addr,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+            tls: Some(tls),
+        })
+    }
+
     /// Sends `req` (origin-form URI, `Host` set) over a pooled or new connection. `now` is the
     /// request's start, used as a coarse clock for idle expiry (no extra clock read).
     ///
@@ -214,16 +253,35 @@ impl EndpointPool {
             })?
             .map_err(|source| PoolError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| PoolError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
+        let Some(tls) = &self.tls else {
+            return h1_handshake(TokioIo::new(stream), addr).await;
+        };
+        let handshake = tls.connector.connect(tls.sni.clone(), stream);
+        let stream = match tokio::time::timeout(crate::mtls::HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                let reason = crate::mtls::handshake_failure_reason(&source);
+                tls.metrics.handshake_error(Direction::Outbound, reason);
+                return Err(PoolError::Tls {
+                    addr,
+                    reason,
+                    source,
+                });
             }
-        });
-        Ok(tx)
+            Err(_) => {
+                tls.metrics.handshake_error(Direction::Outbound, "timeout");
+                return Err(PoolError::Tls {
+                    addr,
+                    reason: "timeout",
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    ),
+                });
+            }
+        };
+        tls.metrics.handshake(Direction::Outbound);
+        h1_handshake(TokioIo::new(stream), addr).await
     }
 
     fn put(&self, tx: SendRequest<Incoming>, since: Instant) {
@@ -254,6 +312,23 @@ impl EndpointPool {
     pub fn idle_len(&self) -> usize {
         self.lock().len()
     }
+}
+
+/// An HTTP/1.1 client handshake on a new connection, its task spawned.
+async fn h1_handshake<I>(io: I, addr: SocketAddr) -> Result<SendRequest<Incoming>, PoolError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (tx, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|source| PoolError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(tx)
 }
 
 /// An upstream response body. One from a pooled HTTP/1.1 connection gives the connection back

@@ -1,5 +1,6 @@
 //! Registration with the control plane's HTTP API (docs/API.md): bootstrap (learn the xDS
-//! address), register this instance with its bound inbound port, heartbeat every TTL/3,
+//! address), register this instance with its bound inbound port (and its SPIFFE ID when it has
+//! a certificate), heartbeat every TTL/3,
 //! register again on 404, and deregister on shutdown. The control plane may be down at any
 //! time; every call is retried with capped jittered backoff while the proxy keeps serving.
 
@@ -52,7 +53,13 @@ impl Registrar {
             zone: c.zone.clone(),
             weight: c.weight,
             ttl_ms: u64::try_from(c.ttl.as_millis()).unwrap_or(u64::MAX),
-            identity: None,
+            // The SPIFFE ID of our certificate; the control plane then marks our endpoint as
+            // serving mTLS (docs/XDS.md, "Security").
+            identity: self
+                .shared
+                .tls
+                .get()
+                .map(|t| t.identity.spiffe_id().to_string()),
         }
     }
 

@@ -12,7 +12,7 @@ use regex::Regex;
 
 /// The outbound RouteConfiguration, indexed for lookup by host.
 #[derive(Debug, Default)]
-pub(crate) struct RouteTable {
+pub struct RouteTable {
     pub vhosts: Vec<VirtualHost>,
     /// Lower-case domain (port stripped) → index into `vhosts`.
     by_domain: HashMap<Box<str>, usize>,
@@ -21,7 +21,7 @@ pub(crate) struct RouteTable {
 }
 
 #[derive(Debug)]
-pub(crate) struct VirtualHost {
+pub struct VirtualHost {
     /// The destination service (the virtual host's name).
     pub name: Arc<str>,
     pub domains: Vec<String>,
@@ -29,20 +29,20 @@ pub(crate) struct VirtualHost {
 }
 
 #[derive(Debug)]
-pub(crate) struct Route {
+pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
     pub action: RouteAction,
 }
 
 #[derive(Debug)]
-pub(crate) struct RouteMatch {
+pub struct RouteMatch {
     pub path: PathMatch,
     pub headers: Vec<HeaderMatch>,
 }
 
 #[derive(Debug)]
-pub(crate) enum PathMatch {
+pub enum PathMatch {
     /// Plain string prefix (`prefix`).
     Prefix(String),
     /// `path_separated_prefix`: the prefix must end at a `/` boundary or the end of the path.
@@ -53,20 +53,20 @@ pub(crate) enum PathMatch {
 }
 
 #[derive(Debug)]
-pub(crate) struct HeaderMatch {
+pub struct HeaderMatch {
     pub target: HeaderTarget,
     pub matcher: StringMatch,
     pub invert: bool,
 }
 
 #[derive(Debug)]
-pub(crate) enum HeaderTarget {
+pub enum HeaderTarget {
     Method,
     Header(HeaderName),
 }
 
 #[derive(Debug)]
-pub(crate) enum StringMatch {
+pub enum StringMatch {
     Exact(String),
     Prefix(String),
     Suffix(String),
@@ -77,7 +77,7 @@ pub(crate) enum StringMatch {
 }
 
 #[derive(Debug)]
-pub(crate) struct RouteAction {
+pub struct RouteAction {
     /// At least one entry; weights are >= 0 and sum to `total_weight` > 0.
     pub clusters: Vec<WeightedCluster>,
     pub total_weight: u32,
@@ -85,13 +85,13 @@ pub(crate) struct RouteAction {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct WeightedCluster {
+pub struct WeightedCluster {
     pub name: Arc<str>,
     pub weight: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HashPolicy {
+pub enum HashPolicy {
     Header(HeaderName),
     SourceIp,
 }
@@ -138,7 +138,7 @@ impl RouteTable {
 }
 
 /// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare host is returned as is.
-pub(crate) fn strip_port(authority: &str) -> &str {
+pub fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return match authority.find(']') {
             Some(end) => &authority[..=end],
@@ -213,7 +213,7 @@ fn full_match(re: &Regex, s: &str) -> bool {
 }
 
 /// Compiles an RE2-style pattern that must match a whole string.
-pub(crate) fn compile_full(pattern: &str) -> Result<Regex, regex::Error> {
+pub fn compile_full(pattern: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?:{pattern})$"))
 }
 
@@ -242,7 +242,7 @@ impl RouteAction {
 /// The request's hash key for hash-based balancers: the named header's value (absent header →
 /// `None`, i.e. the balancer picks at random) or the client's IP, hashed with the balancers'
 /// stable [`crate::balance::hash_key`].
-pub(crate) fn hash_key(policy: &HashPolicy, headers: &HeaderMap, source: IpAddr) -> Option<u64> {
+pub fn hash_key(policy: &HashPolicy, headers: &HeaderMap, source: IpAddr) -> Option<u64> {
     match policy {
         HashPolicy::Header(name) => headers.get(name).map(|v| hash_bytes(v.as_bytes())),
         HashPolicy::SourceIp => Some(match source {

@@ -1,9 +1,12 @@
 //! State shared by the listeners and the background tasks of one sidecar.
 
+use std::sync::{Arc, OnceLock};
+
 use arc_swap::ArcSwap;
 
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
+use crate::mtls::Tls;
 use crate::snapshot::Snapshot;
 use crate::status::Status;
 use crate::upstream::ClientCache;
@@ -16,6 +19,9 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     pub status: Status,
     pub clients: ClientCache,
+    /// This sidecar's workload identity and TLS configs, set once the first certificate has
+    /// been obtained (never, without a join token). Rotation happens inside the identity.
+    pub tls: OnceLock<Arc<Tls>>,
 }
 
 impl Shared {
@@ -26,6 +32,7 @@ impl Shared {
             metrics: Metrics::new(),
             status: Status::default(),
             clients: ClientCache::default(),
+            tls: OnceLock::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ use http::uri::Authority;
 
 use crate::balance::{Algorithm, Balance, EndpointMeta};
 use crate::http::HttpClients;
+use crate::mtls::connect::MtlsEndpoint;
 use crate::pool::EndpointPool;
 use crate::security::TlsPolicy;
 use crate::xds::translate::Endpoint;
@@ -37,6 +38,9 @@ pub(crate) struct UpstreamEndpoint {
     pub authority: Authority,
     /// Its HTTP/1.1 connections (shared with other clusters that have the same address).
     pub pool: Arc<EndpointPool>,
+    /// Its mTLS connections, when the endpoint serves mTLS and the cluster has a
+    /// [`TlsPolicy`]; `None`: plaintext.
+    pub mtls: Option<Arc<MtlsEndpoint>>,
 }
 
 impl UpstreamCluster {
@@ -54,6 +58,7 @@ impl UpstreamCluster {
             .map(|endpoint| UpstreamEndpoint {
                 authority: authority(endpoint.addr),
                 pool: clients.h1.endpoint(endpoint.addr),
+                mtls: None,
                 endpoint,
             })
             .collect();
@@ -68,8 +73,21 @@ impl UpstreamCluster {
         }
     }
 
-    /// The same cluster with upstream mTLS settings.
+    /// The same cluster with upstream mTLS settings: endpoints that serve mTLS get their
+    /// mTLS connections.
     pub fn with_tls(mut self, tls: Option<TlsPolicy>) -> Self {
+        if let Some(policy) = &tls {
+            for e in &mut self.endpoints {
+                e.mtls = e
+                    .endpoint
+                    .mtls
+                    .then(|| self.clients.mtls.endpoint(e.endpoint.addr, policy));
+            }
+        } else {
+            for e in &mut self.endpoints {
+                e.mtls = None;
+            }
+        }
         self.tls = tls;
         self
     }

@@ -18,6 +18,8 @@ pub struct ControlOpts {
     pub restart_grace: Option<String>,
     pub remove_after: Option<String>,
     pub push_debounce: Option<String>,
+    /// Lifetime of issued workload certificates, e.g. `"1m"`.
+    pub cert_ttl: Option<String>,
 }
 
 pub struct ControlPlane {
@@ -194,6 +196,7 @@ async fn spawn(
         ("--restart-grace", &opts.restart_grace),
         ("--remove-after", &opts.remove_after),
         ("--push-debounce", &opts.push_debounce),
+        ("--cert-ttl", &opts.cert_ttl),
     ] {
         if let Some(v) = v {
             args.push(flag.to_string());

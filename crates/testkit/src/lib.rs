@@ -22,7 +22,9 @@ pub use fixture::{Instance, dump_algorithm, dump_cluster, dump_endpoints, wait_f
 pub use grpc::GrpcEchoServer;
 pub use log::TestLog;
 pub use process::Process;
-pub use sidecar::{Sidecar, SidecarOpts, json_mentions, wait_for_proxy_config};
+pub use sidecar::{
+    Sidecar, SidecarOpts, create_join_token, json_mentions, metric_sum, wait_for_proxy_config,
+};
 pub use wait::{wait_for, wait_until};
 
 use std::time::Duration;

@@ -23,6 +23,10 @@ pub struct SidecarOpts {
     pub ttl: Option<String>,
     /// `http`, `http2` or `grpc`.
     pub app_protocol: Option<String>,
+    /// Start without a join token: a plaintext-only sidecar (no mTLS identity).
+    pub plaintext: bool,
+    /// Use this join token instead of creating one for the service.
+    pub join_token: Option<String>,
     pub extra_args: Vec<String>,
 }
 
@@ -51,6 +55,43 @@ impl SidecarOpts {
         self.app_protocol = Some(p.to_string());
         self
     }
+
+    /// No join token: the sidecar has no certificate (plaintext only; its STRICT inbound
+    /// listener refuses every connection).
+    pub fn plaintext(mut self) -> Self {
+        self.plaintext = true;
+        self
+    }
+
+    pub fn join_token(mut self, token: &str) -> Self {
+        self.join_token = Some(token.to_string());
+        self
+    }
+}
+
+/// Creates a join token for `service` in namespace `default` (`POST /v1/tokens`).
+pub async fn create_join_token(control_url: &str, service: &str) -> anyhow::Result<String> {
+    let url = format!("{}/v1/tokens", control_url.trim_end_matches('/'));
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?
+        .post(&url)
+        .json(&serde_json::json!({ "service": service }))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("POST {url} for `{service}`: status {status}: {text}");
+    }
+    let body: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("POST {url}: not JSON: {text}"))?;
+    body.get("token")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("POST {url}: no `token` in {text}"))
 }
 
 pub struct Sidecar {
@@ -64,7 +105,8 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts `trellis proxy` for `service` in front of 127.0.0.1:`app_port`, all listeners on
-    /// port 0, and waits until its admin `/ready` answers 200 (it has its config).
+    /// port 0, and waits until its admin `/ready` answers 200 (it has its config, and its mTLS
+    /// certificate: unless `opts.plaintext`, a join token is created for it first).
     pub async fn start(
         bin: impl AsRef<Path>,
         log: &TestLog,
@@ -108,6 +150,13 @@ impl Sidecar {
         }
         if let Some(p) = &opts.app_protocol {
             args.extend(["--app-protocol".to_string(), p.clone()]);
+        }
+        if !opts.plaintext {
+            let token = match &opts.join_token {
+                Some(t) => t.clone(),
+                None => create_join_token(control_url, service).await?,
+            };
+            args.extend(["--join-token".to_string(), token]);
         }
         args.extend(opts.extra_args.iter().cloned());
         let name = format!("proxy {}", opts.instance_id.as_deref().unwrap_or(service));
@@ -171,11 +220,36 @@ impl Sidecar {
         config_dump(self.admin).await
     }
 
+    /// The sum of the samples of metric `name` (e.g. `trellis_tls_handshakes_total`) whose
+    /// labels contain every `label="value"` pair of `labels`; 0 when there is none.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        Ok(metric_sum(&self.metrics().await?, name, labels))
+    }
+
+    /// This sidecar's certificate serial (from `/config_dump`), if it has one.
+    pub async fn certificate_serial(&self) -> anyhow::Result<Option<String>> {
+        Self::certificate_serial_at(self.admin).await
+    }
+
+    /// [`Self::certificate_serial`] of the sidecar whose admin listener is `admin`.
+    pub async fn certificate_serial_at(admin: SocketAddr) -> anyhow::Result<Option<String>> {
+        let dump = config_dump(admin).await?;
+        Ok(dump
+            .pointer("/identity/certificate/serial")
+            .and_then(|v| v.as_str())
+            .map(str::to_string))
+    }
+
     /// The admin `/metrics` text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        let (status, body) = admin_get(&format!("http://{}/metrics", self.admin)).await?;
+        Self::metrics_at(self.admin).await
+    }
+
+    /// The `/metrics` text of the sidecar whose admin listener is `admin`.
+    pub async fn metrics_at(admin: SocketAddr) -> anyhow::Result<String> {
+        let (status, body) = admin_get(&format!("http://{admin}/metrics")).await?;
         if status != 200 {
-            bail!("GET /metrics on {}: status {status}", self.admin);
+            bail!("GET /metrics on {admin}: status {status}");
         }
         Ok(body)
     }
@@ -227,6 +301,31 @@ where
         }
     })
     .await
+}
+
+/// The sum of the samples of `name` in a Prometheus text exposition whose labels contain every
+/// `label="value"` of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_part) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")));
+            if !all {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
 }
 
 /// True when some string (or key) anywhere in `v` contains `needle`, comparing

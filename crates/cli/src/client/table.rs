@@ -255,12 +255,13 @@ pub(super) fn resources(items: &[Resource], kind: Option<Kind>) -> String {
                     Resource::Service(s) => Some(vec![
                         s.metadata.name.clone(),
                         format!("{:?}", s.spec.protocol).to_ascii_lowercase(),
+                        s.spec.mtls.mode.to_string(),
                         subsets(&s.spec),
                     ]),
                     _ => None,
                 })
                 .collect();
-            render(&["NAME", "PROTOCOL", "SUBSETS"], &rows)
+            render(&["NAME", "PROTOCOL", "MTLS", "SUBSETS"], &rows)
         }
         Some(Kind::TrafficPolicy) => {
             let rows: Vec<Vec<String>> = items
@@ -402,6 +403,7 @@ pub(super) fn describe_service(body: &Value, now_ms: u64) -> String {
             let _ = writeln!(out, "Declared:  no (known from its instances)");
         }
     }
+    super::security::describe_header(body, &mut out);
     let policy_text = policy
         .as_ref()
         .map(algorithm)
@@ -455,6 +457,8 @@ pub(super) fn describe_service(body: &Value, now_ms: u64) -> String {
             let _ = writeln!(out, "    rule {}: {}", i + 1, rule_line(rule));
         }
     }
+
+    super::security::describe_policies(body, &mut out);
 
     let _ = writeln!(out, "\nProxies: {}", proxies_list.len());
     if !proxies_list.is_empty() {

@@ -319,3 +319,49 @@ fn security_tables() {
         );
     }
 }
+
+#[test]
+fn describe_shows_identity_mtls_mode_and_the_applying_policies() {
+    let body = json!({
+        "name": "catalog",
+        "spiffe_id": "spiffe://cluster.local/ns/shop/svc/catalog",
+        "mtls": "PERMISSIVE",
+        "declared": {"mtls": {"mode": "PERMISSIVE"}},
+        "policy": null, "routes": [], "instances": [], "proxies": [],
+        "authorization": [
+            {"apiVersion": "trellis.dev/v1alpha1", "metadata": {"name": "catalog-readers"},
+             "spec": {"targetRef": {"name": "catalog"}, "rules": [{"to": [{"methods": ["GET"]}]}]}},
+            {"apiVersion": "trellis.dev/v1alpha1", "metadata": {"name": "deny-all"}, "spec": {}},
+        ],
+        "authentication": [
+            {"apiVersion": "trellis.dev/v1alpha1", "metadata": {"name": "catalog-jwt"},
+             "spec": {"targetRef": {"name": "catalog"},
+                      "jwtRules": [{"issuer": "https://issuer.example", "jwksUri": "https://issuer.example/jwks"}]}},
+        ],
+    });
+    let out = table::describe_service(&body, 0);
+    for want in [
+        "Identity:  spiffe://cluster.local/ns/shop/svc/catalog",
+        "mTLS:      PERMISSIVE (plaintext callers accepted",
+        "Authorization policies: 2",
+        "catalog-readers  catalog",
+        "deny-all         * (mesh-wide)  ALLOW   0 (allows nothing)",
+        "Request authentication: 1",
+        "catalog-jwt  catalog  https://issuer.example  https://issuer.example/jwks",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    // Nothing applies, and a body from before the mTLS fields: STRICT.
+    let bare = table::describe_service(
+        &json!({"name": "orders", "declared": null, "policy": null,
+        "routes": [], "instances": [], "proxies": []}),
+        0,
+    );
+    for want in [
+        "mTLS:      STRICT (mutual TLS required)",
+        "Authorization policies: 0",
+        "Request authentication: 0",
+    ] {
+        assert!(bare.contains(want), "missing {want:?} in\n{bare}");
+    }
+}

@@ -1,7 +1,11 @@
-//! Join tokens: 32 random bytes shown once as unpadded base64url; only their SHA-256 is kept.
+//! Join tokens: `tjt_` then 32 random bytes as unpadded base64url, shown once; only their
+//! SHA-256 is kept. The prefix makes tokens recognisable (secret scanners, logs) and keeps a
+//! token from starting with `-`, which command lines would read as a flag.
 
 use aws_lc_rs::digest;
 
+/// What every token starts with.
+pub const TOKEN_PREFIX: &str = "tjt_";
 /// Random bytes in a token.
 pub const TOKEN_BYTES: usize = 32;
 
@@ -15,7 +19,7 @@ pub struct NewToken {
 pub fn generate() -> Result<NewToken, String> {
     let mut bytes = [0u8; TOKEN_BYTES];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| "the system RNG failed".to_string())?;
-    let token = base64url(&bytes);
+    let token = format!("{TOKEN_PREFIX}{}", base64url(&bytes));
     let hash = hash(&token);
     Ok(NewToken { token, hash })
 }

@@ -10,7 +10,7 @@ use trellis_model::{
     RequestAuthenticationResource, Resource, ServiceSpec, TrafficPolicySpec,
 };
 
-use crate::snapshot::{Endpoint, MeshSnapshot, ServiceView};
+use crate::snapshot::{DEFAULT_NAMESPACE, Endpoint, MeshSnapshot, ServiceView};
 
 /// One registered instance as the registry holds it in memory.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +52,17 @@ pub fn declared<'a>(
         Resource::Service(s) if s.metadata.name == name => Some(s.spec.clone()),
         _ => None,
     })
+}
+
+/// The `metadata.namespace` of the Service resource named `name`, or `default`.
+pub fn namespace_of<'a>(resources: impl IntoIterator<Item = &'a Resource>, name: &str) -> String {
+    resources
+        .into_iter()
+        .find_map(|r| match r {
+            Resource::Service(s) if s.metadata.name == name => Some(s.metadata.namespace.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
 }
 
 /// The TrafficPolicy whose targetRef names `service`; the first by name when several do.
@@ -163,10 +174,12 @@ pub fn build_snapshot<'a, 'b>(
             zone: reg.zone.clone(),
             weight: reg.weight,
             labels: reg.labels.clone(),
+            identity: reg.identity.clone(),
         });
     }
     for view in services.values_mut() {
         view.declared = declared(resources.clone(), &view.name);
+        view.namespace = namespace_of(resources.clone(), &view.name);
         view.policy = policy_for(resources.clone(), &view.name);
         view.routes = routes_for(resources.clone(), &view.name);
         view.authorization = authorization_for(resources.clone(), &view.name);
@@ -174,5 +187,9 @@ pub fn build_snapshot<'a, 'b>(
         view.endpoints
             .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     }
-    MeshSnapshot { version, services }
+    MeshSnapshot {
+        version,
+        services,
+        ..MeshSnapshot::default()
+    }
 }

@@ -70,6 +70,7 @@ fn config() -> RegistryConfig {
         remove_after: Duration::from_secs(2),
         push_debounce: Duration::from_millis(100),
         reap_interval: Duration::from_millis(20),
+        ..RegistryConfig::default()
     }
 }
 

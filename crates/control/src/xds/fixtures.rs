@@ -17,6 +17,12 @@ use trellis_model::{HttpRouteResource, ServiceSpec, Subset, TrafficPolicySpec};
 use super::translate::{HCM_FILTER, NodeInfo, Resources};
 use crate::snapshot::{Endpoint, MeshSnapshot, ServiceView};
 
+/// The SPIFFE ID of service `name` in namespace `default` of the default trust domain.
+pub(crate) fn spiffe(name: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/svc/{name}")
+}
+
+/// A Trellis sidecar of service `web` holding its mesh certificate.
 pub(crate) fn node(app_port: Option<u16>) -> NodeInfo {
     NodeInfo {
         id: "web~web-1".into(),
@@ -26,6 +32,15 @@ pub(crate) fn node(app_port: Option<u16>) -> NodeInfo {
         app_port,
         outbound_port: 15001,
         inbound_port: 15006,
+        identity: Some(spiffe("web")),
+    }
+}
+
+/// A proxy of service `web` without a mesh certificate (a stock Envoy).
+pub(crate) fn plain_node(app_port: Option<u16>) -> NodeInfo {
+    NodeInfo {
+        identity: None,
+        ..node(app_port)
     }
 }
 
@@ -46,6 +61,7 @@ pub(crate) fn endpoint(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        identity: None,
     }
 }
 
@@ -75,6 +91,7 @@ pub(crate) fn snapshot(views: Vec<ServiceView>) -> MeshSnapshot {
     MeshSnapshot {
         version: 7,
         services: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
+        ..MeshSnapshot::default()
     }
 }
 

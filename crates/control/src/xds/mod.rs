@@ -6,6 +6,7 @@ mod node;
 mod proxies;
 mod resources;
 mod routes;
+pub mod security;
 pub mod translate;
 
 pub use ads::{AdsServer, ads_server};

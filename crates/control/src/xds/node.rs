@@ -24,6 +24,9 @@ pub struct NodeInfo {
     pub app_port: Option<u16>,
     pub outbound_port: u16,
     pub inbound_port: u16,
+    /// `TRELLIS_IDENTITY`: the SPIFFE ID of the proxy's mesh certificate. `None`: the proxy
+    /// holds no certificate (a stock Envoy), so it gets plaintext-only config.
+    pub identity: Option<String>,
 }
 
 /// A node metadata value that is present but unusable.
@@ -62,6 +65,7 @@ impl NodeInfo {
                 .unwrap_or(DEFAULT_OUTBOUND_PORT),
             inbound_port: port_field(meta, wire::NODE_INBOUND_PORT)?
                 .unwrap_or(DEFAULT_INBOUND_PORT),
+            identity: identity_field(meta)?,
         })
     }
 }
@@ -75,6 +79,27 @@ fn string_field(meta: &Struct, key: &str) -> Option<String> {
         Kind::StringValue(s) => non_empty(s),
         Kind::NumberValue(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// `TRELLIS_IDENTITY`: absent, empty or null means none; otherwise a `spiffe://` URI.
+fn identity_field(meta: &Struct) -> Result<Option<String>, NodeError> {
+    let key = wire::NODE_IDENTITY;
+    match meta.fields.get(key).and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => Ok(None),
+        Some(Kind::StringValue(s)) if s.is_empty() => Ok(None),
+        Some(Kind::StringValue(s)) if s.starts_with("spiffe://") && s.len() <= 2048 => {
+            Ok(Some(s.clone()))
+        }
+        Some(other) => Err(NodeError {
+            key,
+            value: match other {
+                Kind::StringValue(s) => s.chars().take(200).collect(),
+                other => format!("{other:?}"),
+            },
+            hint: "expected the proxy certificate's SPIFFE ID, \
+                   spiffe://<trust-domain>/ns/<namespace>/svc/<service>",
+        }),
     }
 }
 

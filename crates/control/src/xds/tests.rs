@@ -153,6 +153,10 @@ fn node(service: &str, instance: &str, app_port: &str) -> Node {
                 (wire::NODE_SERVICE.to_string(), s(service)),
                 (wire::NODE_INSTANCE_ID.to_string(), s(instance)),
                 (wire::NODE_APP_PORT.to_string(), s(app_port)),
+                (
+                    wire::NODE_IDENTITY.to_string(),
+                    s(&wire::spiffe_id("cluster.local", "default", service)),
+                ),
             ]
             .into(),
         }),
@@ -172,6 +176,7 @@ fn mesh(version: u64, catalog_instances: &[&str], extra_service: Option<&str>) -
             zone: None,
             weight: 1,
             labels: Default::default(),
+            identity: None,
         })
         .collect();
     let mut services = vec![
@@ -194,6 +199,7 @@ fn mesh(version: u64, catalog_instances: &[&str], extra_service: Option<&str>) -
     MeshSnapshot {
         version,
         services: services.into_iter().map(|v| (v.name.clone(), v)).collect(),
+        ..MeshSnapshot::default()
     }
 }
 

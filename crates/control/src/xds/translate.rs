@@ -52,6 +52,7 @@ pub use super::resources::{
     CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Resources, same_content, short_name,
 };
 use super::routes::outbound_route_config;
+use super::security;
 use crate::snapshot::{Endpoint, MeshSnapshot, ServiceView};
 
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
@@ -73,17 +74,12 @@ pub fn resources_for(snapshot: &MeshSnapshot, node: &NodeInfo) -> Resources {
         pack_any(outbound_listener(node)),
     );
     if let Some(port) = node.app_port {
-        out.insert(
-            LISTENER_TYPE,
-            wire::INBOUND.to_string(),
-            pack_any(inbound_listener(node, port)),
-        );
+        let own = snapshot.services.get(&node.service);
+        if let Some(listener) = inbound_listener(node, port, own) {
+            out.insert(LISTENER_TYPE, wire::INBOUND.to_string(), pack_any(listener));
+        }
         // The app speaks what its service speaks (as declared or registered).
-        let protocol = snapshot
-            .services
-            .get(&node.service)
-            .map(upstream_protocol)
-            .unwrap_or_default();
+        let protocol = own.map(upstream_protocol).unwrap_or_default();
         let inbound = inbound_cluster(port, protocol);
         out.insert(CLUSTER_TYPE, inbound.name.clone(), pack_any(inbound));
     }
@@ -102,11 +98,12 @@ pub fn resources_for(snapshot: &MeshSnapshot, node: &NodeInfo) -> Resources {
             .map(|p| p.load_balancer.clone())
             .unwrap_or_default();
         let protocol = view.map(upstream_protocol).unwrap_or_default();
-        out.insert(
-            CLUSTER_TYPE,
-            name.clone(),
-            pack_any(eds_cluster(&name, &lb, protocol)),
-        );
+        let mut cluster = eds_cluster(&name, &lb, protocol);
+        if node.identity.is_some() {
+            cluster.transport_socket_matches =
+                security::upstream_tls_matches(&service, &snapshot.spiffe_id(&service));
+        }
+        out.insert(CLUSTER_TYPE, name.clone(), pack_any(cluster));
         let endpoints = view
             .map(|v| subset_endpoints(v, subset.as_deref()))
             .unwrap_or_default();
@@ -215,46 +212,51 @@ fn ads_config_source() -> ConfigSource {
     }
 }
 
-fn http_listener(name: &str, addr: Address, route: RouteSpecifier) -> Listener {
+/// The HttpConnectionManager network filter: `http_filters` then the router.
+fn hcm_filter(name: &str, route: RouteSpecifier, mut http_filters: Vec<HttpFilter>) -> Filter {
+    http_filters.push(HttpFilter {
+        name: ROUTER_FILTER.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            Router::default(),
+        ))),
+        ..Default::default()
+    });
     let hcm = HttpConnectionManager {
         stat_prefix: name.to_string(),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(route),
-        http_filters: vec![HttpFilter {
-            name: ROUTER_FILTER.to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters,
         ..Default::default()
     };
+    Filter {
+        name: HCM_FILTER.to_string(),
+        config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
+    }
+}
+
+fn outbound_listener(node: &NodeInfo) -> Listener {
+    let route = RouteSpecifier::Rds(Rds {
+        config_source: Some(ads_config_source()),
+        route_config_name: wire::OUTBOUND.to_string(),
+    });
     Listener {
-        name: name.to_string(),
-        address: Some(addr),
+        name: wire::OUTBOUND.to_string(),
+        address: Some(socket_address(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            node.outbound_port,
+        )),
         filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: HCM_FILTER.to_string(),
-                config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
-            }],
+            filters: vec![hcm_filter(wire::OUTBOUND, route, Vec::new())],
             ..Default::default()
         }],
         ..Default::default()
     }
 }
 
-fn outbound_listener(node: &NodeInfo) -> Listener {
-    http_listener(
-        wire::OUTBOUND,
-        socket_address(IpAddr::V4(Ipv4Addr::LOCALHOST), node.outbound_port),
-        RouteSpecifier::Rds(Rds {
-            config_source: Some(ads_config_source()),
-            route_config_name: wire::OUTBOUND.to_string(),
-        }),
-    )
-}
-
-fn inbound_listener(node: &NodeInfo, app_port: u16) -> Listener {
+/// The inbound listener: filter chains per the service's mTLS mode, the policies' filters, an
+/// inline route to the app. `None` when the node must not get one (see
+/// [`security::inbound_chains`]).
+fn inbound_listener(node: &NodeInfo, app_port: u16, own: Option<&ServiceView>) -> Option<Listener> {
     let route = RouteConfiguration {
         name: wire::INBOUND.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -278,11 +280,23 @@ fn inbound_listener(node: &NodeInfo, app_port: u16) -> Listener {
         }],
         ..Default::default()
     };
-    http_listener(
+    let hcm = hcm_filter(
         wire::INBOUND,
-        socket_address(IpAddr::V4(Ipv4Addr::UNSPECIFIED), node.inbound_port),
         RouteSpecifier::RouteConfig(route),
-    )
+        security::policy_filters(own),
+    );
+    let (listener_filters, filter_chains) =
+        security::inbound_chains(security::mtls_mode(own), node.identity.is_some(), hcm)?;
+    Some(Listener {
+        name: wire::INBOUND.to_string(),
+        address: Some(socket_address(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            node.inbound_port,
+        )),
+        listener_filters,
+        filter_chains,
+        ..Default::default()
+    })
 }
 
 fn connect_timeout() -> Option<Duration> {
@@ -371,7 +385,7 @@ fn eds_cluster(name: &str, lb: &LoadBalancer, protocol: Protocol) -> Cluster {
 
 /// Type URL of `xds.type.v3.TypedStruct`, the standard wrapper for an extension's config whose
 /// proto the receiver may not know.
-pub const TYPED_STRUCT_TYPE_URL: &str = "type.googleapis.com/xds.type.v3.TypedStruct";
+pub const TYPED_STRUCT_TYPE_URL: &str = wire::TYPED_STRUCT_TYPE_URL;
 
 /// `xds.type.v3.TypedStruct` (envoy-types does not generate it): the extension's own type URL
 /// plus its config as a `Struct`.
@@ -457,7 +471,9 @@ fn load_assignment(
     }
 }
 
-/// `filter_metadata["trellis"]`: `instance_id` plus each label as its own string field.
+/// `filter_metadata["trellis"]`: `instance_id` plus each label as its own string field; and
+/// `filter_metadata["envoy.transport_socket_match"] = {tlsMode: "mtls"}` when the instance
+/// registered an identity (its sidecar serves mTLS).
 fn endpoint_metadata(e: &Endpoint) -> Metadata {
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_string())),
@@ -468,8 +484,16 @@ fn endpoint_metadata(e: &Endpoint) -> Metadata {
         .map(|(k, v)| (k.clone(), string(v)))
         .collect();
     fields.insert("instance_id".to_string(), string(&e.instance_id));
+    let mut filter_metadata: std::collections::HashMap<String, Struct> =
+        [(wire::METADATA_NAMESPACE.to_string(), Struct { fields })].into();
+    if e.identity.is_some() {
+        filter_metadata.insert(
+            wire::TRANSPORT_SOCKET_MATCH.to_string(),
+            security::tls_mode_struct(),
+        );
+    }
     Metadata {
-        filter_metadata: [(wire::METADATA_NAMESPACE.to_string(), Struct { fields })].into(),
+        filter_metadata,
         ..Default::default()
     }
 }

@@ -68,7 +68,13 @@ static SERVICE_SPEC: Shape = Shape::Obj(&[
         Optional,
     ),
     f("subsets", &Shape::List(&SUBSET), Optional),
+    f("mtls", &MTLS, Optional),
 ]);
+
+/// The mTLS mode names, as written in YAML.
+pub(crate) const MTLS_MODES: &[&str] = &["STRICT", "PERMISSIVE"];
+
+static MTLS: Shape = Shape::Obj(&[f("mode", &Shape::OneOf(MTLS_MODES), Optional)]);
 
 static HASH_KEY: Shape = Shape::Obj(&[
     f("header", &Shape::Str, Nullable),
@@ -240,9 +246,23 @@ static JWT_RULE: Shape = Shape::Obj(&[
     f("forwardClaimsHeader", &FORWARD_CLAIMS, Nullable),
 ]);
 
+static INTROSPECTION: Shape = Shape::Obj(&[
+    f("endpoint", &Shape::Str, Required),
+    f("clientId", &Shape::Str, Required),
+    f("clientSecret", &Shape::Str, Nullable),
+    f("clientSecretFile", &Shape::Str, Nullable),
+    f("issuer", &Shape::Str, Nullable),
+    f("audiences", &STR_LIST, Optional),
+    f("cacheTtl", &Shape::Str, Nullable),
+    f("fromHeaders", &Shape::List(&JWT_HEADER), Optional),
+    f("fromParams", &STR_LIST, Optional),
+    f("forwardClaimsHeader", &FORWARD_CLAIMS, Nullable),
+]);
+
 static AUTHN_SPEC: Shape = Shape::Obj(&[
     f("targetRef", &SERVICE_REF, Nullable),
-    f("jwtRules", &Shape::List(&JWT_RULE), Required),
+    f("jwtRules", &Shape::List(&JWT_RULE), Optional),
+    f("introspection", &INTROSPECTION, Nullable),
 ]);
 
 pub(crate) static AUTHORIZATION_POLICY: Shape = Shape::Obj(&[

@@ -1,14 +1,15 @@
 //! Per-field rules of the zero-trust kinds: AuthorizationPolicy patterns, paths and methods;
-//! RequestAuthentication issuers, key sources, algorithms and token locations.
+//! RequestAuthentication issuers, key sources, algorithms, token locations and the
+//! introspection provider.
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
 use crate::{
-    AuthorizationAction, AuthorizationPolicyResource, JWT_ALGORITHMS, JwtRule, MAX_CLOCK_SKEW,
-    RequestAuthenticationResource, RequestOperation, RequestSource, format_duration,
-    parse_duration,
+    AuthorizationAction, AuthorizationPolicyResource, ForwardClaims, Introspection, JWT_ALGORITHMS,
+    JwtHeader, JwtRule, MAX_CLOCK_SKEW, MAX_INTROSPECTION_CACHE_TTL, RequestAuthenticationResource,
+    RequestOperation, RequestSource, format_duration, parse_duration,
 };
 
 use super::Issue;
@@ -189,11 +190,14 @@ pub(super) fn check_authentication(a: &RequestAuthenticationResource, out: &mut 
     if let Some(target) = &spec.target_ref {
         label("spec.targetRef.name", &target.name, out);
     }
-    if spec.jwt_rules.is_empty() {
+    if spec.jwt_rules.is_empty() && spec.introspection.is_none() {
         out.push(Issue::new(
             "spec.jwtRules",
-            "must hold at least one rule: `- issuer: https://issuer.example`".into(),
+            "must hold at least one rule: `- issuer: https://issuer.example` (or set `introspection` for opaque OAuth2 tokens)".into(),
         ));
+    }
+    if let Some(i) = &spec.introspection {
+        check_introspection("spec.introspection", i, out);
     }
     let mut issuers = BTreeSet::new();
     for (i, rule) in spec.jwt_rules.iter().enumerate() {
@@ -264,12 +268,29 @@ fn check_jwt_rule(at: &str, rule: &JwtRule, out: &mut Vec<Issue>) {
             Ok(_) => {}
         }
     }
-    for (i, h) in rule.from_headers.iter().enumerate() {
+    check_token_sources(
+        at,
+        &rule.from_headers,
+        &rule.from_params,
+        rule.forward_claims_header.as_ref(),
+        out,
+    );
+}
+
+/// Where a token is read from and which claims are forwarded (JWT rules and introspection).
+fn check_token_sources(
+    at: &str,
+    from_headers: &[JwtHeader],
+    from_params: &[String],
+    forward: Option<&ForwardClaims>,
+    out: &mut Vec<Issue>,
+) {
+    for (i, h) in from_headers.iter().enumerate() {
         if let Err(e) = check_header_name(&h.name) {
             out.push(Issue::new(&format!("{at}.fromHeaders[{i}].name"), e));
         }
     }
-    for (i, p) in rule.from_params.iter().enumerate() {
+    for (i, p) in from_params.iter().enumerate() {
         let ok = !p.is_empty()
             && p.len() <= 256
             && p.chars()
@@ -284,7 +305,7 @@ fn check_jwt_rule(at: &str, rule: &JwtRule, out: &mut Vec<Issue>) {
             ));
         }
     }
-    if let Some(fwd) = &rule.forward_claims_header {
+    if let Some(fwd) = forward {
         if let Err(e) = check_header_name(&fwd.header) {
             out.push(Issue::new(&format!("{at}.forwardClaimsHeader.header"), e));
         }
@@ -295,6 +316,87 @@ fn check_jwt_rule(at: &str, rule: &JwtRule, out: &mut Vec<Issue>) {
             ));
         }
     }
+}
+
+fn check_introspection(at: &str, i: &Introspection, out: &mut Vec<Issue>) {
+    if let Err(e) = check_http_url(&i.endpoint) {
+        out.push(Issue::new(&format!("{at}.endpoint"), e));
+    }
+    if i.client_id.is_empty()
+        || i.client_id.len() > 256
+        || i.client_id.chars().any(char::is_control)
+    {
+        out.push(Issue::new(
+            &format!("{at}.clientId"),
+            "must be the client id registered with the authorization server (1 to 256 characters, no control characters)".into(),
+        ));
+    }
+    match (&i.client_secret, &i.client_secret_file) {
+        (Some(_), Some(_)) => out.push(Issue::new(
+            &format!("{at}.clientSecret"),
+            "set exactly one of `clientSecret` and `clientSecretFile`, not both".into(),
+        )),
+        (None, None) => out.push(Issue::new(
+            at,
+            "set exactly one of `clientSecretFile` (a file on the sidecar's host, preferred) and `clientSecret` (inline)".into(),
+        )),
+        (Some(secret), None) => {
+            if secret.is_empty() || secret.chars().any(char::is_control) {
+                out.push(Issue::new(
+                    &format!("{at}.clientSecret"),
+                    "must not be empty or hold control characters".into(),
+                ));
+            }
+        }
+        (None, Some(path)) => {
+            if !path.starts_with('/') || path.len() > MAX_VALUE_LEN || path.contains('\0') {
+                out.push(Issue::new(
+                    &format!("{at}.clientSecretFile"),
+                    format!(
+                        "`{}` must be an absolute path on the sidecar's host, e.g. /etc/trellis/introspection-secret",
+                        shorten(path)
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(issuer) = &i.issuer
+        && (issuer.is_empty() || issuer.len() > MAX_VALUE_LEN)
+    {
+        out.push(Issue::new(
+            &format!("{at}.issuer"),
+            "must be the authorization server's exact `iss` (1 to 1024 characters), or left out"
+                .into(),
+        ));
+    }
+    for (n, aud) in i.audiences.iter().enumerate() {
+        if aud.is_empty() {
+            out.push(Issue::new(
+                &format!("{at}.audiences[{n}]"),
+                "must not be empty".into(),
+            ));
+        }
+    }
+    if let Some(ttl) = &i.cache_ttl {
+        match parse_duration(ttl) {
+            Err(e) => out.push(Issue::new(&format!("{at}.cacheTtl"), e)),
+            Ok(d) if d > MAX_INTROSPECTION_CACHE_TTL => out.push(Issue::new(
+                &format!("{at}.cacheTtl"),
+                format!(
+                    "{ttl} is too long: at most {} is allowed (a revoked token stays usable while cached)",
+                    format_duration(MAX_INTROSPECTION_CACHE_TTL)
+                ),
+            )),
+            Ok(_) => {}
+        }
+    }
+    check_token_sources(
+        at,
+        &i.from_headers,
+        &i.from_params,
+        i.forward_claims_header.as_ref(),
+        out,
+    );
 }
 
 fn check_algorithm(alg: &str) -> Result<(), String> {

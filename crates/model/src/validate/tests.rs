@@ -186,6 +186,10 @@ fn shape_errors() {
         ("sourceIp not bool", POLICY.replace("{ header: x-user }", "{ sourceIp: yes please }"), "spec.loadBalancer.hashKey.sourceIp: expected true or false"),
         ("path type", ROUTE.replace("type: PathPrefix", "type: Prefix"), "path.type: unknown value `Prefix`"),
         ("duplicate key", SERVICE.replace("  protocol: http\n", "  protocol: http\n  protocol: grpc\n"), "invalid YAML at line 7 column 3: duplicate mapping key"),
+        ("mtls mode case", SERVICE.replace("  protocol: http\n", "  protocol: http\n  mtls: { mode: strict }\n"), "(Service catalog): spec.mtls.mode: unknown value `strict`: expected one of STRICT, PERMISSIVE (did you mean `STRICT`?)"),
+        ("mtls mode unknown", SERVICE.replace("  protocol: http\n", "  protocol: http\n  mtls: { mode: DISABLE }\n"), "spec.mtls.mode: unknown value `DISABLE`: expected one of STRICT, PERMISSIVE"),
+        ("mtls not a map", SERVICE.replace("  protocol: http\n", "  protocol: http\n  mtls: STRICT\n"), "spec.mtls: expected a map"),
+        ("mtls unknown field", SERVICE.replace("  protocol: http\n", "  protocol: http\n  mtls: { mod: STRICT }\n"), "spec.mtls.mod: unknown field `mod`: expected one of mode (did you mean `mode`?)"),
     ];
     for (case, text, expected) in cases {
         assert_error(case, text, expected);
@@ -457,4 +461,53 @@ fn registrations() {
         let err = validate_registration(&r).expect_err(expected);
         assert!(err.contains(expected), "expected {expected:?} in {err:?}");
     }
+}
+
+#[test]
+fn mtls_mode_is_strict_unless_set_and_round_trips() {
+    use crate::{MtlsMode, Resource};
+    let mode = |text: &str| match parse_documents("s.yaml", text).expect("valid").as_slice() {
+        [Resource::Service(s)] => s.spec.mtls.mode,
+        other => panic!("expected one Service, got {other:?}"),
+    };
+    let cases = [
+        ("absent", SERVICE.to_string(), MtlsMode::Strict),
+        (
+            "empty map",
+            SERVICE.replace("  protocol: http\n", "  protocol: http\n  mtls: {}\n"),
+            MtlsMode::Strict,
+        ),
+        (
+            "STRICT",
+            SERVICE.replace(
+                "  protocol: http\n",
+                "  protocol: http\n  mtls: { mode: STRICT }\n",
+            ),
+            MtlsMode::Strict,
+        ),
+        (
+            "PERMISSIVE",
+            SERVICE.replace(
+                "  protocol: http\n",
+                "  protocol: http\n  mtls: { mode: PERMISSIVE }\n",
+            ),
+            MtlsMode::Permissive,
+        ),
+    ];
+    for (case, text, want) in cases {
+        assert_eq!(mode(&text), want, "{case}");
+    }
+    // The default is left out of the stored/returned JSON; PERMISSIVE is kept.
+    let strict = parse_documents("s.yaml", SERVICE).expect("valid");
+    let json = serde_json::to_value(&strict[0]).expect("json");
+    assert!(json["spec"].get("mtls").is_none(), "{json}");
+    let permissive = SERVICE.replace(
+        "  protocol: http\n",
+        "  protocol: http\n  mtls: { mode: PERMISSIVE }\n",
+    );
+    let parsed = parse_documents("s.yaml", &permissive).expect("valid");
+    let json = serde_json::to_value(&parsed[0]).expect("json");
+    assert_eq!(json["spec"]["mtls"]["mode"], "PERMISSIVE", "{json}");
+    let back: Resource = serde_json::from_value(json).expect("round trip");
+    assert_eq!(back, parsed[0]);
 }

@@ -1,26 +1,34 @@
-//! Request authentication: JWT verification for RequestAuthentication resources.
+//! Request authentication for RequestAuthentication resources: JWT verification and OAuth2
+//! token introspection.
 //!
 //! A [`JwtVerifier`] is built from one `jwtRules[]` entry: its signing keys come from an
 //! inline JWKS or from `jwksUri` ([`jwks`]: cached in an `ArcSwap`, refreshed every
 //! [`JwksOptions::refresh_interval`], refetched on an unknown `kid` at most once per
-//! [`JwksOptions::min_refetch_interval`]). An [`Authenticator`] holds the verifiers of one
-//! service, finds the token in the request and picks the verifier by the token's issuer.
+//! [`JwksOptions::min_refetch_interval`]). An [`Introspector`] ([`introspection`]) asks an
+//! RFC 7662 endpoint about opaque tokens, with a short bounded cache. An [`Authenticator`]
+//! holds the providers of one service, finds the token in the request and picks the verifier
+//! by the token's issuer, or the introspection endpoints for other tokens.
 //!
 //! Only asymmetric algorithms are accepted; `none` and every `HS*` are always refused, and
 //! the token's `alg` must fit the key's type. Failures are [`AuthnError`]s, mapped to `401`
 //! with a `WWW-Authenticate: Bearer` challenge by [`AuthnError::challenge`]. Without usable
-//! keys the verifier fails closed.
+//! keys, or an introspection endpoint that answers, authentication fails closed.
 
+mod authenticator;
+mod introspection;
 mod jwks;
+mod token;
 mod verifier;
 
 #[cfg(test)]
-mod testkeys;
+pub(crate) mod testkeys;
 
 use http::{HeaderValue, StatusCode};
 
+pub use authenticator::{Authenticator, Verified};
+pub use introspection::{IntrospectionOptions, Introspector};
 pub use jwks::{JwksOptions, KeySet};
-pub use verifier::{Authenticator, JwtVerifier, MAX_TOKEN_LEN, Verified};
+pub use verifier::{JwtVerifier, MAX_TOKEN_LEN};
 
 /// Why a request is not authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +42,9 @@ pub enum AuthnError {
     /// The signing keys cannot be obtained: fail closed.
     #[error("the issuer's signing keys are unavailable")]
     JwksUnavailable,
+    /// The introspection endpoint could not judge the token: fail closed.
+    #[error("the token introspection endpoint is unavailable")]
+    IntrospectionUnavailable,
 }
 
 impl AuthnError {
@@ -47,6 +58,9 @@ impl AuthnError {
             ),
             AuthnError::JwksUnavailable => "Bearer realm=\"trellis\", error=\"invalid_token\", \
                  error_description=\"signing keys unavailable\""
+                .to_string(),
+            AuthnError::IntrospectionUnavailable => "Bearer realm=\"trellis\", \
+                 error=\"invalid_token\", error_description=\"token introspection unavailable\""
                 .to_string(),
         };
         let header = HeaderValue::from_str(&value)

@@ -1,19 +1,20 @@
-//! [`JwtVerifier`] (one `jwtRules[]` entry) and [`Authenticator`] (all rules of a service):
-//! where the token is read from, which checks it must pass, and what is forwarded.
+//! [`JwtVerifier`]: one `jwtRules[]` entry — where its token is read from, which checks it
+//! must pass, and what is forwarded.
 
 use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::header::{AUTHORIZATION, HeaderName};
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
-use serde_json::{Map, Value};
-use trellis_model::{JwtRule, RequestAuthenticationResource};
+use serde_json::Value;
+use trellis_model::JwtRule;
 
 use super::AuthnError;
 use super::jwks::{JwksOptions, JwksSource};
+use super::token::TokenSources;
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -23,35 +24,14 @@ const MAX_KEYS_TRIED: usize = 8;
 
 use AuthnError::Invalid;
 
-/// Where a token may be found.
-#[derive(Debug, Clone)]
-enum Location {
-    /// A header, with the prefix (matched case-insensitively) before the token.
-    Header {
-        name: HeaderName,
-        prefix: Option<String>,
-    },
-    Param(String),
-}
-
 /// Verifies tokens of one issuer.
 pub struct JwtVerifier {
     issuer: String,
     audiences: Vec<String>,
     algorithms: Vec<Algorithm>,
     leeway: u64,
-    locations: Vec<Location>,
-    forward: Option<(HeaderName, Vec<String>)>,
+    sources: TokenSources,
     keys: JwksSource,
-}
-
-/// A successfully authenticated request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Verified {
-    /// The verified claims (a JSON object).
-    pub claims: Value,
-    /// The `forwardClaimsHeader` to add to the request, if configured and any claim is present.
-    pub forward: Option<(HeaderName, HeaderValue)>,
 }
 
 /// The parts of a token read before its signature is checked, only to reject early.
@@ -113,11 +93,6 @@ impl Unverified {
     }
 }
 
-fn header_name(name: &str, field: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("{field}: `{name}` is not a valid header name"))
-}
-
 /// Maps jsonwebtoken's verdict to a fixed reason.
 fn reason(e: &ErrorKind) -> &'static str {
     match e {
@@ -157,40 +132,29 @@ impl JwtVerifier {
             (None, Some(jwks)) => JwksSource::inline(jwks).map_err(|e| format!("jwks: {e}"))?,
             _ => return Err("set exactly one of jwksUri and jwks".into()),
         };
-        let mut locations = Vec::new();
-        for h in &rule.from_headers {
-            locations.push(Location::Header {
-                name: header_name(&h.name, "fromHeaders")?,
-                prefix: h.prefix.clone().filter(|p| !p.is_empty()),
-            });
-        }
-        locations.extend(rule.from_params.iter().cloned().map(Location::Param));
-        if locations.is_empty() {
-            locations.push(Location::Header {
-                name: AUTHORIZATION,
-                prefix: Some("Bearer ".into()),
-            });
-        }
-        let forward = match &rule.forward_claims_header {
-            Some(f) => Some((
-                header_name(&f.header, "forwardClaimsHeader")?,
-                f.claims.clone(),
-            )),
-            None => None,
-        };
+        let sources = TokenSources::new(
+            &rule.from_headers,
+            &rule.from_params,
+            rule.forward_claims_header.as_ref(),
+        )?;
         Ok(JwtVerifier {
             issuer: rule.issuer.clone(),
             audiences: rule.audiences.clone(),
             algorithms,
             leeway: rule.clock_skew().as_secs(),
-            locations,
-            forward,
+            sources,
             keys,
         })
     }
 
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// Whether `token` is a JWT naming this rule's issuer (read before any check, only to pick
+    /// the rule). An error when it is not a JWT at all.
+    pub(super) fn is_issuer_of(&self, token: &str) -> Result<bool, AuthnError> {
+        Ok(Unverified::parse(token)?.issuer() == Some(self.issuer.as_str()))
     }
 
     /// The token in this rule's locations, if any. Two different tokens, or one header given
@@ -200,49 +164,7 @@ impl JwtVerifier {
         headers: &'r HeaderMap,
         query: Option<&'r str>,
     ) -> Result<Option<&'r str>, AuthnError> {
-        let mut found: Option<&str> = None;
-        let mut take = |token: &'r str| -> Result<(), AuthnError> {
-            match found {
-                Some(t) if t != token => Err(Invalid("more than one token in the request")),
-                _ => {
-                    found = Some(token);
-                    Ok(())
-                }
-            }
-        };
-        for location in &self.locations {
-            match location {
-                Location::Header { name, prefix } => {
-                    let mut values = headers.get_all(name).iter();
-                    let Some(value) = values.next() else {
-                        continue;
-                    };
-                    if values.next().is_some() {
-                        return Err(Invalid("more than one token in the request"));
-                    }
-                    let value = value.to_str().map_err(|_| Invalid("malformed token"))?;
-                    let token = match prefix {
-                        None => value,
-                        Some(p) => match value.get(..p.len()) {
-                            Some(head) if head.eq_ignore_ascii_case(p) => &value[p.len()..],
-                            // Another scheme (e.g. `Basic`): not a token for this rule.
-                            _ => continue,
-                        },
-                    };
-                    take(token.trim())?;
-                }
-                Location::Param(param) => {
-                    for pair in query.unwrap_or("").split('&') {
-                        if let Some((k, v)) = pair.split_once('=')
-                            && k == param
-                        {
-                            take(v)?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(found.filter(|t| !t.is_empty()))
+        self.sources.find(headers, query)
     }
 
     /// Verifies signature, algorithm, issuer, audience and dates; returns the claims.
@@ -310,86 +232,13 @@ impl JwtVerifier {
         v
     }
 
-    /// The `forwardClaimsHeader`: the selected claims as a JSON object, base64url-encoded
-    /// (so any claim value is header-safe). `None` when not configured or no claim is present.
+    /// The `forwardClaimsHeader` with the selected claims (see [`TokenSources`]).
     pub fn forward_header(&self, claims: &Value) -> Option<(HeaderName, HeaderValue)> {
-        let (name, wanted) = self.forward.as_ref()?;
-        let selected: Map<String, Value> = wanted
-            .iter()
-            .filter_map(|c| claims.get(c).map(|v| (c.clone(), v.clone())))
-            .collect();
-        if selected.is_empty() {
-            return None;
-        }
-        let json = serde_json::to_vec(&Value::Object(selected)).ok()?;
-        let value = HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(json)).ok()?;
-        Some((name.clone(), value))
-    }
-}
-
-/// Every JWT rule that applies to one service.
-#[derive(Default)]
-pub struct Authenticator {
-    verifiers: Vec<JwtVerifier>,
-}
-
-impl Authenticator {
-    /// Builds the verifiers of every rule of `resources` (those applying to the service).
-    pub fn new(
-        resources: &[RequestAuthenticationResource],
-        client: &reqwest::Client,
-        options: &JwksOptions,
-    ) -> Result<Authenticator, String> {
-        let mut verifiers = Vec::new();
-        for r in resources {
-            for (i, rule) in r.spec.jwt_rules.iter().enumerate() {
-                let v = JwtVerifier::new(rule, client, options).map_err(|e| {
-                    format!(
-                        "RequestAuthentication {}: jwtRules[{i}].{e}",
-                        r.metadata.name
-                    )
-                })?;
-                verifiers.push(v);
-            }
-        }
-        Ok(Authenticator { verifiers })
+        self.sources.forward_header(claims)
     }
 
-    pub fn from_verifiers(verifiers: Vec<JwtVerifier>) -> Authenticator {
-        Authenticator { verifiers }
-    }
-
-    /// True when no rule applies: requests are not authenticated.
-    pub fn is_empty(&self) -> bool {
-        self.verifiers.is_empty()
-    }
-
-    /// Finds the request's token, picks the rule of its issuer and verifies it.
-    /// [`AuthnError::Missing`] when no rule's location holds a token.
-    pub async fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-    ) -> Result<Verified, AuthnError> {
-        let mut saw_token = false;
-        for v in &self.verifiers {
-            let Some(token) = v.find_token(headers, query)? else {
-                continue;
-            };
-            saw_token = true;
-            let unverified = Unverified::parse(token)?;
-            if unverified.issuer() != Some(v.issuer()) {
-                continue;
-            }
-            let claims = v.verify(token).await?;
-            let forward = v.forward_header(&claims);
-            return Ok(Verified { claims, forward });
-        }
-        if saw_token {
-            Err(Invalid("issuer not accepted"))
-        } else {
-            Err(AuthnError::Missing)
-        }
+    pub(super) fn sources(&self) -> &TokenSources {
+        &self.sources
     }
 }
 

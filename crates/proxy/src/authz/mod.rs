@@ -9,5 +9,5 @@
 mod path;
 mod policy;
 
-pub use path::{MAX_PATH_LEN, PathError, normalize_path, path_only};
+pub use path::{MAX_PATH_LEN, PathError, is_normalized, normalize_path, path_only};
 pub use policy::{DENIED_BY_POLICY, Decision, NOT_ALLOWED, PolicySet, RequestFacts};

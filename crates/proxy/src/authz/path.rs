@@ -169,6 +169,37 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// True when `target` is already what [`normalize_path`] returns (so nothing needs to change):
+/// checked in one pass over the path, without allocating. Conservative: `false` only means the
+/// full normalization must run.
+pub fn is_normalized(target: &str) -> bool {
+    let path = path_only(target);
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') || bytes.len() > MAX_PATH_LEN {
+        return false;
+    }
+    // Printable ASCII except `%` (escapes may need decoding) and `\`.
+    if !bytes
+        .iter()
+        .all(|&b| b > 0x20 && b < 0x7f && b != b'%' && b != b'\\')
+    {
+        return false;
+    }
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        let bad = (segment.is_empty() && !last)
+            || segment == "."
+            || segment == ".."
+            || segment.starts_with(".;")
+            || segment.starts_with("..;");
+        if bad {
+            return false;
+        }
+    }
+    true
+}
+
 /// The path part of a normalized request target (without `?query`).
 pub fn path_only(target: &str) -> &str {
     target.split_once('?').map_or(target, |(p, _)| p)

@@ -114,6 +114,7 @@ fn config(app_port: u16, app_protocol: Protocol) -> ProxyConfig {
         weight: 1,
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(10),
+        join_token: None,
     }
 }
 
@@ -193,7 +194,7 @@ impl Harness {
                 self.shared.clients.get(Duration::from_secs(1)),
             ))
         };
-        let snapshot = Snapshot::new(
+        let mut snapshot = Snapshot::new(
             routes,
             [
                 cluster("catalog", vec![self.addrs.inbound]),
@@ -201,6 +202,12 @@ impl Harness {
                 cluster("down", vec![dead]),
             ],
         );
+        // These proxies have no certificate: their inbound listener takes plaintext only when
+        // PERMISSIVE (mTLS itself is tested in crate::mtls::tests).
+        snapshot.inbound = Some(Arc::new(crate::security::InboundSecurity {
+            mode: crate::security::InboundMode::Permissive,
+            ..Default::default()
+        }));
         self.shared.live.store(Arc::new(snapshot));
     }
 }
@@ -335,6 +342,8 @@ async fn inbound_reports_an_unavailable_app() {
         l.local_addr().expect("addr")
     };
     let h = Harness::start(dead.port(), Protocol::Http).await;
+    // Also installs the (PERMISSIVE, policy-free) inbound config the listener needs.
+    h.install_routes().await;
     let req = Request::builder()
         .uri("/")
         .header("host", "frontend")

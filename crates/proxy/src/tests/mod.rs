@@ -1,2 +1,4 @@
-//! Forwarding tests: real listeners, real backends, a snapshot built directly.
+//! Listener tests: real listeners, real backends, a snapshot built directly (forwarding;
+//! inbound admission).
 mod forwarding;
+mod inbound_policy;

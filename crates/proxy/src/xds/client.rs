@@ -76,6 +76,12 @@ fn node(shared: &Shared) -> Node {
         wire::NODE_INBOUND_PORT.to_string(),
         s(c.inbound_addr.port().to_string()),
     );
+    if let Some(tls) = shared.tls.get() {
+        fields.insert(
+            wire::NODE_IDENTITY.to_string(),
+            s(tls.identity.spiffe_id().to_string()),
+        );
+    }
     Node {
         id: c.node_id(),
         cluster: c.service.clone(),
@@ -185,6 +191,17 @@ fn handle_response(
             out.push(request(node, type_url, t));
             let previous = shared.live.load();
             let next = state.snapshot(&previous, &shared.clients);
+            let mode = next.inbound.as_ref().map(|i| i.mode);
+            if mode != previous.inbound.as_ref().map(|i| i.mode) {
+                tracing::info!(
+                    mode = mode.map_or("none", |m| m.as_str()),
+                    "inbound mTLS mode"
+                );
+            }
+            shared
+                .metrics
+                .tls
+                .set_inbound_mode(mode.map(|m| m.as_str()));
             shared.live.store(Arc::new(next));
             let complete = state.complete();
             shared.status.update(|s| {

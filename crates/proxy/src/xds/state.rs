@@ -7,17 +7,26 @@ use std::sync::Arc;
 use envoy_types::pb::google::protobuf::Any;
 use trellis_model::wire;
 
+use self::security::SecurityBuilder;
 use super::translate::{self, ClusterConfig, Endpoint, EndpointSource};
 use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, routes};
+use crate::authn::JwksOptions;
 use crate::metrics::Metrics;
+use crate::security::InboundSecurity;
 use crate::snapshot::{Routes, Snapshot};
 use crate::upstream::{
     BalancerFactory, ClientCache, UpstreamCluster, effective_algorithm, endpoint_metas,
 };
 
+mod security;
+
 #[derive(Debug)]
 pub(crate) struct XdsState {
     pub listeners: Option<Vec<String>>,
+    /// This proxy's inbound security from the last accepted `inbound` Listener; `None` before
+    /// one is accepted, or when the accepted listeners hold none (fail closed).
+    pub inbound: Option<Arc<InboundSecurity>>,
+    security: SecurityBuilder,
     pub clusters: Option<Vec<ClusterConfig>>,
     pub routes: Option<Arc<Routes>>,
     /// EDS assignments by cluster (service) name.
@@ -30,6 +39,8 @@ impl XdsState {
     pub fn new(build: BalancerFactory) -> Self {
         XdsState {
             listeners: None,
+            inbound: None,
+            security: SecurityBuilder::new(JwksOptions::default()),
             clusters: None,
             routes: None,
             assignments: HashMap::new(),
@@ -47,7 +58,19 @@ impl XdsState {
         metrics: &Metrics,
     ) -> Result<(), String> {
         match type_url {
-            LISTENER_TYPE => self.listeners = Some(translate::listeners(resources)?),
+            LISTENER_TYPE => {
+                let set = translate::listeners(resources)?;
+                let inbound = match &set.inbound {
+                    Some(config) => Some(
+                        self.security
+                            .build(config)
+                            .map_err(|e| format!("Listener `{}`: {e}", wire::INBOUND))?,
+                    ),
+                    None => None,
+                };
+                self.inbound = inbound;
+                self.listeners = Some(set.names);
+            }
             CLUSTER_TYPE => {
                 let clusters = translate::clusters(resources)?;
                 let eds: BTreeSet<&str> = clusters.iter().filter_map(eds_name).collect();
@@ -106,17 +129,21 @@ impl XdsState {
                 return old.clone();
             }
             let balancer = (self.build)(&algorithm, &endpoint_metas(eps));
-            Arc::new(UpstreamCluster::new(
-                &cc.name,
-                algorithm,
-                cc.connect_timeout,
-                eps.to_vec(),
-                balancer,
-                clients.get(cc.connect_timeout),
+            Arc::new(
+                UpstreamCluster::new(
+                    &cc.name,
+                    algorithm,
+                    cc.connect_timeout,
+                    eps.to_vec(),
+                    balancer,
+                    clients.get(cc.connect_timeout),
+                )
+                .with_tls(cc.tls.clone()),
             )
-            .with_tls(cc.tls.clone()))
         });
-        Snapshot::new(routes, clusters.collect::<Vec<_>>())
+        let mut snapshot = Snapshot::new(routes, clusters.collect::<Vec<_>>());
+        snapshot.inbound = self.inbound.clone();
+        snapshot
     }
 }
 
@@ -127,5 +154,7 @@ fn eds_name(c: &ClusterConfig) -> Option<&str> {
     }
 }
 
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;

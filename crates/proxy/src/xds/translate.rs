@@ -19,6 +19,7 @@ use envoy_types::pb::google::protobuf::{Any, value::Kind};
 use prost::Message;
 use trellis_model::wire;
 
+use super::security::{self, InboundConfig};
 use crate::balance::Algorithm;
 use crate::security::TlsPolicy;
 
@@ -92,16 +93,40 @@ pub(crate) fn translate_all<T>(
     }
 }
 
-/// Listener names. The sidecar binds its own listeners from flags; LDS is accepted so the
-/// stream is complete, and its names are shown in the config dump.
-pub(crate) fn listeners(resources: &[Any]) -> Result<Vec<String>, String> {
-    translate_all(resources, |any| {
+/// What LDS configures. The sidecar binds its own listeners from flags; the `inbound` Listener
+/// carries this proxy's inbound security (docs/XDS.md, "Security"), the others only their
+/// names (shown in the config dump).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ListenerSet {
+    pub names: Vec<String>,
+    /// From the `inbound` Listener; `None` when the response has none.
+    pub inbound: Option<InboundConfig>,
+}
+
+pub(crate) fn listeners(resources: &[Any]) -> Result<ListenerSet, String> {
+    let parsed = translate_all(resources, |any| {
         let l: Listener = decode(any, super::LISTENER_TYPE)?;
         if l.name.is_empty() {
             return Err("Listener with an empty name".to_string());
         }
-        Ok(l.name)
-    })
+        let inbound = if l.name == wire::INBOUND {
+            Some(security::inbound_config(&l).map_err(|e| format!("Listener `{}`: {e}", l.name))?)
+        } else {
+            None
+        };
+        Ok((l.name, inbound))
+    })?;
+    let mut set = ListenerSet::default();
+    for (name, inbound) in parsed {
+        if inbound.is_some() {
+            if set.inbound.is_some() {
+                return Err(format!("Listener `{name}` appears twice"));
+            }
+            set.inbound = inbound;
+        }
+        set.names.push(name);
+    }
+    Ok(set)
 }
 
 pub(crate) fn clusters(resources: &[Any]) -> Result<Vec<ClusterConfig>, String> {
@@ -162,7 +187,7 @@ pub(crate) fn cluster(c: &Cluster) -> Result<ClusterConfig, String> {
         algorithm: algorithm(c)?,
         connect_timeout,
         endpoints,
-        tls: None,
+        tls: security::cluster_tls(c)?,
     })
 }
 
@@ -269,7 +294,7 @@ pub(crate) fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, St
                 weight,
                 id,
                 zone: zone.clone(),
-                mtls: false,
+                mtls: security::endpoint_mtls(lb.metadata.as_ref()),
             });
         }
     }

@@ -22,7 +22,13 @@ fn base64url_matches_rfc_4648_vectors() {
 fn tokens_are_32_random_bytes_in_base64url() {
     let a = token::generate().expect("token");
     let b = token::generate().expect("token");
-    assert_eq!(a.token.len(), 43, "32 bytes unpadded: {}", a.token);
+    assert!(a.token.starts_with("tjt_"), "{}", a.token);
+    assert_eq!(
+        a.token.len(),
+        4 + 43,
+        "prefix and 32 bytes unpadded: {}",
+        a.token
+    );
     assert!(
         a.token
             .chars()

@@ -73,3 +73,34 @@ fn node_info_from_metadata_and_defaults() {
         assert!(err.to_string().contains(bad), "{err}");
     }
 }
+
+#[test]
+fn node_identity_is_optional_and_must_be_a_spiffe_id() {
+    let id = "spiffe://cluster.local/ns/default/svc/web";
+    type Want<'a> = Result<Option<&'a str>, ()>;
+    let cases: &[(&str, Option<&str>, Want)] = &[
+        ("absent", None, Ok(None)),
+        ("empty", Some(""), Ok(None)),
+        ("spiffe id", Some(id), Ok(Some(id))),
+        ("not spiffe", Some("web"), Err(())),
+        (
+            "https uri",
+            Some("https://cluster.local/ns/default/svc/web"),
+            Err(()),
+        ),
+    ];
+    for (case, value, want) in cases {
+        let meta: Vec<(&str, &str)> = value
+            .map(|v| vec![(wire::NODE_IDENTITY, v)])
+            .unwrap_or_default();
+        let got = NodeInfo::from_node(&node_msg("web~1", "web", &meta));
+        match (got, want) {
+            (Ok(n), Ok(w)) => assert_eq!(n.identity.as_deref(), *w, "{case}"),
+            (Err(e), Err(())) => {
+                assert_eq!(e.key, wire::NODE_IDENTITY, "{case}");
+                assert!(e.to_string().contains("SPIFFE ID"), "{case}: {e}");
+            }
+            (got, _) => panic!("{case}: unexpected {got:?}"),
+        }
+    }
+}

@@ -381,6 +381,7 @@ fn clusters_pin_the_upstream_http_version_from_the_service_protocol() {
             name: "v1".into(),
             labels: [("version".to_string(), "v1".to_string())].into(),
         }],
+        ..Default::default()
     });
     rpc.routes = vec![http_route(
         "rpc-v1",
@@ -390,7 +391,7 @@ fn clusters_pin_the_upstream_http_version_from_the_service_protocol() {
     let mut declared = view("declared", vec![]);
     declared.declared = Some(trellis_model::ServiceSpec {
         protocol: Protocol::Http2,
-        subsets: vec![],
+        ..Default::default()
     });
     let mut web_ep = endpoint("web-1", None, 1, &[]);
     web_ep.protocol = Protocol::Grpc;

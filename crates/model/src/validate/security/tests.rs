@@ -399,7 +399,155 @@ fn the_zero_trust_examples_in_the_resources_doc_parse() {
         blocks += 1;
     }
     assert_eq!(
-        blocks, 3,
-        "the AuthorizationPolicy, default-deny and RequestAuthentication examples"
+        blocks, 4,
+        "the AuthorizationPolicy, default-deny, RequestAuthentication and introspection examples"
     );
+}
+
+const INTROSPECTION: &str = r#"apiVersion: trellis.dev/v1alpha1
+kind: RequestAuthentication
+metadata:
+  name: catalog-oauth
+spec:
+  targetRef: { name: catalog }
+  introspection:
+    endpoint: https://auth.example/oauth2/introspect
+    clientId: trellis-catalog
+    clientSecretFile: /etc/trellis/introspection-secret
+    issuer: https://auth.example
+    audiences: [catalog]
+    cacheTtl: 20s
+    fromHeaders: [{ name: x-token }]
+    forwardClaimsHeader: { header: x-token-claims, claims: [sub, scope] }
+"#;
+
+#[test]
+fn an_introspection_provider_alone_is_a_valid_resource() {
+    let docs =
+        parse_and_validate("mesh.yaml", INTROSPECTION, &Known).unwrap_or_else(|e| panic!("{e}"));
+    let Resource::RequestAuthentication(a) = &docs[0] else {
+        panic!("{docs:?}");
+    };
+    assert!(a.spec.jwt_rules.is_empty());
+    let i = a.spec.introspection.as_ref().expect("introspection");
+    assert_eq!(i.cache_ttl().as_secs(), 20);
+    assert_eq!(i.client_id, "trellis-catalog");
+    let json = serde_json::to_value(&docs[0]).unwrap_or_default();
+    assert!(json["spec"].get("jwtRules").is_none(), "{json}");
+    let back: Resource = serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back, docs[0]);
+    // The inline secret never shows in debug output.
+    let inline = edit(
+        INTROSPECTION,
+        "clientSecretFile: /etc/trellis/introspection-secret",
+        "clientSecret: s3cr3t-value",
+    );
+    let docs = parse_and_validate("mesh.yaml", &inline, &Known).unwrap_or_else(|e| panic!("{e}"));
+    let shown = format!("{:?}", docs[0]);
+    assert!(
+        !shown.contains("s3cr3t-value") && shown.contains("redacted"),
+        "{shown}"
+    );
+    // Together with JWT rules in one resource.
+    let both = format!(
+        "{INTROSPECTION}  jwtRules:\n    - issuer: https://issuer.example\n      jwksUri: https://issuer.example/jwks\n"
+    );
+    assert_eq!(errors(&both), Vec::<String>::new());
+}
+
+#[test]
+fn introspection_errors_name_field_and_reason() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "endpoint scheme",
+            "endpoint: https://",
+            "endpoint: ftp://",
+            "spec.introspection.endpoint: `ftp://auth.example/oauth2/introspect` must be an http:// or https:// URL",
+        ),
+        (
+            "credentials in the endpoint",
+            "endpoint: https://",
+            "endpoint: https://user:pw@",
+            "spec.introspection.endpoint: `https://user:pw@auth.example/oauth2/introspect` carries credentials",
+        ),
+        (
+            "empty client id",
+            "clientId: trellis-catalog",
+            "clientId: \"\"",
+            "spec.introspection.clientId: must be the client id",
+        ),
+        (
+            "no secret",
+            "    clientSecretFile: /etc/trellis/introspection-secret\n",
+            "",
+            "spec.introspection: set exactly one of `clientSecretFile`",
+        ),
+        (
+            "both secrets",
+            "    clientSecretFile:",
+            "    clientSecret: abc\n    clientSecretFile:",
+            "spec.introspection.clientSecret: set exactly one of `clientSecret` and `clientSecretFile`, not both",
+        ),
+        (
+            "relative secret file",
+            "clientSecretFile: /etc/",
+            "clientSecretFile: etc/",
+            "spec.introspection.clientSecretFile: `etc/trellis/introspection-secret` must be an absolute path",
+        ),
+        (
+            "ttl too long",
+            "cacheTtl: 20s",
+            "cacheTtl: 1h",
+            "spec.introspection.cacheTtl: 1h is too long: at most 300s",
+        ),
+        (
+            "ttl without unit",
+            "cacheTtl: 20s",
+            "cacheTtl: \"20\"",
+            "spec.introspection.cacheTtl: `20`: missing unit",
+        ),
+        (
+            "empty audience",
+            "audiences: [catalog]",
+            "audiences: [\"\"]",
+            "spec.introspection.audiences[0]: must not be empty",
+        ),
+        (
+            "empty issuer",
+            "issuer: https://auth.example",
+            "issuer: \"\"",
+            "spec.introspection.issuer: must be the authorization server's exact `iss`",
+        ),
+        (
+            "bad header",
+            "name: x-token",
+            "name: \"x token\"",
+            "spec.introspection.fromHeaders[0].name: `x token` is not a valid header name",
+        ),
+        (
+            "no forwarded claims",
+            "claims: [sub, scope]",
+            "claims: []",
+            "spec.introspection.forwardClaimsHeader.claims: must list the claims",
+        ),
+        (
+            "unknown field",
+            "cacheTtl: 20s",
+            "cacheTTL: 20s",
+            "spec.introspection.cacheTTL",
+        ),
+        (
+            "no endpoint",
+            "    endpoint: https://auth.example/oauth2/introspect\n",
+            "",
+            "spec.introspection.endpoint",
+        ),
+    ];
+    for (case, from, to, expected) in cases {
+        let errs = errors(&edit(INTROSPECTION, from, to));
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "{case}: expected {expected:?} in {errs:#?}"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! normalize_path: one row per case, hostile ones included.
 
-use super::{MAX_PATH_LEN, PathError, normalize_path, path_only};
+use proptest::prelude::*;
+
+use super::{MAX_PATH_LEN, PathError, is_normalized, normalize_path, path_only};
 
 #[test]
 fn normalizes_or_rejects_every_case() {
@@ -130,5 +132,57 @@ fn reasons_are_fixed_and_header_safe() {
         let r = e.reason();
         assert!(!r.is_empty() && !r.contains('"') && r.is_ascii(), "{r}");
         assert_eq!(e.to_string(), r);
+    }
+}
+
+#[test]
+fn the_fast_check_recognizes_normal_paths() {
+    for normal in [
+        "/",
+        "/a",
+        "/a/b/",
+        "/a.b/..c/...",
+        "/api/v1?x=../..//",
+        "/a;b/c",
+        "/~x-y_z",
+    ] {
+        assert!(is_normalized(normal), "{normal}");
+        assert_eq!(normalize_path(normal).as_deref(), Ok(normal));
+    }
+    for not in [
+        "",
+        "a",
+        "//",
+        "/a//b",
+        "/./a",
+        "/a/..",
+        "/a/.",
+        "/%41",
+        "/a\\b",
+        "/..;/x",
+        "/.;x",
+        "/caf\u{e9}",
+        "/a b",
+    ] {
+        assert!(!is_normalized(not), "{not:?}");
+    }
+}
+
+proptest! {
+    /// Whenever the allocation-free check says "normal", normalizing changes nothing.
+    #[test]
+    fn the_fast_check_never_skips_a_change(raw in "(/|\\.|\\.\\.|;|%2[eEfF]|%41|a|b|\\?|\\\\|%|\\x00| ){0,12}") {
+        if is_normalized(&raw) {
+            let normalized = normalize_path(&raw);
+            prop_assert_eq!(normalized.as_deref(), Ok(raw.as_str()));
+        }
+    }
+
+    #[test]
+    fn the_fast_check_holds_on_printable_paths(raw in "/[ -~]{0,40}") {
+        if is_normalized(&raw) {
+            let normalized = normalize_path(&raw);
+            prop_assert_eq!(normalized.as_deref(), Ok(raw.as_str()));
+        }
     }
 }

@@ -86,6 +86,7 @@ fn config() -> crate::config::ProxyConfig {
         weight: 1,
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
+        join_token: None,
     }
 }
 
