@@ -28,6 +28,10 @@ pub struct Target {
         default_value = "http://127.0.0.1:15080"
     )]
     pub control: String,
+    /// PEM roots that verify an https:// control plane (`trellis control --tls` keeps them in
+    /// `<data-dir>/trust-bundle.pem`); without it, the system's roots.
+    #[arg(long, global = true, env = "TRELLIS_CONTROL_CA", value_name = "FILE")]
+    pub control_ca: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -126,6 +130,25 @@ fn first_line(s: &str) -> &str {
     }
 }
 
+/// A client for the control plane at `control`: verified with the roots of `ca` when given
+/// (and then only those), else plaintext or the system's roots.
+pub fn http_client(
+    control: &str,
+    ca: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let connect = Duration::from_secs(5);
+    match ca {
+        Some(_) => trellis_proxy::control_tls::ControlTrust::new(control, ca)?
+            .http_client(connect, timeout),
+        None => reqwest::Client::builder()
+            .connect_timeout(connect)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}")),
+    }
+}
+
 /// The control plane's HTTP API.
 struct Api {
     base: Url,
@@ -144,17 +167,18 @@ impl Api {
                 target.control
             ))
         })?;
-        if base.scheme() != "http" {
+        if base.scheme() != "http" && base.scheme() != "https" {
             return Err(CallError::Other(format!(
-                "--control `{}`: only plain http:// is supported",
+                "--control `{}`: expected an http:// or https:// URL",
                 target.control
             )));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| CallError::Other(format!("cannot build the HTTP client: {e}")))?;
+        let http = http_client(
+            base.as_str(),
+            target.control_ca.as_deref(),
+            Duration::from_secs(30),
+        )
+        .map_err(CallError::Other)?;
         Ok(Api { base, http })
     }
 
@@ -208,7 +232,12 @@ impl Api {
             msg.push_str(&s.to_string());
             source = s.source();
         }
-        if e.is_connect() || e.is_timeout() {
+        if msg.contains("certificate") || msg.contains("UnknownIssuer") {
+            CallError::Other(format!(
+                "the control plane at {} is not trusted: {msg}\nhint: pass --control-ca (or TRELLIS_CONTROL_CA) with its trust bundle, `<data-dir>/trust-bundle.pem` of `trellis control --tls`",
+                self.base
+            ))
+        } else if e.is_connect() || e.is_timeout() {
             CallError::Unreachable(format!(
                 "cannot reach the control plane at {}: {msg}\nhint: is `trellis control` running? Point --control (or TRELLIS_CONTROL) at its HTTP address",
                 self.base

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use trellis_control::ca::{CaConfig, OperatorRoot};
+use trellis_control::tls::ServingTls;
 use trellis_control::{BoundAddrs, ControlConfig, StartupError};
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +42,21 @@ pub struct Args {
     /// The PKCS#8 PEM private key of --ca-cert.
     #[arg(long, requires = "ca_cert", value_name = "FILE")]
     pub ca_key: Option<PathBuf>,
+    /// Serve the admin API and xDS over TLS 1.3 with a certificate from the mesh CA (renewed
+    /// by itself, also when the signing root changes). Clients verify it with the trust bundle
+    /// in `<data-dir>/trust-bundle.pem` (`trellis --control https://... --control-ca FILE`).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls: bool,
+    /// A name or address the mesh-issued certificate covers, repeatable (default: localhost,
+    /// 127.0.0.1, ::1 and the listen addresses).
+    #[arg(long = "tls-san", requires = "tls", value_name = "NAME")]
+    pub tls_sans: Vec<String>,
+    /// Serve TLS with the operator's certificate chain (PEM) instead. Needs --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Exit code for a startup configuration the operator must fix (unusable data dir, busy port,
@@ -48,6 +64,19 @@ pub struct Args {
 const EXIT_BAD_CONFIG: u8 = 2;
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let tls = match (args.tls, args.tls_cert, args.tls_key) {
+        (_, Some(cert), Some(key)) => ServingTls::Files { cert, key },
+        (true, _, _) => ServingTls::Mesh {
+            names: args.tls_sans,
+        },
+        _ => ServingTls::Off,
+    };
+    let scheme = if tls == ServingTls::Off {
+        "http"
+    } else {
+        "https"
+    };
+    let bundle = args.data_dir.join(trellis_control::tls::TRUST_BUNDLE_FILE);
     let config = ControlConfig {
         data_dir: args.data_dir,
         http_addr: args.http_addr,
@@ -63,11 +92,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .zip(args.ca_key)
                 .map(|(cert, key)| OperatorRoot { cert, key }),
         },
+        tls,
     };
     let ready = |bound: BoundAddrs| {
         let mut fields = serde_json::Map::new();
         fields.insert("http".into(), bound.http.to_string().into());
         fields.insert("grpc".into(), bound.grpc.to_string().into());
+        fields.insert("url".into(), format!("{scheme}://{}", bound.http).into());
+        fields.insert("trust_bundle".into(), bundle.display().to_string().into());
         crate::ready::announce("control", fields);
     };
     match trellis_control::run(config, ready, shutdown_signal()).await {

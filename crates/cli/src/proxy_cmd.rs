@@ -23,6 +23,10 @@ pub struct Args {
     /// `/v1/bootstrap`.
     #[arg(long, default_value = "http://127.0.0.1:15080")]
     pub control: String,
+    /// PEM roots that verify an https:// control plane (with `trellis control --tls`, its
+    /// `<data-dir>/trust-bundle.pem`); read again on every reconnect.
+    #[arg(long, env = "TRELLIS_CONTROL_CA", value_name = "FILE")]
+    pub control_ca: Option<std::path::PathBuf>,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
     /// Outbound listener: the app sends its calls here (as an HTTP proxy, or with Host naming the service).
@@ -105,6 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             AppProtocol::Grpc => trellis_model::Protocol::Grpc,
         },
         control_url: args.control,
+        control_ca: args.control_ca,
         admin_addr: args.admin_addr,
         outbound_addr: args.outbound_addr,
         inbound_addr: args.inbound_addr,

@@ -40,6 +40,9 @@ pub struct CreateArgs {
         default_value = "http://127.0.0.1:15080"
     )]
     pub control: String,
+    /// PEM roots that verify an https:// control plane.
+    #[arg(long, env = "TRELLIS_CONTROL_CA", value_name = "FILE")]
+    pub control_ca: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
     pub output: Format,
@@ -61,18 +64,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     let ttl_ms = u64::try_from(args.ttl.as_millis()).unwrap_or(u64::MAX);
     let url = format!("{}/v1/tokens", args.control.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("cannot build the HTTP client")?;
+    let client = match crate::client::http_client(
+        &args.control,
+        args.control_ca.as_deref(),
+        Duration::from_secs(10),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let body = json!({ "service": args.service, "namespace": args.namespace, "ttl_ms": ttl_ms });
     let resp = match client.post(&url).json(&body).send().await {
         Ok(r) => r,
         Err(e) => {
             eprintln!(
-                "error: cannot reach the control plane at {} ({e}); is `trellis control` \
-                 running? (set --control or TRELLIS_CONTROL)",
-                args.control
+                "error: cannot reach the control plane at {} ({}); is `trellis control` \
+                 running? (set --control or TRELLIS_CONTROL; an https:// one needs \
+                 --control-ca)",
+                args.control,
+                trellis_proxy::control_tls::error_chain(&e)
             );
             return Ok(ExitCode::from(1));
         }

@@ -1,5 +1,5 @@
-//! TLS audit of a sidecar's inbound listener with sslyze (PyPI), the scanner run as a mesh
-//! client: it holds a certificate from the mesh CA, so it gets past STRICT mTLS and sees
+//! TLS audits with sslyze (PyPI): the control plane's `--tls` listeners (admin API, xDS), and
+//! a sidecar's inbound listener with the scanner run as a mesh client: it holds a certificate from the mesh CA, so it gets past STRICT mTLS and sees
 //! everything a caller sees. Findings of medium severity or higher fail the test, each named
 //! with its severity: protocol versions other than TLS 1.3 (SSL 2/3: critical; TLS 1.0/1.1:
 //! medium; TLS 1.2: off by policy), non-AEAD suites, compression (CRIME), Heartbleed, CCS
@@ -15,7 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use rcgen::{CertificateParams, KeyPair};
 use serde_json::Value;
-use trellis_testkit::{ControlPlane, Instance, SidecarOpts, TestLog, create_join_token};
+use trellis_testkit::{
+    ControlOpts, ControlPlane, Instance, SidecarOpts, TestLog, create_join_token,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
 
@@ -286,6 +288,67 @@ fn findings(scan: &Value) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Runs every sslyze check against `target`, as a client holding `client` (certificate, key)
+/// when given, validating the chain against `bundle`; returns the findings.
+async fn audit(
+    sslyze: &Path,
+    log: &TestLog,
+    target: &str,
+    client: Option<(&Path, &Path)>,
+    bundle: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let out = log
+        .dir()
+        .join(format!("sslyze-{}.json", target.replace(':', "-")));
+    let mut cmd = tokio::process::Command::new(sslyze);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let run = cmd
+        .arg("--certinfo_ca_file")
+        .arg(bundle)
+        .args([
+            "--certinfo",
+            "--sslv2",
+            "--sslv3",
+            "--tlsv1",
+            "--tlsv1_1",
+            "--tlsv1_2",
+            "--tlsv1_3",
+            "--compression",
+            "--heartbleed",
+            "--openssl_ccs",
+            "--robot",
+            "--reneg",
+            "--elliptic_curves",
+            "--early_data",
+        ])
+        .arg("--json_out")
+        .arg(&out)
+        .arg(target)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("running {}", sslyze.display()))?;
+    let text = String::from_utf8_lossy(&run.stdout);
+    log.note(&format!("sslyze output for {target}:\n{text}"));
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(&out).with_context(|| format!("sslyze wrote no {}", out.display()))?,
+    )
+    .context("sslyze JSON")?;
+    let server = report
+        .pointer("/server_scan_results/0")
+        .context("no server scan result")?;
+    ensure!(
+        server.get("scan_status").and_then(Value::as_str) == Some("COMPLETED"),
+        "sslyze could not scan {target}: {}",
+        server
+            .get("connectivity_error_trace")
+            .unwrap_or(&Value::Null)
+    );
+    findings(server.get("scan_result").context("no scan_result")?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_listener_passes_a_tls_audit() -> anyhow::Result<()> {
     let Some(sslyze) = find_sslyze()? else {
@@ -305,56 +368,8 @@ async fn inbound_listener_passes_a_tls_audit() -> anyhow::Result<()> {
     )
     .await?;
     let (cert, key, bundle) = scanner_identity(&control, log.dir()).await?;
-    let out = log.dir().join("sslyze.json");
     let target = echo.sidecar.inbound().to_string();
-    let run = tokio::process::Command::new(&sslyze)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .arg("--certinfo_ca_file")
-        .arg(&bundle)
-        .args([
-            "--certinfo",
-            "--sslv2",
-            "--sslv3",
-            "--tlsv1",
-            "--tlsv1_1",
-            "--tlsv1_2",
-            "--tlsv1_3",
-            "--compression",
-            "--heartbleed",
-            "--openssl_ccs",
-            "--robot",
-            "--reneg",
-            "--elliptic_curves",
-            "--early_data",
-        ])
-        .arg("--json_out")
-        .arg(&out)
-        .arg(&target)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .with_context(|| format!("running {}", sslyze.display()))?;
-    let text = String::from_utf8_lossy(&run.stdout);
-    log.note(&format!("sslyze output:\n{text}"));
-    let report: Value = serde_json::from_slice(
-        &std::fs::read(&out).with_context(|| format!("sslyze wrote no {}", out.display()))?,
-    )
-    .context("sslyze JSON")?;
-    let server = report
-        .pointer("/server_scan_results/0")
-        .context("no server scan result")?;
-    ensure!(
-        server.get("scan_status").and_then(Value::as_str) == Some("COMPLETED"),
-        "sslyze could not scan {target}: {}",
-        server
-            .get("connectivity_error_trace")
-            .unwrap_or(&Value::Null)
-    );
-    let scan = server.get("scan_result").context("no scan_result")?;
-    let found = findings(scan)?;
+    let found = audit(&sslyze, &log, &target, Some((&cert, &key)), &bundle).await?;
     ensure!(
         found.is_empty(),
         "TLS audit of {target} found:\n{}",
@@ -362,6 +377,33 @@ async fn inbound_listener_passes_a_tls_audit() -> anyhow::Result<()> {
     );
     // The audit saw TLS 1.3 with mutual authentication: without the client certificate the
     // listener must not serve (checked in tests/mtls.rs); here, the scan got through.
+    log.passed();
+    Ok(())
+}
+
+/// The control plane's admin API and xDS listener with `--tls`, scanned as any client would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_listeners_pass_a_tls_audit() -> anyhow::Result<()> {
+    let Some(sslyze) = find_sslyze()? else {
+        eprintln!("skipped: sslyze not found (set CI to make this an error)");
+        return Ok(());
+    };
+    let log = TestLog::new("tls-audit-control")?;
+    let opts = ControlOpts {
+        tls: true,
+        ..ControlOpts::default()
+    };
+    let control = ControlPlane::start_with(BIN, &log, &log.dir().join("data"), opts).await?;
+    let bundle = control.trust_bundle_path();
+    for target in [control.http_addr(), control.grpc_addr()] {
+        let target = target.to_string();
+        let found = audit(&sslyze, &log, &target, None, &bundle).await?;
+        ensure!(
+            found.is_empty(),
+            "TLS audit of the control plane at {target} found:\n{}",
+            found.join("\n")
+        );
+    }
     log.passed();
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod registry;
 pub mod snapshot;
 pub mod store;
+pub mod tls;
 pub mod xds;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::metrics::Metrics;
@@ -44,6 +46,8 @@ pub struct ControlConfig {
     pub push_debounce: Duration,
     /// The mesh CA: trust domain, certificate lifetime, optional operator root.
     pub ca: ca::CaConfig,
+    /// TLS on the admin API and xDS listeners.
+    pub tls: tls::ServingTls,
 }
 
 /// The addresses actually bound (useful with port 0).
@@ -66,6 +70,14 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Ca(#[from] ca::CaInitError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("--data-dir {path}: cannot write the trust bundle: {source}")]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--{flag} {addr}: cannot listen: {source}")]
     Bind {
         flag: &'static str,
@@ -112,9 +124,16 @@ pub async fn run(
         http: http.local_addr()?,
         grpc: grpc.local_addr()?,
     };
+    let serving = match &config.tls {
+        tls::ServingTls::Mesh { names } if names.is_empty() => tls::ServingTls::Mesh {
+            names: tls::default_names(&[bound.http, bound.grpc]),
+        },
+        other => other.clone(),
+    };
+    let control_tls = tls::ControlTls::start(&serving, &ca).map_err(StartupError::Tls)?;
+    let bundle_task = keep_bundle_file(&config.data_dir, &ca)?;
     tracing::info!(http = %bound.http, grpc = %bound.grpc, data_dir = %config.data_dir.display(),
-        "control plane listening");
-    ready(bound);
+        tls = control_tls.is_some(), "control plane listening");
 
     let proxies = ProxyTable::default();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -128,11 +147,25 @@ pub async fn run(
         xds_addr: bound.grpc,
         ca,
     });
-    let mut http_task = tokio::spawn(
-        axum::serve(http, router)
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
+    let http_stop = stopped(stop_rx.clone());
+    let mut http_task = match &control_tls {
+        Some(t) => {
+            let listener = tls::TlsListener {
+                rx: tls::incoming(http, t.server_config(&[b"h2", b"http/1.1"])?),
+                local: bound.http,
+            };
+            tokio::spawn(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(http_stop)
+                    .into_future(),
+            )
+        }
+        None => tokio::spawn(
+            axum::serve(http, router)
+                .with_graceful_shutdown(http_stop)
+                .into_future(),
+        ),
+    };
     // The ADS streams follow their own copy of the snapshot feed, owned here, so that shutdown
     // can end them (a closed feed ends every stream) whoever else still holds the registry.
     let mut source = registry.subscribe();
@@ -145,11 +178,27 @@ pub async fn run(
             }
         }
     });
-    let grpc_server = tonic::transport::Server::builder()
-        .add_service(crate::xds::ads_server(feed_rx, proxies))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx));
-    let mut grpc_task = tokio::spawn(grpc_server);
+    let ads = crate::xds::ads_server(feed_rx, proxies);
+    let grpc_stop = stopped(stop_rx);
+    let mut grpc_task = match &control_tls {
+        Some(t) => {
+            let accepted = tls::incoming(grpc, t.server_config(&[b"h2"])?);
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted)
+                .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(ads)
+                    .serve_with_incoming_shutdown(incoming, grpc_stop),
+            )
+        }
+        None => tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ads)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stop),
+        ),
+    };
     drop(registry);
+    ready(bound);
 
     let early = tokio::select! {
         () = shutdown => None,
@@ -164,6 +213,8 @@ pub async fn run(
     let _ = feed.await;
     tasks.shutdown().await;
     finish("xDS gRPC", grpc_task).await;
+    bundle_task.abort();
+    drop(control_tls);
     match early {
         Some(e) => anyhow::bail!(e),
         None => Ok(()),
@@ -179,6 +230,30 @@ async fn finish<T>(what: &str, mut task: tokio::task::JoinHandle<T>) {
         tracing::warn!(server = what, grace = ?SHUTDOWN_GRACE, "server did not drain in time; closing it");
         task.abort();
     }
+}
+
+/// Writes the trust bundle to `<data-dir>/trust-bundle.pem` now and after every change of the
+/// roots, for clients that verify the control plane (and for operators).
+fn keep_bundle_file(
+    dir: &std::path::Path,
+    ca: &ca::Ca,
+) -> Result<tokio::task::JoinHandle<()>, StartupError> {
+    let write = |dir: &std::path::Path, bundle: &str| {
+        tls::write_bundle(dir, bundle).map_err(|source| StartupError::Bundle {
+            path: dir.join(tls::TRUST_BUNDLE_FILE),
+            source,
+        })
+    };
+    write(dir, &ca.trust_bundle())?;
+    let (dir, ca) = (dir.to_path_buf(), ca.clone());
+    let mut changes = ca.root_changes();
+    Ok(tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            if let Err(e) = write(&dir, &ca.trust_bundle()) {
+                tracing::error!(error = %e, "trust bundle file not updated");
+            }
+        }
+    }))
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {

@@ -318,6 +318,7 @@ fn config(dir: &std::path::Path) -> ControlConfig {
         remove_after: Duration::from_secs(60),
         push_debounce: Duration::from_millis(100),
         ca: trellis_control::ca::CaConfig::default(),
+        tls: trellis_control::tls::ServingTls::Off,
     }
 }
 

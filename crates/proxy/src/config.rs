@@ -19,6 +19,8 @@ pub struct ProxyConfig {
     pub app_protocol: Protocol,
     /// Control plane HTTP API base URL, e.g. `http://127.0.0.1:15080`.
     pub control_url: String,
+    /// PEM roots that verify an `https://` control plane (its `<data-dir>/trust-bundle.pem`).
+    pub control_ca: Option<std::path::PathBuf>,
     pub admin_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,

@@ -23,6 +23,7 @@ pub mod authz;
 mod backoff;
 pub mod balance;
 mod config;
+pub mod control_tls;
 mod http;
 pub mod identity;
 mod inbound;
@@ -73,9 +74,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate().map_err(|e| StartupError(e.to_string()))?;
+    let trust = control_tls::ControlTrust::new(&config.control_url, config.control_ca.as_deref())
+        .map_err(StartupError)?;
     let ca = match &config.join_token {
         Some(token) => Some(
-            identity::CaClient::new(&config.control_url, token.expose())
+            identity::CaClient::with_trust(&config.control_url, token.expose(), trust)
                 .map_err(|e| StartupError(e.to_string()))?,
         ),
         None => None,

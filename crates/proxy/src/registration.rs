@@ -12,12 +12,13 @@ use tokio::sync::oneshot;
 use trellis_model::InstanceRegistration;
 
 use crate::backoff::Backoff;
+use crate::control_tls::ControlHttp;
 use crate::shared::Shared;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Registrar {
     shared: Arc<Shared>,
-    http: reqwest::Client,
+    http: ControlHttp,
     base: String,
 }
 
@@ -28,10 +29,12 @@ struct Bootstrap {
 
 impl Registrar {
     pub fn new(shared: Arc<Shared>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .build()?;
+        let http = ControlHttp::new(
+            shared.control.clone(),
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )
+        .map_err(anyhow::Error::msg)?;
         let base = shared.config.control_url.trim_end_matches('/').to_string();
         Ok(Registrar { shared, http, base })
     }
@@ -120,6 +123,12 @@ impl Registrar {
         }
     }
 
+    /// A failed call's message; the client is refreshed so the next call connects anew.
+    fn failed(&self, method: &str, url: &str, e: &reqwest::Error) -> String {
+        self.http.refresh();
+        format!("{method} {url}: {}", crate::outbound::error_chain(e))
+    }
+
     fn set_error(&self, e: String) {
         tracing::debug!(error = %e, control = %self.base, "control plane call failed; retrying");
         self.shared
@@ -131,10 +140,11 @@ impl Registrar {
         let url = format!("{}/v1/bootstrap", self.base);
         let resp = self
             .http
+            .get()
             .get(&url)
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| self.failed("GET", &url, &e))?;
         if !resp.status().is_success() {
             return Err(format!("GET {url}: status {}", resp.status()));
         }
@@ -149,11 +159,12 @@ impl Registrar {
         let url = format!("{}/v1/instances", self.base);
         let resp = self
             .http
+            .get()
             .post(&url)
             .json(&self.registration())
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| self.failed("POST", &url, &e))?;
         if resp.status().is_success() {
             return Ok(());
         }
@@ -167,10 +178,11 @@ impl Registrar {
         let url = format!("{}/heartbeat", self.instance_url());
         let resp = self
             .http
+            .get()
             .put(&url)
             .send()
             .await
-            .map_err(|e| format!("PUT {url}: {e}"))?;
+            .map_err(|e| self.failed("PUT", &url, &e))?;
         match resp.status() {
             s if s.is_success() => Ok(true),
             reqwest::StatusCode::NOT_FOUND => Ok(false),
@@ -181,7 +193,7 @@ impl Registrar {
     /// Removes the registration (best effort, bounded by the client timeout).
     pub async fn deregister(&self) {
         let url = self.instance_url();
-        match self.http.delete(&url).send().await {
+        match self.http.get().delete(&url).send().await {
             Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
                 tracing::info!("deregistered from the control plane");
             }

@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 
 use crate::config::ProxyConfig;
+use crate::control_tls::ControlTrust;
 use crate::metrics::Metrics;
 use crate::mtls::Tls;
 use crate::snapshot::Snapshot;
@@ -22,11 +23,14 @@ pub(crate) struct Shared {
     /// This sidecar's workload identity and TLS configs, set once the first certificate has
     /// been obtained (never, without a join token). Rotation happens inside the identity.
     pub tls: OnceLock<Arc<Tls>>,
+    /// How the control plane is reached and verified.
+    pub control: ControlTrust,
 }
 
 impl Shared {
     pub fn new(config: ProxyConfig) -> Self {
         Shared {
+            control: ControlTrust::unchecked(config.control_ca.clone()),
             config,
             live: ArcSwap::from_pointee(Snapshot::default()),
             metrics: Metrics::new(),

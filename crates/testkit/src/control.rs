@@ -20,6 +20,8 @@ pub struct ControlOpts {
     pub push_debounce: Option<String>,
     /// Lifetime of issued workload certificates, e.g. `"1m"`.
     pub cert_ttl: Option<String>,
+    /// `--tls`: the API and xDS over TLS with a mesh-issued certificate.
+    pub tls: bool,
 }
 
 pub struct ControlPlane {
@@ -58,21 +60,28 @@ impl ControlPlane {
             process,
             bin,
             data_dir: data_dir.to_path_buf(),
-            opts,
             log: log.sink(),
             http,
             grpc,
-            http_client: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .context("cannot build the HTTP client")?,
+            http_client: crate::sidecar::control_client(
+                opts.tls
+                    .then(|| data_dir.join("trust-bundle.pem"))
+                    .as_deref(),
+            )?,
+            opts,
         })
     }
 
-    /// `http://127.0.0.1:PORT`, what sidecars and the CLI take as `--control`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), what sidecars and the CLI take as
+    /// `--control`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.http)
+        let scheme = if self.opts.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http)
+    }
+
+    /// The trust bundle file the control plane keeps (`--control-ca` for its clients).
+    pub fn trust_bundle_path(&self) -> PathBuf {
+        self.data_dir.join("trust-bundle.pem")
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -202,6 +211,9 @@ async fn spawn(
             args.push(flag.to_string());
             args.push(v.clone());
         }
+    }
+    if opts.tls {
+        args.push("--tls".to_string());
     }
     Process::spawn(bin, &args, "control", log, DEADLINE).await
 }

@@ -23,7 +23,8 @@ pub use grpc::GrpcEchoServer;
 pub use log::TestLog;
 pub use process::Process;
 pub use sidecar::{
-    Sidecar, SidecarOpts, create_join_token, json_mentions, metric_sum, wait_for_proxy_config,
+    Sidecar, SidecarOpts, control_client, create_join_token, create_join_token_with, json_mentions,
+    metric_sum, wait_for_proxy_config,
 };
 pub use wait::{wait_for, wait_until};
 

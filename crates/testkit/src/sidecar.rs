@@ -27,6 +27,8 @@ pub struct SidecarOpts {
     pub plaintext: bool,
     /// Use this join token instead of creating one for the service.
     pub join_token: Option<String>,
+    /// `--control-ca`: the roots that verify an https:// control plane.
+    pub control_ca: Option<std::path::PathBuf>,
     pub extra_args: Vec<String>,
 }
 
@@ -67,15 +69,40 @@ impl SidecarOpts {
         self.join_token = Some(token.to_string());
         self
     }
+
+    pub fn control_ca(mut self, path: &Path) -> Self {
+        self.control_ca = Some(path.to_path_buf());
+        self
+    }
+}
+
+/// A client for the control plane's API: plaintext, or trusting only the PEM roots in `ca`.
+pub fn control_client(ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10));
+    if let Some(path) = ca {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("PEM roots in {}", path.display()))?;
+        builder = builder.tls_certs_only(roots);
+    }
+    builder.build().context("cannot build the HTTP client")
 }
 
 /// Creates a join token for `service` in namespace `default` (`POST /v1/tokens`).
 pub async fn create_join_token(control_url: &str, service: &str) -> anyhow::Result<String> {
+    create_join_token_with(control_url, None, service).await
+}
+
+/// [`create_join_token`] from a control plane verified with the roots in `ca`.
+pub async fn create_join_token_with(
+    control_url: &str,
+    ca: Option<&Path>,
+    service: &str,
+) -> anyhow::Result<String> {
     let url = format!("{}/v1/tokens", control_url.trim_end_matches('/'));
-    let resp = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()?
+    let resp = control_client(ca)?
         .post(&url)
         .json(&serde_json::json!({ "service": service }))
         .send()
@@ -154,9 +181,14 @@ impl Sidecar {
         if !opts.plaintext {
             let token = match &opts.join_token {
                 Some(t) => t.clone(),
-                None => create_join_token(control_url, service).await?,
+                None => {
+                    create_join_token_with(control_url, opts.control_ca.as_deref(), service).await?
+                }
             };
             args.extend(["--join-token".to_string(), token]);
+        }
+        if let Some(ca) = &opts.control_ca {
+            args.extend(["--control-ca".to_string(), ca.display().to_string()]);
         }
         args.extend(opts.extra_args.iter().cloned());
         let name = format!("proxy {}", opts.instance_id.as_deref().unwrap_or(service));

@@ -8,6 +8,7 @@ use super::*;
 fn target(url: &str) -> Target {
     Target {
         control: url.to_string(),
+        control_ca: None,
         output: Output::Table,
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
-    IsCa, KeyUsagePurpose, PublicKey, SanType,
+    IsCa, KeyPair, KeyUsagePurpose, PublicKey, SanType,
 };
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
@@ -98,27 +98,8 @@ pub fn issue(
     ttl: Duration,
     now_s: i64,
 ) -> Result<Issued, IssueError> {
-    let uri = rcgen::string::Ia5String::try_from(spiffe_id)
-        .map_err(|e| IssueError::Internal(format!("SPIFFE ID `{spiffe_id}`: {e}")))?;
-    let mut params = CertificateParams::default();
-    // An empty subject: the identity is the URI SAN alone (rcgen then marks it critical).
-    params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![SanType::URI(uri)];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(random_serial().map_err(IssueError::Internal)?);
-    let ttl_s = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
-    let not_before = (now_s - CLOCK_SKEW_S).max(root.not_before_s);
-    let not_after = now_s.saturating_add(ttl_s).min(root.not_after_s);
-    set_validity(&mut params, not_before, not_after).map_err(IssueError::Internal)?;
+    let params = leaf_params(root, spiffe_id, Vec::new(), ttl, now_s)?;
+    let not_after_s = now_s.saturating_add(ttl_s(ttl)).min(root.not_after_s);
     let cert = params
         .signed_by(&csr.public_key, root.issuer())
         .map_err(|e| IssueError::Internal(format!("signing failed: {e}")))?;
@@ -137,8 +118,90 @@ pub fn issue(
     Ok(Issued {
         cert_pem: pem_of(&der),
         cert_der: der,
-        not_after_s: not_after,
+        not_after_s,
     })
+}
+
+/// A serving certificate of the control plane itself: a fresh key made here, the SPIFFE ID
+/// plus the DNS names and IP addresses clients connect to, signed by `root`.
+pub struct Serving {
+    pub issued: Issued,
+    /// PKCS#8 DER of the certificate's private key.
+    pub key_der: Vec<u8>,
+}
+
+/// Issues a [`Serving`] certificate (see [`leaf_params`] for its shape).
+pub fn issue_serving(
+    root: &Root,
+    spiffe_id: &str,
+    names: &[String],
+    ttl: Duration,
+    now_s: i64,
+) -> Result<Serving, IssueError> {
+    let mut sans = Vec::with_capacity(names.len());
+    for name in names {
+        sans.push(match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => {
+                SanType::DnsName(rcgen::string::Ia5String::try_from(name.as_str()).map_err(
+                    |e| IssueError::Csr(CsrError(format!("serving name `{name}`: {e}"))),
+                )?)
+            }
+        });
+    }
+    let params = leaf_params(root, spiffe_id, sans, ttl, now_s)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| IssueError::Internal(format!("key generation failed: {e}")))?;
+    let cert = params
+        .signed_by(&key, root.issuer())
+        .map_err(|e| IssueError::Internal(format!("signing failed: {e}")))?;
+    let der = cert.der().to_vec();
+    Ok(Serving {
+        issued: Issued {
+            cert_pem: pem_of(&der),
+            cert_der: der,
+            not_after_s: now_s.saturating_add(ttl_s(ttl)).min(root.not_after_s),
+        },
+        key_der: key.serialize_der(),
+    })
+}
+
+fn ttl_s(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
+/// A leaf for `spiffe_id` (its first SAN; `extra_sans` follow): not a CA, signature and key
+/// encipherment, server and client auth, valid from a minute ago for `ttl` and never past the
+/// root's own expiry.
+fn leaf_params(
+    root: &Root,
+    spiffe_id: &str,
+    extra_sans: Vec<SanType>,
+    ttl: Duration,
+    now_s: i64,
+) -> Result<CertificateParams, IssueError> {
+    let uri = rcgen::string::Ia5String::try_from(spiffe_id)
+        .map_err(|e| IssueError::Internal(format!("SPIFFE ID `{spiffe_id}`: {e}")))?;
+    let mut params = CertificateParams::default();
+    // An empty subject: the identity is the URI SAN alone (rcgen then marks it critical).
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.subject_alt_names.extend(extra_sans);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial().map_err(IssueError::Internal)?);
+    let not_before = (now_s - CLOCK_SKEW_S).max(root.not_before_s);
+    let not_after = now_s.saturating_add(ttl_s(ttl)).min(root.not_after_s);
+    set_validity(&mut params, not_before, not_after).map_err(IssueError::Internal)?;
+    Ok(params)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -142,6 +142,26 @@ pub struct SignedCert {
     pub not_after_ms: u64,
 }
 
+/// The control plane's serving certificate ([`Ca::issue_serving`]).
+#[derive(Clone)]
+pub struct ServingCert {
+    pub cert_der: Vec<u8>,
+    /// PKCS#8 DER; it never leaves the process.
+    pub key_der: Vec<u8>,
+    pub not_after_ms: u64,
+    /// The fingerprint of the root that signed it.
+    pub root: String,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert")
+            .field("not_after_ms", &self.not_after_ms)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One root as listed by `GET /v1/ca/roots`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct RootInfo {
@@ -180,6 +200,8 @@ struct Inner {
     roots: RwLock<Roots>,
     /// Serialises "store write, then memory update" of the roots.
     writes: tokio::sync::Mutex<()>,
+    /// Bumped after every change of the roots (added, activated, removed).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The certificate authority. Cheap to clone.
@@ -280,6 +302,7 @@ impl Ca {
                 cert_ttl: config.cert_ttl,
                 roots: RwLock::new(roots),
                 writes: tokio::sync::Mutex::new(()),
+                changes: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -433,6 +456,39 @@ impl Ca {
         })
     }
 
+    /// Issues the control plane's own serving certificate for `names` (DNS names or IP
+    /// addresses), with the SPIFFE ID [`spiffe::control_id`] and the workload lifetime.
+    pub fn issue_serving(&self, names: &[String]) -> Result<ServingCert, CaError> {
+        let root = self
+            .read_roots(Roots::active)
+            .ok_or_else(|| CaError::Internal("no signing root (a bug)".to_string()))?;
+        let spiffe_id = spiffe::control_id(&self.inner.trust_domain);
+        let serving = issue::issue_serving(
+            &root,
+            &spiffe_id,
+            names,
+            self.inner.cert_ttl,
+            ms_to_s(unix_ms()),
+        )
+        .map_err(|e| match e {
+            IssueError::Csr(e) => CaError::Invalid(e.to_string()),
+            IssueError::Internal(m) => CaError::Internal(m),
+        })?;
+        tracing::info!(%spiffe_id, not_after_s = serving.issued.not_after_s,
+            root = %root.fingerprint, "control plane serving certificate issued");
+        Ok(ServingCert {
+            cert_der: serving.issued.cert_der,
+            key_der: serving.key_der,
+            not_after_ms: s_to_ms(serving.issued.not_after_s),
+            root: root.fingerprint.clone(),
+        })
+    }
+
+    /// Changes whenever the roots change (a root added, activated or removed).
+    pub fn root_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
     /// Adds an operator root to the trust bundle; it does not sign until [`Ca::activate`].
     pub async fn add_root(&self, cert_pem: &str, key_pem: &str) -> Result<RootInfo, CaError> {
         let now_ms = unix_ms();
@@ -510,6 +566,7 @@ impl Ca {
             .roots
             .write()
             .unwrap_or_else(PoisonError::into_inner) = next;
+        self.inner.changes.send_modify(|g| *g = g.wrapping_add(1));
         Ok(())
     }
 }

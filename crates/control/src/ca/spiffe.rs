@@ -10,6 +10,14 @@ pub fn workload_id(trust_domain: &str, namespace: &str, service: &str) -> String
     format!("spiffe://{trust_domain}/ns/{namespace}/svc/{service}")
 }
 
+/// The namespace of the mesh's own components.
+pub const SYSTEM_NAMESPACE: &str = "trellis-system";
+
+/// The SPIFFE ID of the control plane's serving certificate.
+pub fn control_id(trust_domain: &str) -> String {
+    workload_id(trust_domain, SYSTEM_NAMESPACE, "control")
+}
+
 /// A trust domain as the SPIFFE spec allows it: lowercase letters, digits, `.`, `-`, `_`,
 /// at most 255 characters.
 pub fn check_trust_domain(td: &str) -> Result<(), String> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::IdentityError;
+use crate::control_tls::{ControlHttp, ControlTrust};
 
 /// How long one CA request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,7 +31,7 @@ struct BundleAnswer {
 /// A client of the control plane's CA endpoints, holding the join token. Cheap to clone.
 #[derive(Clone)]
 pub struct CaClient {
-    http: reqwest::Client,
+    http: ControlHttp,
     base: String,
     token: String,
 }
@@ -45,9 +46,18 @@ impl fmt::Debug for CaClient {
 }
 
 impl CaClient {
-    /// `control_url` is the control plane's HTTP API (`http://127.0.0.1:7070`); `join_token`
-    /// comes from `trellis token create`.
+    /// `control_url` is the control plane's plaintext HTTP API (`http://127.0.0.1:7070`);
+    /// `join_token` comes from `trellis token create`.
     pub fn new(control_url: &str, join_token: &str) -> Result<Self, IdentityError> {
+        Self::with_trust(control_url, join_token, ControlTrust::unchecked(None))
+    }
+
+    /// [`CaClient::new`] for a control plane verified as `trust` says (https).
+    pub fn with_trust(
+        control_url: &str,
+        join_token: &str,
+        trust: ControlTrust,
+    ) -> Result<Self, IdentityError> {
         let base = control_url.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(IdentityError::Material(format!(
@@ -61,10 +71,8 @@ impl CaClient {
                     .to_string(),
             ));
         }
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| IdentityError::Material(format!("HTTP client: {e}")))?;
+        let http = ControlHttp::new(trust, REQUEST_TIMEOUT, REQUEST_TIMEOUT)
+            .map_err(IdentityError::Material)?;
         Ok(CaClient { http, base, token })
     }
 
@@ -78,6 +86,7 @@ impl CaClient {
         let url = format!("{}/v1/certificates", self.base);
         let req = self
             .http
+            .get()
             .post(&url)
             .bearer_auth(&self.token)
             .json(&serde_json::json!({ "csr": csr_pem }));
@@ -87,7 +96,7 @@ impl CaClient {
     /// The current trust bundle (PEM).
     pub async fn trust_bundle(&self) -> Result<String, IdentityError> {
         let url = format!("{}/v1/trust-bundle", self.base);
-        let answer: BundleAnswer = self.call(&url, self.http.get(&url)).await?;
+        let answer: BundleAnswer = self.call(&url, self.http.get().get(&url)).await?;
         Ok(answer.trust_bundle)
     }
 
@@ -100,7 +109,13 @@ impl CaClient {
             url: url.to_string(),
             reason,
         };
-        let resp = req.send().await.map_err(|e| control(e.to_string()))?;
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.http.refresh();
+                return Err(control(crate::outbound::error_chain(&e)));
+            }
+        };
         let status = resp.status();
         let body = resp
             .text()

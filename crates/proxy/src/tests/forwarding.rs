@@ -105,6 +105,7 @@ fn config(app_port: u16, app_protocol: Protocol) -> ProxyConfig {
         app_port,
         app_protocol,
         control_url: "http://127.0.0.1:1".into(),
+        control_ca: None,
         admin_addr: local,
         outbound_addr: local,
         inbound_addr: local,

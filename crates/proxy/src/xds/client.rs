@@ -109,16 +109,19 @@ async fn session(
     state: &mut XdsState,
     types: &mut HashMap<&'static str, TypeState>,
 ) -> Result<(), String> {
-    let url = format!("http://{xds_addr}");
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("xds address `{xds_addr}` is not usable: {e}"))?
+    // Built per session: the control plane's roots are read again on every reconnect.
+    let endpoint = shared.control.xds_endpoint(xds_addr)?;
+    let url = endpoint.uri().to_string();
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to xDS at {url}: {e}"))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot connect to xDS at {url}: {}",
+            crate::outbound::error_chain(&e)
+        )
+    })?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);

@@ -42,6 +42,7 @@ async fn control_plane() -> Control {
         remove_after: Duration::from_secs(60),
         push_debounce: Duration::from_millis(100),
         ca: trellis_control::ca::CaConfig::default(),
+        tls: trellis_control::tls::ServingTls::Off,
     };
     let (ready_tx, ready_rx) = oneshot::channel::<BoundAddrs>();
     let (stop, stop_rx) = oneshot::channel::<()>();

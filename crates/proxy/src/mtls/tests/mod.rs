@@ -139,6 +139,7 @@ fn config(service: &str, app_port: u16) -> ProxyConfig {
         app_port,
         app_protocol: Protocol::Http,
         control_url: "http://127.0.0.1:1".into(),
+        control_ca: None,
         admin_addr: local,
         outbound_addr: local,
         inbound_addr: local,

@@ -77,6 +77,7 @@ fn config() -> crate::config::ProxyConfig {
         app_port: 8080,
         app_protocol: Protocol::Http,
         control_url: "http://127.0.0.1:1".into(),
+        control_ca: None,
         admin_addr: local,
         outbound_addr: local,
         inbound_addr: local,
