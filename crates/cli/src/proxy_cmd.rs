@@ -58,6 +58,10 @@ pub struct Args {
     /// service is PERMISSIVE.
     #[arg(long, env = "TRELLIS_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// Re-read the mesh trust bundle this often; a new signing root in it makes the sidecar
+    /// renew its certificate at once (root rotation).
+    #[arg(long, default_value = "60s", value_parser = trellis_model::parse_duration)]
+    pub trust_bundle_refresh: std::time::Duration,
     /// Read the join token from this file (e.g. a mounted secret) instead.
     #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
     pub join_token_file: Option<std::path::PathBuf>,
@@ -120,6 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ttl: args.ttl,
         drain_timeout: args.drain_timeout,
         join_token,
+        trust_bundle_refresh: args.trust_bundle_refresh,
     };
     let ready = move |bound: BoundAddrs| {
         let mut fields = serde_json::Map::new();

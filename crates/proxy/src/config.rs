@@ -36,6 +36,8 @@ pub struct ProxyConfig {
     /// Join token for this workload's mTLS certificate (`trellis token create`). `None`: a
     /// plaintext-only sidecar, whose STRICT inbound listener refuses every connection.
     pub join_token: Option<JoinToken>,
+    /// How often the trust bundle is re-read from the control plane.
+    pub trust_bundle_refresh: Duration,
 }
 
 /// A join token; never printed (its `Debug` is redacted).
@@ -87,6 +89,12 @@ impl ProxyConfig {
             errors.push(format!(
                 "control = `{}`: expected a URL such as http://127.0.0.1:15080",
                 self.control_url
+            ));
+        }
+        if self.trust_bundle_refresh < Duration::from_millis(100) {
+            errors.push(format!(
+                "trust_bundle_refresh = {:?}: must be at least 100ms",
+                self.trust_bundle_refresh
             ));
         }
         if self.join_token.as_ref().is_some_and(|t| t.0.is_empty()) {

@@ -147,11 +147,18 @@ impl Identity {
                     }
                 }
             } else {
+                // The CA lists its signing root first: when that changes, renew at once, so
+                // the old root can be removed without waiting out a certificate's life.
+                let signing = self.trust_bundle().roots().first().cloned();
                 match self.refresh_trust_bundle(&client).await {
-                    Ok(true) => tracing::info!(
-                        roots = self.trust_bundle().roots().len(),
-                        "trust bundle updated"
-                    ),
+                    Ok(true) => {
+                        let bundle = self.trust_bundle();
+                        tracing::info!(roots = bundle.roots().len(), "trust bundle updated");
+                        if bundle.roots().first() != signing.as_ref() {
+                            tracing::info!("the CA switched its signing root; renewing now");
+                            next_renew = Instant::now();
+                        }
+                    }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "trust bundle refresh failed"),
                 }

@@ -13,11 +13,12 @@ use super::Tls;
 use crate::identity::{CaClient, Identity, RotationOptions};
 use crate::shared::Shared;
 
-/// Retry timing for the first certificate and for renewals.
-fn options() -> RotationOptions {
+/// Retry timing for the first certificate and for renewals; the trust bundle as configured.
+fn options(shared: &Shared) -> RotationOptions {
     RotationOptions {
         retry_base: Duration::from_millis(200),
         retry_max: Duration::from_secs(10),
+        bundle_refresh: shared.config.trust_bundle_refresh,
         ..RotationOptions::default()
     }
 }
@@ -44,7 +45,7 @@ pub(crate) async fn establish(shared: &Arc<Shared>, client: CaClient) -> Rotatio
         service = %shared.config.service,
         "requesting a workload certificate with the join token"
     );
-    let options = options();
+    let options = options(shared);
     let tls = loop {
         let identity = Identity::bootstrap(&client, &options).await;
         match Tls::new(identity, shared.metrics.tls.clone()) {

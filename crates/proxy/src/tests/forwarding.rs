@@ -116,6 +116,7 @@ fn config(app_port: u16, app_protocol: Protocol) -> ProxyConfig {
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(10),
         join_token: None,
+        trust_bundle_refresh: std::time::Duration::from_secs(60),
     }
 }
 

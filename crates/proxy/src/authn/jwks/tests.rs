@@ -31,6 +31,13 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(body: String) -> JwksServer {
+        Self::start_with(body, None).await
+    }
+
+    /// Over TLS when `tls` is given (the URI is then `https://localhost:PORT/...`).
+    async fn start_with(body: String, tls: Option<Arc<rustls::ServerConfig>>) -> JwksServer {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
@@ -40,7 +47,7 @@ impl JwksServer {
             // Connections live in this set, so aborting the task closes them all.
             let mut connections = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                let (h, a) = (h.clone(), a.clone());
+                let (h, a, acceptor) = (h.clone(), a.clone(), acceptor.clone());
                 let service = service_fn(move |_req: Request<Incoming>| {
                     h.fetch_add(1, Ordering::SeqCst);
                     let (status, body) = a.lock().map(|g| g.clone()).unwrap_or_default();
@@ -51,14 +58,19 @@ impl JwksServer {
                     }
                 });
                 connections.spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => http.serve_connection(TokioIo::new(tls), service).await,
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                    };
                 });
             }
         });
         JwksServer {
-            uri: format!("http://{addr}/.well-known/jwks.json"),
+            uri: format!("{scheme}://localhost:{}/.well-known/jwks.json", addr.port()),
             hits,
             answer,
             task,
@@ -83,6 +95,11 @@ impl JwksServer {
 }
 
 fn verifier(uri: &str, options: JwksOptions) -> JwtVerifier {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0);
+    verifier_with(uri, options, client)
+}
+
+fn verifier_with(uri: &str, options: JwksOptions, client: reqwest::ClientBuilder) -> JwtVerifier {
     let rule = JwtRule {
         issuer: ISSUER.into(),
         audiences: vec![AUDIENCE.into()],
@@ -90,10 +107,7 @@ fn verifier(uri: &str, options: JwksOptions) -> JwtVerifier {
         ..JwtRule::default()
     };
     // No idle connections kept, so a stopped server is seen at once.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
+    let client = client.build().expect("client");
     JwtVerifier::new(&rule, &client, &options).expect("verifier")
 }
 
@@ -118,6 +132,42 @@ async fn fetched_once_then_served_from_the_cache() {
         assert!(v.verify(&sign(&key, &claims())).await.is_ok());
     }
     assert_eq!(server.hits(), 1);
+    server.stop().await;
+}
+
+/// An identity provider's JWKS over https: fetched when the server's certificate verifies,
+/// and failing closed when it does not.
+#[tokio::test]
+async fn https_jwks_is_fetched_only_from_a_verified_server() {
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(
+        rustls_pki_types::PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()),
+    );
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![issued.cert.der().clone()], key_der)
+        .expect("server config");
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let key = testkeys::ed("tls1");
+    let server = JwksServer::start_with(testkeys::jwks(&[&key]), Some(Arc::new(tls))).await;
+    assert!(server.uri.starts_with("https://"), "{}", server.uri);
+
+    let root = reqwest::Certificate::from_der(issued.cert.der()).expect("root");
+    let trusting = verifier_with(
+        &server.uri,
+        eager(),
+        reqwest::Client::builder().tls_certs_only([root]),
+    );
+    assert!(trusting.verify(&sign(&key, &claims())).await.is_ok());
+    assert_eq!(server.hits(), 1);
+
+    // The system's roots do not know this server: no keys, so the token is refused.
+    let stranger = verifier(&server.uri, eager());
+    assert!(stranger.verify(&sign(&key, &claims())).await.is_err());
+    assert_eq!(server.hits(), 1, "no request got past the TLS handshake");
     server.stop().await;
 }
 

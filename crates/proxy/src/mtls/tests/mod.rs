@@ -150,6 +150,7 @@ fn config(service: &str, app_port: u16) -> ProxyConfig {
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
         join_token: None,
+        trust_bundle_refresh: std::time::Duration::from_secs(60),
     }
 }
 

@@ -88,6 +88,7 @@ fn config() -> crate::config::ProxyConfig {
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
         join_token: None,
+        trust_bundle_refresh: std::time::Duration::from_secs(60),
     }
 }
 
