@@ -417,10 +417,9 @@ async fn trust_bundle_rotation_under_steady_load_fails_no_request() -> anyhow::R
     let log = TestLog::new("mtls-bundle-rotation")?;
     let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
     let url = control.url();
-    let fast = || {
-        let mut o = SidecarOpts::default();
-        o.extra_args = vec!["--trust-bundle-refresh".into(), "200ms".into()];
-        o
+    let fast = || SidecarOpts {
+        extra_args: vec!["--trust-bundle-refresh".into(), "200ms".into()],
+        ..SidecarOpts::default()
     };
     let b1 = Instance::start(BIN, &log, &url, SERVICE, "b1", Duration::ZERO, fast()).await?;
     let client_app = EchoServer::start("client-app").await?;
