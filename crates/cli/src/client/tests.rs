@@ -221,9 +221,17 @@ fn urls_encode_segments_and_accept_bare_addresses() {
         url.as_str(),
         "http://127.0.0.1:15080/v1/resources/HTTPRoute/a%20b%2Fc"
     );
+    assert!(Api::new(&target("https://x")).is_ok(), "https is supported");
     assert!(matches!(
-        Api::new(&target("https://x")),
-        Err(CallError::Other(_))
+        Api::new(&target("ftp://x")),
+        Err(CallError::Other(m)) if m.contains("http:// or https://")
+    ));
+    // Roots given for a plaintext URL are a mistake worth naming.
+    let mut plain_with_ca = target("http://x");
+    plain_with_ca.control_ca = Some("/dev/null".into());
+    assert!(matches!(
+        Api::new(&plain_with_ca),
+        Err(CallError::Other(m)) if m.contains("is plaintext")
     ));
 }
 
