@@ -29,6 +29,12 @@ pub struct Args {
     /// Changes are pushed to proxies after this quiet period (debounce).
     #[arg(long, default_value = "100ms", value_parser = trellis_model::parse_duration)]
     pub push_debounce: std::time::Duration,
+    /// Self-preservation: when many instances miss their heartbeats at once (the control plane
+    /// cut off from them), at most this fraction of all instances is marked unhealthy; the rest
+    /// stay endpoints until their heartbeats return. 1 turns it off. Meshes of fewer than 3
+    /// instances are exempt.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_fraction)]
+    pub max_eviction_fraction: f64,
     /// SPIFFE trust domain: workloads get `spiffe://<trust-domain>/ns/<namespace>/svc/<service>`.
     #[arg(long, default_value = trellis_control::ca::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
@@ -59,6 +65,13 @@ pub struct Args {
     pub tls_key: Option<PathBuf>,
 }
 
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("`{s}`: expected a fraction from 0 to 1, e.g. 0.5")),
+    }
+}
+
 /// Exit code for a startup configuration the operator must fix (unusable data dir, busy port,
 /// unusable CA files).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -84,6 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         restart_grace: args.restart_grace,
         remove_after: args.remove_after,
         push_debounce: args.push_debounce,
+        max_eviction_fraction: args.max_eviction_fraction,
         ca: CaConfig {
             trust_domain: args.trust_domain,
             cert_ttl: args.cert_ttl,

@@ -176,3 +176,112 @@ async fn registrations_survive_a_control_plane_restart() -> anyhow::Result<()> {
     log.passed();
     Ok(())
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .await
+        .context("run kill")?;
+    ensure!(status.success(), "kill -{signal} {pid}: {status}");
+    Ok(())
+}
+
+/// `(unhealthy, held)` ids of `service` in the control plane's instance list.
+async fn registry_view(
+    control: &ControlPlane,
+    service: &str,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let list = control
+        .get_json(&format!("/v1/instances?service={service}"))
+        .await?;
+    let (mut unhealthy, mut held) = (Vec::new(), Vec::new());
+    for i in list.as_array().context("instances")? {
+        let id = i
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string();
+        if i.get("health").and_then(|v| v.as_str()) == Some("unhealthy") {
+            unhealthy.push(id.clone());
+        }
+        if i.get("held").and_then(|v| v.as_bool()) == Some(true) {
+            held.push(id);
+        }
+    }
+    unhealthy.sort();
+    held.sort();
+    Ok((unhealthy, held))
+}
+
+/// Mass heartbeat loss: four of the five registered instances stop at once (SIGSTOP, as if
+/// the control plane were cut off from them). With the default limit of half the instances,
+/// two are marked unhealthy (the longest silent) and two are held as endpoints, so the caller
+/// keeps a non-empty endpoint set; the metric shows it. Once the heartbeats return, nothing
+/// is held any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_heartbeat_loss_triggers_self_preservation() -> anyhow::Result<()> {
+    let log = TestLog::new("registry-self-preservation")?;
+    let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
+    let url = control.url();
+    let ttl = || SidecarOpts::default().ttl("1s");
+    let mut instances = Vec::new();
+    for id in ["b1", "b2", "b3", "b4"] {
+        instances.push(Instance::start(BIN, &log, &url, SERVICE, id, Duration::ZERO, ttl()).await?);
+    }
+    let client_app = EchoServer::start("client-app").await?;
+    let client_sidecar = Sidecar::start(
+        BIN,
+        &log,
+        &url,
+        "client",
+        client_app.port(),
+        SidecarOpts::default().id("client-1"),
+    )
+    .await?;
+    let client = Client::new(client_sidecar.outbound());
+    wait_for_traffic_to(&client, SERVICE, &["b1", "b2", "b3", "b4"], DEADLINE).await?;
+
+    for i in &mut instances {
+        signal(i.sidecar.process().pid(), "STOP").await?;
+    }
+    wait_until(DEADLINE, "two evicted and two held", || async {
+        matches!(registry_view(&control, SERVICE).await,
+            Ok((unhealthy, held)) if unhealthy.len() == 2 && held.len() == 2)
+    })
+    .await?;
+    let (unhealthy, held) = registry_view(&control, SERVICE).await?;
+    log.note(&format!("unhealthy {unhealthy:?}, held {held:?}"));
+    let want: std::collections::BTreeSet<String> = held.iter().cloned().collect();
+    wait_for_proxy_config(
+        client_sidecar.admin(),
+        DEADLINE,
+        "the caller to keep exactly the held instances as endpoints",
+        |dump| dump_endpoints(dump, SERVICE) == want,
+    )
+    .await?;
+    let (_, metrics) = control
+        .request(reqwest::Method::GET, "/metrics", None, None)
+        .await?;
+    ensure!(
+        trellis_testkit::metric_sum(&metrics, "trellis_control_instances_held", &[]) == 2.0,
+        "held instances metric:\n{metrics}"
+    );
+
+    for i in &mut instances {
+        signal(i.sidecar.process().pid(), "CONT").await?;
+    }
+    wait_until(
+        DEADLINE,
+        "every instance healthy again, none held",
+        || async {
+            matches!(registry_view(&control, SERVICE).await,
+            Ok((unhealthy, held)) if unhealthy.is_empty() && held.is_empty())
+        },
+    )
+    .await?;
+    wait_for_traffic_to(&client, SERVICE, &["b1", "b2", "b3", "b4"], DEADLINE).await?;
+    log.passed();
+    Ok(())
+}

@@ -44,6 +44,9 @@ pub struct ControlConfig {
     pub restart_grace: Duration,
     pub remove_after: Duration,
     pub push_debounce: Duration,
+    /// Self-preservation: at most this fraction of instances is evicted for missed heartbeats
+    /// at once (1.0: off).
+    pub max_eviction_fraction: f64,
     /// The mesh CA: trust domain, certificate lifetime, optional operator root.
     pub ca: ca::CaConfig,
     /// TLS on the admin API and xDS listeners.
@@ -112,6 +115,7 @@ pub async fn run(
         remove_after: config.remove_after,
         push_debounce: config.push_debounce,
         trust_domain: ca.trust_domain().to_string(),
+        max_eviction_fraction: config.max_eviction_fraction,
         ..RegistryConfig::default()
     };
     let (registry, tasks) = Registry::start(store, registry_config, metrics)

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub registrations: Counter,
     pub heartbeats: Counter,
     pub api_requests: Family<ApiLabels, Counter>,
+    /// Instances whose heartbeats lapsed but that self-preservation keeps as endpoints.
+    pub instances_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,7 +72,14 @@ impl Metrics {
             "Admin API requests by route and status",
             api_requests.clone(),
         );
+        let instances_held = Gauge::default();
+        registry.register(
+            "trellis_control_instances_held",
+            "Instances kept as endpoints by self-preservation although their heartbeats lapsed",
+            instances_held.clone(),
+        );
         Metrics {
+            instances_held,
             registry,
             instances,
             snapshot_version,

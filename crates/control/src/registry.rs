@@ -10,6 +10,7 @@
 mod build;
 mod describe;
 mod identity;
+pub mod preservation;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +47,9 @@ pub struct RegistryConfig {
     /// The mesh CA's trust domain: published in snapshots, and the domain a registration's
     /// `identity` must be in.
     pub trust_domain: String,
+    /// Self-preservation: at most this fraction of all instances is marked unhealthy at once
+    /// for missed heartbeats ([`preservation`]); 1.0 turns it off.
+    pub max_eviction_fraction: f64,
 }
 
 impl Default for RegistryConfig {
@@ -56,6 +60,7 @@ impl Default for RegistryConfig {
             push_debounce: Duration::from_millis(100),
             reap_interval: Duration::from_millis(50),
             trust_domain: crate::ca::DEFAULT_TRUST_DOMAIN.to_string(),
+            max_eviction_fraction: 0.5,
         }
     }
 }
@@ -79,6 +84,9 @@ pub struct InstanceView {
     #[serde(flatten)]
     pub registration: InstanceRegistration,
     pub health: Health,
+    /// Its heartbeats lapsed, but self-preservation keeps it as an endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
     pub last_heartbeat_ms_ago: u64,
     pub registered_at_ms: u64,
 }
@@ -209,12 +217,7 @@ impl Registry {
         let version = store.version_floor().await?.max(unix_ms());
         let reserved = version + VERSION_BLOCK;
         store.set_version_floor(reserved).await?;
-        let mut first = build_snapshot(
-            version,
-            state.instances.values(),
-            state.resources.values(),
-            now,
-        );
+        let mut first = build_snapshot(version, state.instances.values(), state.resources.values());
         first.trust_domain.clone_from(&config.trust_domain);
         metrics.set_snapshot_version(version);
         let (snapshots, _) = watch::channel(Arc::new(first));
@@ -344,7 +347,6 @@ impl Registry {
     }
 
     pub fn services(&self) -> Vec<ServiceSummary> {
-        let now = Instant::now();
         let st = self.state();
         let mut out: BTreeMap<String, ServiceSummary> = BTreeMap::new();
         let summary = |name: &str| ServiceSummary {
@@ -364,7 +366,7 @@ impl Registry {
             let name = &i.registration.service;
             let s = out.entry(name.clone()).or_insert_with(|| summary(name));
             s.instances += 1;
-            if i.is_healthy(now) {
+            if i.healthy {
                 s.healthy += 1;
             }
         }
@@ -477,7 +479,12 @@ fn not_found_instance(service: &str, id: &str) -> RegistryError {
 fn view_of(i: &InstanceState, now: Instant) -> InstanceView {
     InstanceView {
         registration: i.registration.clone(),
-        health: i.health(now),
+        health: if i.healthy {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        },
+        held: i.healthy && !i.is_healthy(now),
         last_heartbeat_ms_ago: u64::try_from(i.since_heartbeat(now).as_millis())
             .unwrap_or(u64::MAX),
         registered_at_ms: i.registered_at_ms,
@@ -485,10 +492,12 @@ fn view_of(i: &InstanceState, now: Instant) -> InstanceView {
 }
 
 /// Marks instances unhealthy after their TTL and removes them after `remove_after` (or the
-/// TTL, when longer) without a heartbeat.
+/// TTL, when longer) without a heartbeat, within the limit of self-preservation
+/// ([`preservation`]): instances it holds stay healthy and are not removed.
 async fn reaper(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.config.reap_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut preserving = 0usize;
     loop {
         tick.tick().await;
         let expired = |i: &InstanceState, now: Instant| {
@@ -498,22 +507,56 @@ async fn reaper(inner: Arc<Inner>) {
         let now = Instant::now();
         let mut changed = false;
         let mut any_expired = false;
-        for i in lock(&inner.state).instances.values_mut() {
-            let healthy = i.is_healthy(now);
-            if healthy != i.healthy {
-                i.healthy = healthy;
-                changed = true;
-                tracing::info!(service = %i.registration.service, id = %i.registration.id,
-                    healthy, "instance health changed");
+        let held = {
+            let mut st = lock(&inner.state);
+            let total = st.instances.len();
+            let lapsed: Vec<_> = st
+                .instances
+                .iter()
+                .filter(|(_, i)| !i.is_healthy(now))
+                .map(|(k, i)| (i.since_heartbeat(now), k.clone()))
+                .collect();
+            let lapsed_count = lapsed.len();
+            let limit = preservation::eviction_limit(total, inner.config.max_eviction_fraction);
+            let held = preservation::held(lapsed, limit);
+            if held.len() != preserving {
+                if preserving == 0 {
+                    tracing::warn!(
+                        lapsed = lapsed_count,
+                        total,
+                        held = held.len(),
+                        max_fraction = inner.config.max_eviction_fraction,
+                        "self-preservation: many instances missed their heartbeats at once \
+                         (the control plane may be cut off from them); keeping some as \
+                         endpoints instead of evicting them"
+                    );
+                } else if held.is_empty() {
+                    tracing::info!("self-preservation ended: heartbeats are back");
+                }
+                preserving = held.len();
+                inner
+                    .metrics
+                    .instances_held
+                    .set(i64::try_from(preserving).unwrap_or(i64::MAX));
             }
-            any_expired |= expired(i, now);
-        }
+            for (key, i) in st.instances.iter_mut() {
+                let healthy = i.is_healthy(now) || held.contains(key);
+                if healthy != i.healthy {
+                    i.healthy = healthy;
+                    changed = true;
+                    tracing::info!(service = %i.registration.service, id = %i.registration.id,
+                        healthy, "instance health changed");
+                }
+                any_expired |= !healthy && expired(i, now);
+            }
+            held
+        };
         if any_expired {
             let _w = inner.writes.lock().await;
             let now = Instant::now();
             let mut removed = Vec::new();
             lock(&inner.state).instances.retain(|key, i| {
-                let keep = !expired(i, now);
+                let keep = held.contains(key) || !expired(i, now);
                 if !keep {
                     removed.push(key.clone());
                 }
@@ -541,12 +584,8 @@ async fn publisher(inner: Arc<Inner>, mut version: u64, mut reserved: u64) {
         tokio::time::sleep(inner.config.push_debounce).await;
         let next = {
             let st = lock(&inner.state);
-            let mut next = build_snapshot(
-                version + 1,
-                st.instances.values(),
-                st.resources.values(),
-                Instant::now(),
-            );
+            let mut next =
+                build_snapshot(version + 1, st.instances.values(), st.resources.values());
             next.trust_domain.clone_from(&inner.config.trust_domain);
             next
         };

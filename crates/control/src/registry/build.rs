@@ -138,7 +138,6 @@ pub fn build_snapshot<'a, 'b>(
     version: u64,
     instances: impl IntoIterator<Item = &'a InstanceState>,
     resources: impl IntoIterator<Item = &'b Resource> + Clone,
-    now: Instant,
 ) -> MeshSnapshot {
     let mut services: BTreeMap<String, ServiceView> = BTreeMap::new();
     for r in resources.clone() {
@@ -158,7 +157,8 @@ pub fn build_snapshot<'a, 'b>(
                 name: reg.service.clone(),
                 ..ServiceView::default()
             });
-        if !inst.is_healthy(now) {
+        // The reaper's verdict (TTL and self-preservation), not the raw TTL.
+        if !inst.healthy {
             continue;
         }
         let Ok(address) = reg.address.parse::<IpAddr>() else {

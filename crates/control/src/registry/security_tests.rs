@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::time::Instant;
 use trellis_model::{Kind, Resource};
 
 use super::*;
@@ -56,7 +55,7 @@ fn names<T>(items: &[T], name: impl Fn(&T) -> &str) -> Vec<&str> {
 #[tokio::test(start_paused = true)]
 async fn snapshots_carry_the_policies_that_apply_to_each_service() {
     let resources = trellis_model::parse_documents("s.yaml", SECURITY).expect("parse");
-    let snap = build_snapshot(1, [].iter(), resources.iter(), Instant::now());
+    let snap = build_snapshot(1, [].iter(), resources.iter());
     let catalog = &snap.services["catalog"];
     let orders = &snap.services["orders"];
     assert_eq!(

@@ -369,7 +369,8 @@ fn inst(service: &str, id: &str, heartbeat_ago_ms: u64, now: Instant) -> Instanc
         registration: reg(service, id, 1000),
         registered_at_ms: 0,
         last_heartbeat: now - Duration::from_millis(heartbeat_ago_ms),
-        healthy: true,
+        // The reaper's verdict for a 1 s TTL.
+        healthy: heartbeat_ago_ms < 1000,
     }
 }
 
@@ -419,7 +420,7 @@ async fn build_snapshot_cases() {
         },
     ];
     for case in cases {
-        let snap = build_snapshot(7, case.instances.iter(), case.resources.iter(), now);
+        let snap = build_snapshot(7, case.instances.iter(), case.resources.iter());
         assert_eq!(snap.version, 7, "{}", case.name);
         let got: Vec<(&str, Vec<&str>)> = snap
             .services
@@ -434,7 +435,7 @@ async fn build_snapshot_cases() {
         assert_eq!(got, case.want, "{}", case.name);
     }
 
-    let snap = build_snapshot(1, [].iter(), mesh.iter(), now);
+    let snap = build_snapshot(1, [].iter(), mesh.iter());
     let catalog = &snap.services["catalog"];
     assert_eq!(catalog.declared.as_ref().map(|d| d.subsets.len()), Some(1));
     assert_eq!(

@@ -41,6 +41,7 @@ async fn control_plane() -> Control {
         restart_grace: Duration::from_secs(10),
         remove_after: Duration::from_secs(60),
         push_debounce: Duration::from_millis(100),
+        max_eviction_fraction: 0.5,
         ca: trellis_control::ca::CaConfig::default(),
         tls: trellis_control::tls::ServingTls::Off,
     };
