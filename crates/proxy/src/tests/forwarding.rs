@@ -115,6 +115,7 @@ fn config(app_port: u16, app_protocol: Protocol) -> ProxyConfig {
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(10),
         join_token: None,
+        upstreams: Vec::new(),
     }
 }
 
@@ -130,6 +131,7 @@ impl Harness {
             admin: admin.local_addr().expect("addr"),
             outbound: outbound.local_addr().expect("addr"),
             inbound: inbound.local_addr().expect("addr"),
+            upstreams: Vec::new(),
         };
         let shared = Arc::new(Shared::new(config(app_port, app_protocol)));
         let listeners = Listeners::start(&shared, admin, outbound, inbound);

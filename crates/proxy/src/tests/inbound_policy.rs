@@ -104,6 +104,7 @@ fn config(app_port: u16) -> ProxyConfig {
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
         join_token: None,
+        upstreams: Vec::new(),
     }
 }
 
@@ -128,6 +129,7 @@ impl Harness {
             admin: admin.local_addr().expect("addr"),
             outbound: outbound.local_addr().expect("addr"),
             inbound: inbound.local_addr().expect("addr"),
+            upstreams: Vec::new(),
         };
         let shared = Arc::new(Shared::new(config(app.port())));
         let listeners = Listeners::start(&shared, admin, outbound, inbound);
@@ -145,6 +147,7 @@ impl Harness {
             mode: InboundMode::Permissive,
             authz,
             authn,
+            tcp: None,
         };
         let snapshot = Snapshot {
             inbound: Some(Arc::new(security)),

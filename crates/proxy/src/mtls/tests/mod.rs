@@ -149,6 +149,7 @@ fn config(service: &str, app_port: u16) -> ProxyConfig {
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
         join_token: None,
+        upstreams: Vec::new(),
     }
 }
 
@@ -164,6 +165,7 @@ impl Proxy {
             admin: admin.local_addr().expect("addr"),
             outbound: outbound.local_addr().expect("addr"),
             inbound: inbound.local_addr().expect("addr"),
+            upstreams: Vec::new(),
         };
         let shared = Arc::new(Shared::new(config(service, app_port)));
         if let Some(identity) = identity {

@@ -87,6 +87,7 @@ fn config() -> crate::config::ProxyConfig {
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
         join_token: None,
+        upstreams: Vec::new(),
     }
 }
 
