@@ -320,7 +320,8 @@ pub(crate) fn inbound_listener(
     filters: Vec<HttpFilter>,
 ) -> Listener {
     let (listener_filters, filter_chains) =
-        control::inbound_chains(mode, identity, vec![hcm(filters)], wire::MTLS_SERVER_ALPN).expect("a listener for this node");
+        control::inbound_chains(mode, identity, vec![hcm(filters)], wire::MTLS_SERVER_ALPN)
+            .expect("a listener for this node");
     Listener {
         name: "inbound".into(),
         listener_filters,
