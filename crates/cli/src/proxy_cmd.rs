@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use trellis_proxy::{BoundAddrs, JoinToken, ProxyConfig, StartupError};
+use trellis_proxy::{BoundAddrs, JoinToken, ProxyConfig, StartupError, Upstream};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,9 +16,13 @@ pub struct Args {
     /// The local app's port (on 127.0.0.1), where inbound traffic is forwarded.
     #[arg(long)]
     pub app_port: u16,
-    /// Protocol the app speaks.
+    /// Protocol the app speaks (`tcp`: raw byte streams, see docs/RESOURCES.md).
     #[arg(long, value_enum, default_value_t = AppProtocol::Http)]
     pub app_protocol: AppProtocol,
+    /// A TCP service the app reaches on a local port, repeatable: `--upstream db=5432`
+    /// (127.0.0.1; `db=IP:PORT` to bind elsewhere; port 0 picks one, shown in the ready line).
+    #[arg(long = "upstream", value_name = "SERVICE=PORT", value_parser = parse_upstream)]
+    pub upstreams: Vec<Upstream>,
     /// Control plane admin API, e.g. `http://127.0.0.1:15080`. The xDS address is read from its
     /// `/v1/bootstrap`.
     #[arg(long, default_value = "http://127.0.0.1:15080")]
@@ -72,6 +76,11 @@ pub enum AppProtocol {
     Http,
     Http2,
     Grpc,
+    Tcp,
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    s.parse()
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -111,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             AppProtocol::Http => trellis_model::Protocol::Http,
             AppProtocol::Http2 => trellis_model::Protocol::Http2,
             AppProtocol::Grpc => trellis_model::Protocol::Grpc,
+            AppProtocol::Tcp => trellis_model::Protocol::Tcp,
         },
         control_url: args.control,
         control_ca: args.control_ca,
@@ -125,6 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         drain_timeout: args.drain_timeout,
         join_token,
         trust_bundle_refresh: args.trust_bundle_refresh,
+        upstreams: args.upstreams,
     };
     let ready = move |bound: BoundAddrs| {
         let mut fields = serde_json::Map::new();
@@ -132,6 +143,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         fields.insert("outbound".into(), bound.outbound.to_string().into());
         fields.insert("inbound".into(), bound.inbound.to_string().into());
         fields.insert("instance_id".into(), instance_id.into());
+        if !bound.upstreams.is_empty() {
+            let upstreams: serde_json::Map<_, _> = bound
+                .upstreams
+                .iter()
+                .map(|(service, addr)| (service.clone(), addr.to_string().into()))
+                .collect();
+            fields.insert("upstreams".into(), upstreams.into());
+        }
         crate::ready::announce("proxy", fields);
     };
     match trellis_proxy::run(config, ready, shutdown_signal()).await {

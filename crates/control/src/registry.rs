@@ -135,6 +135,16 @@ impl KnownServices for State {
             .map(|s| s.subsets.into_iter().map(|s| s.name).collect())
             .unwrap_or_default()
     }
+
+    fn protocol(&self, service: &str) -> Option<trellis_model::Protocol> {
+        if let Some(spec) = declared(self.resources.values(), service) {
+            return Some(spec.protocol);
+        }
+        self.instances
+            .iter()
+            .find(|((s, _), _)| s == service)
+            .map(|(_, i)| i.registration.protocol)
+    }
 }
 
 struct Inner {

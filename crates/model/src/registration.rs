@@ -12,6 +12,19 @@ pub enum Protocol {
     Http,
     Http2,
     Grpc,
+    /// Raw TCP: byte streams, no HTTP. Authorization on it can only match `from` (docs/RESOURCES.md).
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        }
+    }
 }
 
 /// `POST /v1/instances` body.

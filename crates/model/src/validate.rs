@@ -19,7 +19,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::{API_VERSION, Kind, Resource};
+use crate::{API_VERSION, Kind, Protocol, Resource};
 
 mod refs;
 mod registration;
@@ -88,6 +88,13 @@ pub trait KnownServices {
     fn service_exists(&self, name: &str) -> bool;
     /// Subset names declared by the stored Service resource of that name, if any.
     fn subsets(&self, service: &str) -> Vec<String>;
+    /// The service's protocol when it is known: declared by its Service resource, or
+    /// registered by its instances. `None` when unknown (validation then checks nothing
+    /// protocol-specific; the sidecar's rules for TCP apply, docs/RESOURCES.md).
+    fn protocol(&self, service: &str) -> Option<Protocol> {
+        let _ = service;
+        None
+    }
 }
 
 /// Knows no services: cross-references can then only point into the file itself.

@@ -45,6 +45,18 @@ pub const SDS_TRUST_BUNDLE: &str = "ROOTCA";
 /// ALPN offered by a sidecar's mTLS client; accepted by its mTLS server.
 pub const MTLS_CLIENT_ALPN: &[&str] = &["h2"];
 pub const MTLS_SERVER_ALPN: &[&str] = &["h2", "http/1.1"];
+/// ALPN of a raw TCP stream between sidecars (`protocol: tcp` services): the inbound side
+/// serves it as bytes, never as HTTP. Offered alone by the client; the only ALPN of the
+/// inbound listener's `mtls` chain for a TCP service.
+pub const MTLS_TCP_ALPN: &str = "trellis-tcp";
+
+// ---- TCP (docs/XDS.md, "TCP services") -------------------------------------------------------
+
+/// The network filters of a TCP service's inbound filter chains.
+pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
+pub const RBAC_NETWORK_FILTER: &str = "envoy.filters.network.rbac";
+/// `stat_prefix` of those filters.
+pub const TCP_STAT_PREFIX: &str = "inbound_tcp";
 /// The inbound HTTP filters carrying the policies, and their TypedStruct type URLs.
 pub const AUTHN_FILTER: &str = "trellis.authn";
 pub const AUTHZ_FILTER: &str = "trellis.authz";

@@ -38,6 +38,44 @@ pub struct ProxyConfig {
     pub join_token: Option<JoinToken>,
     /// How often the trust bundle is re-read from the control plane.
     pub trust_bundle_refresh: Duration,
+    /// Local ports for TCP services (`--upstream db=5432`): each connection accepted on one is
+    /// forwarded as a byte stream to an endpoint of that service (crate::tcp::outbound).
+    pub upstreams: Vec<Upstream>,
+}
+
+/// One `--upstream <service>=<port>`: a TCP service the app reaches on a local port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The destination service (its cluster).
+    pub service: String,
+    /// Where the app connects (127.0.0.1:<port>; port 0 picks one, reported when ready).
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+
+    /// `<service>=<port>` (bound on 127.0.0.1) or `<service>=<ip>:<port>`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint =
+            "expected SERVICE=PORT, e.g. `db=5432` (or SERVICE=IP:PORT; port 0 picks a free one)";
+        let Some((service, target)) = s.split_once('=') else {
+            return Err(format!("`{s}`: {hint}"));
+        };
+        if let Err(e) = trellis_model::check_dns_label(service) {
+            return Err(format!("`{s}`: the service name {e}; {hint}"));
+        }
+        let addr = match target.parse::<u16>() {
+            Ok(port) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+            Err(_) => target.parse::<SocketAddr>().map_err(|_| {
+                format!("`{s}`: `{target}` is not a port (0-65535) or IP:PORT; {hint}")
+            })?,
+        };
+        Ok(Upstream {
+            service: service.to_string(),
+            addr,
+        })
+    }
 }
 
 /// A join token; never printed (its `Debug` is redacted).
@@ -103,6 +141,15 @@ impl ProxyConfig {
                     .to_string(),
             );
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for u in &self.upstreams {
+            if !seen.insert(u.service.as_str()) {
+                errors.push(format!(
+                    "upstream `{}` is given twice: one local port per service",
+                    u.service
+                ));
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -112,9 +159,11 @@ impl ProxyConfig {
 }
 
 /// The addresses the listeners actually bound (ports resolved when configured as 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoundAddrs {
     pub admin: SocketAddr,
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
+    /// Each `--upstream`'s service and the address it bound, in flag order.
+    pub upstreams: Vec<(String, SocketAddr)>,
 }

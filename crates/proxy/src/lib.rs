@@ -40,6 +40,7 @@ mod server;
 mod shared;
 mod snapshot;
 mod status;
+mod tcp;
 mod upstream;
 mod xds;
 
@@ -53,7 +54,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use config::{BoundAddrs, JoinToken, ProxyConfig};
+pub use config::{BoundAddrs, JoinToken, ProxyConfig, Upstream};
 
 /// A startup problem the operator must fix (invalid flags, a listener port in use); the CLI
 /// exits with a distinct code for it.
@@ -93,17 +94,35 @@ pub async fn run(
     let admin = bind("admin", config.admin_addr).await?;
     let outbound = bind("outbound", config.outbound_addr).await?;
     let inbound = bind("inbound", config.inbound_addr).await?;
+    let mut upstreams = Vec::with_capacity(config.upstreams.len());
+    for u in &mut config.upstreams {
+        let listener = TcpListener::bind(u.addr).await.map_err(|e| {
+            StartupError(format!(
+                "cannot bind the upstream listener for `{}` on {}: {e} (is the port in use? see \
+                 --upstream {}=PORT)",
+                u.service, u.addr, u.service
+            ))
+        })?;
+        u.addr = listener.local_addr()?;
+        upstreams.push((Arc::<str>::from(u.service.as_str()), listener));
+    }
     let bound = BoundAddrs {
         admin: admin.local_addr()?,
         outbound: outbound.local_addr()?,
         inbound: inbound.local_addr()?,
+        upstreams: config
+            .upstreams
+            .iter()
+            .map(|u| (u.service.clone(), u.addr))
+            .collect(),
     };
     config.admin_addr = bound.admin;
     config.outbound_addr = bound.outbound;
     config.inbound_addr = bound.inbound;
 
     let shared = Arc::new(Shared::new(config));
-    let listeners = Listeners::start(&shared, admin, outbound, inbound);
+    let mut listeners = Listeners::start(&shared, admin, outbound, inbound);
+    listeners.start_upstreams(&shared, upstreams);
 
     let registrar = registration::Registrar::new(shared.clone())?;
     let (xds_tx, xds_rx) = oneshot::channel();
@@ -138,6 +157,7 @@ pub async fn run(
         admin = %bound.admin,
         outbound = %bound.outbound,
         inbound = %bound.inbound,
+        upstreams = ?bound.upstreams,
         "sidecar listening"
     );
     ready(bound);
@@ -190,6 +210,22 @@ impl Listeners {
             )),
         ];
         Listeners { stop, tasks }
+    }
+
+    /// Starts the TCP upstream listeners (`--upstream`), stopped with the others.
+    pub(crate) fn start_upstreams(
+        &mut self,
+        shared: &Arc<Shared>,
+        upstreams: Vec<(Arc<str>, TcpListener)>,
+    ) {
+        for (service, listener) in upstreams {
+            self.tasks.push(tokio::spawn(tcp::outbound::serve(
+                listener,
+                service,
+                shared.clone(),
+                self.stop.subscribe(),
+            )));
+        }
     }
 
     /// Stops accepting and waits for in-flight requests (each listener bounded by the drain

@@ -14,6 +14,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+mod tcp;
+
+pub(crate) use tcp::{TcpMetrics, TcpResult};
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) enum Direction {
     Outbound,
@@ -67,6 +71,8 @@ pub(crate) struct Metrics {
     xds_updates: Family<XdsLabels, Counter>,
     /// mTLS handshakes, plaintext inbound connections, the inbound mode, certificate renewals.
     pub tls: TlsMetrics,
+    /// Raw TCP connections (services with `protocol: tcp`).
+    pub tcp: TcpMetrics,
     /// Config-time cache of per-service handles (never touched per request).
     services: Mutex<HashMap<ServiceKey, Arc<ServiceMetrics>>>,
 }
@@ -99,6 +105,7 @@ impl Metrics {
             xds_updates.clone(),
         );
         let tls = TlsMetrics::register(&mut registry);
+        let tcp = TcpMetrics::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -106,6 +113,7 @@ impl Metrics {
             connect_errors,
             xds_updates,
             tls,
+            tcp,
             services: Mutex::new(HashMap::new()),
         }
     }

@@ -3,7 +3,7 @@
 //! service, the inbound mTLS mode and policies ([`InboundSecurity`]).
 
 use crate::authn::Authenticator;
-use crate::authz::PolicySet;
+use crate::authz::{ConnectionPolicy, PolicySet};
 
 /// How the inbound listener treats connections without mutual TLS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub(crate) struct InboundSecurity {
     pub authz: PolicySet,
     /// RequestAuthentication rules that apply to this service (empty: no JWT checks).
     pub authn: Authenticator,
+    /// `Some` when the service is TCP (`protocol: tcp`): its connections are raw byte streams
+    /// authorized once each by these rules (crate::tcp::inbound); never served as HTTP.
+    pub tcp: Option<ConnectionPolicy>,
 }
 
 impl std::fmt::Debug for InboundSecurity {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for InboundSecurity {
         f.debug_struct("InboundSecurity")
             .field("mode", &self.mode)
             .field("authn_rules", &!self.authn.is_empty())
+            .field("tcp", &self.tcp)
             .finish_non_exhaustive()
     }
 }

@@ -1,7 +1,9 @@
 //! Serving one listener: accept, serve each connection with hyper-util's auto HTTP/1.1 + h2c
 //! builder, and on shutdown stop accepting and drain in-flight requests up to a deadline.
 //! The inbound listener first passes each connection through [`mtls::accept`] (mTLS, or
-//! plaintext in PERMISSIVE mode only) and serves the TLS stream with the caller's identity.
+//! plaintext in PERMISSIVE mode only) and serves the TLS stream with the caller's identity,
+//! as HTTP, or as a raw byte stream ([`crate::tcp::inbound`]) when the caller asked for one
+//! (ALPN `trellis-tcp`) or this sidecar's service is TCP.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +23,7 @@ use tokio::sync::watch;
 use crate::http::ProxyBody;
 use crate::mtls::{self, accept::Accepted};
 use crate::shared::Shared;
+use crate::tcp;
 
 /// What is known about one downstream connection.
 #[derive(Debug, Clone)]
@@ -105,8 +108,17 @@ async fn serve_with<H: Handler>(
                         tokio::spawn(async move {
                             match mtls::accept::accept(stream, peer, &shared).await {
                                 Some(Accepted::Tls { stream, peer_id }) => {
+                                    // A raw TCP stream: asked for (ALPN), or the service is TCP.
+                                    let raw = stream.get_ref().1.alpn_protocol() == Some(tcp::ALPN_TCP);
+                                    if raw || tcp::inbound::serves_tcp(&shared) {
+                                        tcp::inbound::serve(stream, peer, peer_id, shared).await;
+                                        return;
+                                    }
                                     let info = ConnInfo { peer, peer_id };
                                     serve_conn(name, b, watcher, TokioIo::new(stream), info, h, true).await;
+                                }
+                                Some(Accepted::Plain(stream)) if tcp::inbound::serves_tcp(&shared) => {
+                                    tcp::inbound::serve(stream, peer, None, shared).await;
                                 }
                                 Some(Accepted::Plain(stream)) => {
                                     let info = ConnInfo { peer, peer_id: None };

@@ -149,3 +149,82 @@ impl State {
         resp
     }
 }
+
+/// An in-process TCP echo backend: every byte received is written back; when the client ends
+/// its writes, the echo finishes and the server ends its own (half-close). Counts accepted
+/// connections and bytes received, so a test can prove a refused connection never reached it.
+pub struct TcpEchoServer {
+    addr: SocketAddr,
+    stats: Arc<TcpStats>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct TcpStats {
+    connections: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl TcpEchoServer {
+    /// Starts on 127.0.0.1:0.
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("tcp echo server: cannot bind 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(TcpStats::default());
+        let counted = stats.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counted.connections.fetch_add(1, Ordering::Relaxed);
+                let counted = counted.clone();
+                conns.spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                counted.bytes.fetch_add(n, Ordering::Relaxed);
+                                if stream.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = stream.shutdown().await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self { addr, stats, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.stats.connections.load(Ordering::Relaxed)
+    }
+
+    /// Bytes received so far, over every connection.
+    pub fn bytes(&self) -> usize {
+        self.stats.bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TcpEchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,6 +1,6 @@
 //! Integration-test support for Trellis: start the real `trellis` processes (control plane,
 //! sidecars) on `127.0.0.1:0`, read their ready lines, keep their output in a per-test log, and
-//! run real test backends (HTTP/1 + h2c echo, gRPC echo) and a counting test client.
+//! run real test backends (HTTP/1 + h2c echo, gRPC echo, TCP echo) and a counting test client.
 //!
 //! Nothing here mocks a protocol: every server is hyper or tonic on a real socket.
 //! Every wait has a deadline and says what it was waiting for when it gives up.
@@ -15,7 +15,7 @@ pub mod process;
 pub mod sidecar;
 pub mod wait;
 
-pub use backend::EchoServer;
+pub use backend::{EchoServer, TcpEchoServer};
 pub use client::{Addressing, Client, Outcomes, Reply, Req};
 pub use control::{ControlOpts, ControlPlane};
 pub use fixture::{Instance, dump_algorithm, dump_cluster, dump_endpoints, wait_for_traffic_to};

@@ -70,6 +70,13 @@ impl SidecarOpts {
         self
     }
 
+    /// `--upstream <service>=0`: a local port for TCP service `service`
+    /// ([`Sidecar::upstream`] reads the bound address).
+    pub fn upstream(mut self, service: &str) -> Self {
+        self.extra_args
+            .extend(["--upstream".to_string(), format!("{service}=0")]);
+        self
+    }
     pub fn control_ca(mut self, path: &Path) -> Self {
         self.control_ca = Some(path.to_path_buf());
         self
@@ -230,6 +237,23 @@ impl Sidecar {
 
     pub fn inbound(&self) -> SocketAddr {
         self.inbound
+    }
+
+    /// The local address of the `--upstream <service>=...` listener, from the ready line's
+    /// `"upstreams":{"<service>":"127.0.0.1:PORT"}`.
+    pub fn upstream(&self, service: &str) -> anyhow::Result<SocketAddr> {
+        let ready = self.process.ready();
+        let s = ready
+            .pointer(&format!("/upstreams/{service}"))
+            .and_then(|v| v.as_str())
+            .with_context(|| {
+                format!(
+                    "{}: no upstream `{service}` in the ready line: {ready}",
+                    self.process.name()
+                )
+            })?;
+        s.parse()
+            .with_context(|| format!("upstream `{service}` = `{s}` is not an address"))
     }
 
     pub fn process(&mut self) -> &mut Process {

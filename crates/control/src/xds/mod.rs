@@ -7,6 +7,7 @@ mod proxies;
 mod resources;
 mod routes;
 pub mod security;
+pub mod tcp;
 pub mod translate;
 
 pub use ads::{AdsServer, ads_server};

@@ -15,9 +15,11 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 use trellis_model::{
-    Algorithm, BackendRef, HeaderMatchType, HttpRouteMatch, PathMatch, PathMatchType, wire,
+    Algorithm, BackendRef, HeaderMatchType, HttpRouteMatch, PathMatch, PathMatchType, Protocol,
+    wire,
 };
 
+use super::translate::upstream_protocol;
 use crate::snapshot::{MeshSnapshot, ServiceView};
 
 /// Name of the default route that ends every virtual host.
@@ -26,9 +28,11 @@ pub const DEFAULT_ROUTE: &str = "default";
 pub fn outbound_route_config(snapshot: &MeshSnapshot) -> RouteConfiguration {
     RouteConfiguration {
         name: wire::OUTBOUND.to_string(),
+        // TCP services are reached through the sidecar's upstream ports, never over HTTP.
         virtual_hosts: snapshot
             .services
             .values()
+            .filter(|view| upstream_protocol(view) != Protocol::Tcp)
             .map(|view| virtual_host(snapshot, view))
             .collect(),
         ..Default::default()

@@ -38,12 +38,17 @@ pub fn tls_mode_struct() -> Struct {
 
 /// The `transport_socket_matches` of every EDS cluster of a service, for a node that holds a
 /// mesh certificate: mTLS (SNI = the service, the server's URI SAN must be `server_id`) to
-/// endpoints marked `tlsMode: mtls`, plaintext to the others.
-pub fn upstream_tls_matches(service: &str, server_id: &str) -> Vec<TransportSocketMatch> {
+/// endpoints marked `tlsMode: mtls`, plaintext to the others. `alpn`: `h2` for HTTP
+/// services, `trellis-tcp` for TCP ones.
+pub fn upstream_tls_matches(
+    service: &str,
+    server_id: &str,
+    alpn_protocols: &[&str],
+) -> Vec<TransportSocketMatch> {
     let tls = UpstreamTlsContext {
         sni: service.to_string(),
         common_tls_context: Some(CommonTlsContext {
-            alpn_protocols: alpn(wire::MTLS_CLIENT_ALPN),
+            alpn_protocols: alpn(alpn_protocols),
             validation_context_type: Some(ValidationContextType::CombinedValidationContext(
                 CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
@@ -87,8 +92,9 @@ pub fn upstream_tls_matches(service: &str, server_id: &str) -> Vec<TransportSock
     ]
 }
 
-/// The inbound listener's listener filters and filter chains around `hcm`, or `None` when the
-/// node must get no inbound listener at all.
+/// The inbound listener's listener filters and filter chains around `filters` (the
+/// HttpConnectionManager, or a TCP service's RBAC + tcp_proxy filters), the `mtls` chain
+/// offering `server_alpn`; `None` when the node must get no inbound listener at all.
 ///
 /// A node with a mesh certificate gets the `mtls` chain, plus the `plaintext` chain when the
 /// service is PERMISSIVE. A node without one (a stock Envoy: it cannot obtain the SDS secrets)
@@ -97,7 +103,8 @@ pub fn upstream_tls_matches(service: &str, server_id: &str) -> Vec<TransportSock
 pub fn inbound_chains(
     mode: MtlsMode,
     has_identity: bool,
-    hcm: Filter,
+    filters: Vec<Filter>,
+    server_alpn: &[&str],
 ) -> Option<(Vec<ListenerFilter>, Vec<FilterChain>)> {
     let mut chains = Vec::with_capacity(2);
     if has_identity {
@@ -106,9 +113,9 @@ pub fn inbound_chains(
             filter_chain_match: Some(transport_match(wire::TRANSPORT_TLS)),
             transport_socket: Some(transport_socket_of(
                 wire::TLS_TRANSPORT_SOCKET,
-                pack_any(downstream_tls()),
+                pack_any(downstream_tls(server_alpn)),
             )),
-            filters: vec![hcm.clone()],
+            filters: filters.clone(),
             ..Default::default()
         });
     }
@@ -116,7 +123,7 @@ pub fn inbound_chains(
         chains.push(FilterChain {
             name: wire::PLAINTEXT_CHAIN.to_string(),
             filter_chain_match: Some(transport_match(wire::TRANSPORT_RAW)),
-            filters: vec![hcm],
+            filters,
             ..Default::default()
         });
     }
@@ -224,11 +231,11 @@ pub fn json_to_value(v: &serde_json::Value) -> Value {
     Value { kind: Some(kind) }
 }
 
-fn downstream_tls() -> DownstreamTlsContext {
+fn downstream_tls(server_alpn: &[&str]) -> DownstreamTlsContext {
     DownstreamTlsContext {
         require_client_certificate: Some(BoolValue { value: true }),
         common_tls_context: Some(CommonTlsContext {
-            alpn_protocols: alpn(wire::MTLS_SERVER_ALPN),
+            alpn_protocols: alpn(server_alpn),
             validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
                 sds(wire::SDS_TRUST_BUNDLE),
             )),

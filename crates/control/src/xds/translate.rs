@@ -53,6 +53,7 @@ pub use super::resources::{
 };
 use super::routes::outbound_route_config;
 use super::security;
+use super::tcp;
 use crate::snapshot::{Endpoint, MeshSnapshot, ServiceView};
 
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
@@ -100,8 +101,12 @@ pub fn resources_for(snapshot: &MeshSnapshot, node: &NodeInfo) -> Resources {
         let protocol = view.map(upstream_protocol).unwrap_or_default();
         let mut cluster = eds_cluster(&name, &lb, protocol);
         if node.identity.is_some() {
+            let alpn = match protocol {
+                Protocol::Tcp => &[wire::MTLS_TCP_ALPN][..],
+                _ => wire::MTLS_CLIENT_ALPN,
+            };
             cluster.transport_socket_matches =
-                security::upstream_tls_matches(&service, &snapshot.spiffe_id(&service));
+                security::upstream_tls_matches(&service, &snapshot.spiffe_id(&service), alpn);
         }
         out.insert(CLUSTER_TYPE, name.clone(), pack_any(cluster));
         let endpoints = view
@@ -159,10 +164,15 @@ fn subset_endpoints<'a>(view: &'a ServiceView, subset: Option<&str>) -> Vec<&'a 
 }
 
 /// The protocol callers speak to a service's instances (their sidecars' inbound listeners,
-/// which accept HTTP/1.1 and h2c): HTTP/2 when the Service declares `http2` or `grpc` or any
-/// instance registered as such (gRPC needs HTTP/2 end to end), else HTTP/1.1.
+/// which accept HTTP/1.1 and h2c): TCP when the Service declares `tcp` (or, without a Service
+/// resource, an instance registered as `tcp`); HTTP/2 when the Service declares `http2` or
+/// `grpc` or any instance registered as such (gRPC needs HTTP/2 end to end), else HTTP/1.1.
 pub fn upstream_protocol(view: &ServiceView) -> Protocol {
     let declared = view.declared.as_ref().map(|d| d.protocol);
+    let registered_tcp = || view.endpoints.iter().any(|e| e.protocol == Protocol::Tcp);
+    if declared == Some(Protocol::Tcp) || (declared.is_none() && registered_tcp()) {
+        return Protocol::Tcp;
+    }
     let h2 = |p: Protocol| matches!(p, Protocol::Http2 | Protocol::Grpc);
     if let Some(p) = declared.filter(|p| h2(*p)) {
         return p;
@@ -175,9 +185,10 @@ pub fn upstream_protocol(view: &ServiceView) -> Protocol {
 }
 
 /// `typed_extension_protocol_options` pinning the upstream HTTP version: explicit HTTP/2 for
-/// `http2` and `grpc`, explicit HTTP/1.1 for `http`.
+/// `http2` and `grpc`, explicit HTTP/1.1 for `http`, none for `tcp` (no HTTP upstream).
 fn protocol_options(protocol: Protocol) -> std::collections::HashMap<String, Any> {
     let config = match protocol {
+        Protocol::Tcp => return Default::default(),
         Protocol::Http => ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default()),
         Protocol::Http2 | Protocol::Grpc => {
             ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
@@ -254,9 +265,34 @@ fn outbound_listener(node: &NodeInfo) -> Listener {
 }
 
 /// The inbound listener: filter chains per the service's mTLS mode, the policies' filters, an
-/// inline route to the app. `None` when the node must not get one (see
-/// [`security::inbound_chains`]).
+/// inline route to the app (for a TCP service: RBAC filters and tcp_proxy to the app, see
+/// [`tcp`]). `None` when the node must not get one (see [`security::inbound_chains`]).
 fn inbound_listener(node: &NodeInfo, app_port: u16, own: Option<&ServiceView>) -> Option<Listener> {
+    let mode = security::mtls_mode(own);
+    let has_identity = node.identity.is_some();
+    let (filters, alpn) = match own {
+        Some(view) if upstream_protocol(view) == Protocol::Tcp => (
+            tcp::inbound_filters(&view.authorization, &wire::inbound_cluster_name(app_port)),
+            &[wire::MTLS_TCP_ALPN][..],
+        ),
+        _ => (vec![inbound_hcm(app_port, own)], wire::MTLS_SERVER_ALPN),
+    };
+    let (listener_filters, filter_chains) =
+        security::inbound_chains(mode, has_identity, filters, alpn)?;
+    Some(Listener {
+        name: wire::INBOUND.to_string(),
+        address: Some(socket_address(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            node.inbound_port,
+        )),
+        listener_filters,
+        filter_chains,
+        ..Default::default()
+    })
+}
+
+/// The inbound HttpConnectionManager: the policy filters, an inline route to the app.
+fn inbound_hcm(app_port: u16, own: Option<&ServiceView>) -> Filter {
     let route = RouteConfiguration {
         name: wire::INBOUND.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -280,23 +316,11 @@ fn inbound_listener(node: &NodeInfo, app_port: u16, own: Option<&ServiceView>) -
         }],
         ..Default::default()
     };
-    let hcm = hcm_filter(
+    hcm_filter(
         wire::INBOUND,
         RouteSpecifier::RouteConfig(route),
         security::policy_filters(own),
-    );
-    let (listener_filters, filter_chains) =
-        security::inbound_chains(security::mtls_mode(own), node.identity.is_some(), hcm)?;
-    Some(Listener {
-        name: wire::INBOUND.to_string(),
-        address: Some(socket_address(
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            node.inbound_port,
-        )),
-        listener_filters,
-        filter_chains,
-        ..Default::default()
-    })
+    )
 }
 
 fn connect_timeout() -> Option<Duration> {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::Resource;
+use crate::{AuthorizationPolicyResource, Protocol, Resource};
 
 use super::{Document, DocumentError, Issue, KnownServices, kind_and_name, schema};
 
@@ -25,6 +25,20 @@ pub(super) fn cross_check(
             _ => None,
         })
         .collect();
+    // Protocols declared in the batch (these win over the store's).
+    let protocols: BTreeMap<&str, Protocol> = docs
+        .iter()
+        .filter_map(|d| match &d.resource {
+            Resource::Service(s) => Some((s.metadata.name.as_str(), s.spec.protocol)),
+            _ => None,
+        })
+        .collect();
+    let protocol_of = |name: &str| {
+        protocols
+            .get(name)
+            .copied()
+            .or_else(|| known.protocol(name))
+    };
     let mut errors = Vec::new();
     for doc in docs {
         let mut issues = Vec::new();
@@ -49,8 +63,11 @@ pub(super) fn cross_check(
                 service("spec.targetRef.name", &p.spec.target_ref.name, &mut issues);
             }
             Resource::AuthorizationPolicy(p) => {
-                if let Some(target) = &p.spec.target_ref {
-                    service("spec.targetRef.name", &target.name, &mut issues);
+                if let Some(target) = &p.spec.target_ref
+                    && service("spec.targetRef.name", &target.name, &mut issues)
+                    && protocol_of(&target.name) == Some(Protocol::Tcp)
+                {
+                    tcp_target(p, &target.name, &mut issues);
                 }
             }
             Resource::RequestAuthentication(a) => {
@@ -108,4 +125,31 @@ pub(super) fn cross_check(
         }));
     }
     errors
+}
+
+/// An AuthorizationPolicy whose target is a TCP service may only match on `from`: a TCP
+/// connection has no method, path, header or token.
+fn tcp_target(p: &AuthorizationPolicyResource, service: &str, issues: &mut Vec<Issue>) {
+    let service = schema::shorten(service);
+    for (r, rule) in p.spec.rules.iter().enumerate() {
+        let hint = |part: &str, what: &str| {
+            format!(
+                "service `{service}` is a TCP service (protocol: tcp): a connection has no {what}, \
+                 so `{part}` can never be checked; match callers with `from` (principals, \
+                 namespaces, notPrincipals) only, or declare the service with an HTTP protocol"
+            )
+        };
+        if !rule.to.is_empty() {
+            issues.push(Issue::new(
+                &format!("spec.rules[{r}].to"),
+                hint("to", "method, path or headers"),
+            ));
+        }
+        if !rule.when.is_empty() {
+            issues.push(Issue::new(
+                &format!("spec.rules[{r}].when"),
+                hint("when", "token claims"),
+            ));
+        }
+    }
 }

@@ -64,7 +64,7 @@ static SUBSET: Shape = Shape::Obj(&[
 static SERVICE_SPEC: Shape = Shape::Obj(&[
     f(
         "protocol",
-        &Shape::OneOf(&["http", "http2", "grpc"]),
+        &Shape::OneOf(&["http", "http2", "grpc", "tcp"]),
         Optional,
     ),
     f("subsets", &Shape::List(&SUBSET), Optional),

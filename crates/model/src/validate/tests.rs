@@ -176,7 +176,7 @@ fn shape_errors() {
         ("missing name", format!("{HEAD}kind: Service\nmetadata: {{}}\n"), "metadata.name: missing required field"),
         ("name not a string", format!("{HEAD}kind: Service\nmetadata: {{name: 12}}\n"), "metadata.name: expected a string, found `12` (quote it: \"12\")"),
         ("unquoted bool label", SERVICE.replace("{ version: v1 }", "{ canary: true }"), "spec.subsets[0].labels.canary: expected a string, found `true`"),
-        ("bad protocol", SERVICE.replace("protocol: http", "protocol: HTTP"), "spec.protocol: unknown value `HTTP`: expected one of http, http2, grpc (did you mean `http`?)"),
+        ("bad protocol", SERVICE.replace("protocol: http", "protocol: HTTP"), "spec.protocol: unknown value `HTTP`: expected one of http, http2, grpc, tcp (did you mean `http`?)"),
         ("subsets not a list", SERVICE.replace("  subsets:\n    - name: v1\n      labels: { version: v1 }\n    - name: v2\n      labels: { version: v2 }\n", "  subsets: {name: v1}\n"), "spec.subsets: expected a list"),
         ("missing spec", format!("{HEAD}kind: HTTPRoute\nmetadata: {{name: r}}\n"), "spec: missing required field"),
         ("weight a string", ROUTE.replace("weight: 90", "weight: ninety"), "backendRefs[0].weight: expected an integer, found the string `ninety`"),
@@ -511,3 +511,5 @@ fn mtls_mode_is_strict_unless_set_and_round_trips() {
     let back: Resource = serde_json::from_value(json).expect("round trip");
     assert_eq!(back, parsed[0]);
 }
+
+mod tcp;

@@ -55,7 +55,10 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     pub fn new(identity: Identity, metrics: TlsMetrics) -> Result<Self, IdentityError> {
-        let acceptor = TlsAcceptor::from(server_config(&identity, ClientAuth::Required)?);
+        // HTTP (h2, http/1.1) and raw TCP streams (`trellis-tcp`, crate::tcp) on one listener.
+        let mut config = (*server_config(&identity, ClientAuth::Required)?).clone();
+        config.alpn_protocols.push(crate::tcp::ALPN_TCP.to_vec());
+        let acceptor = TlsAcceptor::from(std::sync::Arc::new(config));
         Ok(Tls {
             identity,
             acceptor,

@@ -117,6 +117,7 @@ fn config(app_port: u16, app_protocol: Protocol) -> ProxyConfig {
         drain_timeout: Duration::from_secs(10),
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
+        upstreams: Vec::new(),
     }
 }
 
@@ -132,6 +133,7 @@ impl Harness {
             admin: admin.local_addr().expect("addr"),
             outbound: outbound.local_addr().expect("addr"),
             inbound: inbound.local_addr().expect("addr"),
+            upstreams: Vec::new(),
         };
         let shared = Arc::new(Shared::new(config(app_port, app_protocol)));
         let listeners = Listeners::start(&shared, admin, outbound, inbound);

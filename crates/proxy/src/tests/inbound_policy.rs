@@ -106,6 +106,7 @@ fn config(app_port: u16) -> ProxyConfig {
         drain_timeout: Duration::from_secs(1),
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
+        upstreams: Vec::new(),
     }
 }
 
@@ -130,6 +131,7 @@ impl Harness {
             admin: admin.local_addr().expect("addr"),
             outbound: outbound.local_addr().expect("addr"),
             inbound: inbound.local_addr().expect("addr"),
+            upstreams: Vec::new(),
         };
         let shared = Arc::new(Shared::new(config(app.port())));
         let listeners = Listeners::start(&shared, admin, outbound, inbound);
@@ -147,6 +149,7 @@ impl Harness {
             mode: InboundMode::Permissive,
             authz,
             authn,
+            tcp: None,
         };
         let snapshot = Snapshot {
             inbound: Some(Arc::new(security)),

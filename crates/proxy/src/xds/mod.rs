@@ -6,6 +6,7 @@ pub(crate) mod client;
 pub(crate) mod routes;
 pub(crate) mod security;
 pub(crate) mod state;
+pub(crate) mod tcp;
 pub(crate) mod translate;
 
 /// Type URLs of the four resource types Trellis uses.

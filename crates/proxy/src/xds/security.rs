@@ -22,6 +22,8 @@ use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
 use prost::Message;
 use trellis_model::{AuthorizationPolicyResource, RequestAuthenticationResource, Resource, wire};
 
+use super::tcp;
+use crate::authz::ConnectionPolicy;
 use crate::security::{InboundMode, TlsPolicy};
 
 const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
@@ -51,6 +53,9 @@ pub(crate) struct InboundConfig {
     pub authz: Vec<AuthorizationPolicyResource>,
     /// Validated RequestAuthentications, in the order sent.
     pub authn: Vec<RequestAuthenticationResource>,
+    /// `Some` for a TCP service (chains of RBAC filters + tcp_proxy): connections are raw
+    /// byte streams, authorized by these filters ([`super::tcp`]).
+    pub tcp: Option<ConnectionPolicy>,
 }
 
 /// True when the endpoint's metadata marks it as serving mTLS.
@@ -211,6 +216,9 @@ pub(crate) fn inbound_config(l: &Listener) -> Result<InboundConfig, String> {
     for c in &l.filter_chains {
         check_chain_socket(c)?;
     }
+    if l.filter_chains.iter().any(tcp::is_tcp_chain) {
+        return tcp_inbound(l, mode);
+    }
     let hcms = l
         .filter_chains
         .iter()
@@ -227,6 +235,26 @@ pub(crate) fn inbound_config(l: &Listener) -> Result<InboundConfig, String> {
         policies(hcm, &mut out)?;
     }
     Ok(out)
+}
+
+/// A TCP service's inbound listener: every chain RBAC filters + tcp_proxy, all identical.
+fn tcp_inbound(l: &Listener, mode: InboundMode) -> Result<InboundConfig, String> {
+    if !l.filter_chains.iter().all(tcp::is_tcp_chain) {
+        return Err("some filter chains end in tcp_proxy and others do not".into());
+    }
+    let policies = l
+        .filter_chains
+        .iter()
+        .map(tcp::connection_policy)
+        .collect::<Result<Vec<_>, String>>()?;
+    if policies.windows(2).any(|w| w[0] != w[1]) {
+        return Err("the filter chains hold different RBAC filters".into());
+    }
+    Ok(InboundConfig {
+        mode,
+        tcp: policies.into_iter().next(),
+        ..InboundConfig::default()
+    })
 }
 
 fn check_chain_socket(c: &FilterChain) -> Result<(), String> {

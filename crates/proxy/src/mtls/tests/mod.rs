@@ -151,6 +151,7 @@ fn config(service: &str, app_port: u16) -> ProxyConfig {
         drain_timeout: Duration::from_secs(1),
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
+        upstreams: Vec::new(),
     }
 }
 
@@ -166,6 +167,7 @@ impl Proxy {
             admin: admin.local_addr().expect("addr"),
             outbound: outbound.local_addr().expect("addr"),
             inbound: inbound.local_addr().expect("addr"),
+            upstreams: Vec::new(),
         };
         let shared = Arc::new(Shared::new(config(service, app_port)));
         if let Some(identity) = identity {

@@ -89,6 +89,7 @@ fn config() -> crate::config::ProxyConfig {
         drain_timeout: Duration::from_secs(1),
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
+        upstreams: Vec::new(),
     }
 }
 

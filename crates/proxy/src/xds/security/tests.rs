@@ -14,14 +14,14 @@ use envoy_types::pb::google::protobuf::ListValue;
 use envoy_types::util::pack_any;
 use serde_json::json;
 use trellis_control::xds::security as control;
-use trellis_model::MtlsMode;
+use trellis_model::{MtlsMode, wire};
 
 use super::*;
 
 const CATALOG_ID: &str = "spiffe://cluster.local/ns/shop/svc/catalog";
 
 fn mtls_matches() -> Vec<TransportSocketMatch> {
-    control::upstream_tls_matches("catalog", CATALOG_ID)
+    control::upstream_tls_matches("catalog", CATALOG_ID, wire::MTLS_CLIENT_ALPN)
 }
 
 fn cluster_with(matches: Vec<TransportSocketMatch>) -> Cluster {
@@ -320,7 +320,8 @@ pub(crate) fn inbound_listener(
     filters: Vec<HttpFilter>,
 ) -> Listener {
     let (listener_filters, filter_chains) =
-        control::inbound_chains(mode, identity, hcm(filters)).expect("a listener for this node");
+        control::inbound_chains(mode, identity, vec![hcm(filters)], wire::MTLS_SERVER_ALPN)
+            .expect("a listener for this node");
     Listener {
         name: "inbound".into(),
         listener_filters,

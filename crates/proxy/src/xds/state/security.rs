@@ -53,6 +53,7 @@ impl SecurityBuilder {
             mode: config.mode,
             authz: PolicySet::compile(&config.authz),
             authn,
+            tcp: config.tcp.clone(),
         });
         self.last = Some((config.clone(), built.clone()));
         Ok(built)
