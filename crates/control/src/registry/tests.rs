@@ -449,3 +449,41 @@ async fn build_snapshot_cases() {
         .collect();
     assert_eq!(routes, ["catalog-a", "catalog-b"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_registered_tcp_service_only_accepts_from_in_its_policies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = start(dir.path(), config()).await;
+    let mut db = reg("db", "db-1", 10_000);
+    db.protocol = Protocol::Tcp;
+    run.registry.register(db).await.expect("register");
+    let policy = |rule: &str| {
+        format!(
+            "apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{ name: db-callers }}
+spec:
+  targetRef: {{ name: db }}
+  rules: [{rule}]
+"
+        )
+    };
+    let err = run
+        .registry
+        .apply("db.yaml", &policy("{ to: [{ methods: [GET] }] }"))
+        .await;
+    let Err(RegistryError::Rejected(e)) = err else {
+        panic!("expected a rejection, got {err:?}");
+    };
+    assert!(
+        e.errors
+            .iter()
+            .any(|d| d.field == "spec.rules[0].to" && d.reason.contains("TCP service")),
+        "{e}"
+    );
+    run.registry
+        .apply("db.yaml", &policy("{ from: [{ namespaces: [default] }] }"))
+        .await
+        .expect("from-only is fine on a TCP service");
+    run.stop().await;
+}
