@@ -2,7 +2,7 @@
 //! default), obtains its certificate from the real control plane's CA, and calls between
 //! sidecars are mTLS: pooled (few handshakes per 1,000 requests), STRICT by default (plaintext
 //! and foreign-CA clients are refused before the app sees a byte), PERMISSIVE visible in a
-//! metric, and leaf rotation under steady load fails no request.
+//! metric, and leaf rotation and root rotation under steady load fail no request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -303,37 +303,31 @@ async fn leaf_rotation_under_steady_load_fails_no_request() -> anyhow::Result<()
         "serials: b1 {server_first}, client {client_first}; load until both renew"
     ));
 
-    let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut failures = Vec::new();
-    let started = tokio::time::Instant::now();
-    // Renewal is due at about 2/3 of the 1-minute lifetime; the deadline leaves room for a
-    // slow machine.
-    let deadline = Duration::from_secs(150);
-    let mut batch = 0usize;
-    loop {
-        batch += 1;
-        let out = Client::new(client.outbound())
-            .run(100, 4, move |i| {
-                Req::get(SERVICE, &format!("/rotation/{batch}/{i}"))
-            })
-            .await;
-        total.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
-        failures.extend(out.failures());
-        let (s, c) = (serial(server).await?, serial(&client).await?);
-        if s != server_first && c != client_first {
-            log.note(&format!("renewed: b1 {s}, client {c}"));
-            break;
-        }
-        if started.elapsed() > deadline {
-            bail!("the certificates were not renewed within {deadline:?} (cert TTL 1m)");
-        }
-    }
+    // Steady load (a new batch as soon as one ends) while both certificates renew, at about
+    // 2/3 of their 1-minute lifetime; the deadline leaves room for a slow machine.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(client.outbound(), stop.clone());
+    wait_until(
+        Duration::from_secs(150),
+        "both certificates renewed (cert TTL 1m)",
+        || async {
+            matches!((serial(server).await, serial(&client).await),
+                (Ok(s), Ok(c)) if s != server_first && c != client_first)
+        },
+    )
+    .await?;
     // Some more load on the renewed certificates.
     let out = Client::new(client.outbound())
         .run(200, 4, |i| Req::get(SERVICE, &format!("/after/{i}")))
         .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (during, mut failures) = load.await?;
     failures.extend(out.failures());
-    let sent = total.load(std::sync::atomic::Ordering::Relaxed) + 200;
+    let sent = during + 200;
+    ensure!(
+        during >= 100,
+        "the load ran through the rotation ({during} requests)"
+    );
     ensure!(
         failures.is_empty(),
         "{} of {sent} requests failed during rotation: {:?}",
