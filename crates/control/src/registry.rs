@@ -217,6 +217,7 @@ impl Registry {
                     registered_at_ms: s.registered_at_ms,
                     last_heartbeat: now + config.restart_grace,
                     healthy: true,
+                    held: false,
                 },
             );
         }
@@ -303,6 +304,7 @@ impl Registry {
             registered_at_ms,
             last_heartbeat: now,
             healthy: true,
+            held: false,
         };
         let view = view_of(&inst, now);
         st.instances.insert(key, inst);
@@ -324,6 +326,7 @@ impl Registry {
         inst.last_heartbeat = now;
         let revived = !inst.healthy;
         inst.healthy = true;
+        inst.held = false;
         let view = view_of(inst, now);
         drop(st);
         self.inner.metrics.heartbeats.inc();
@@ -494,7 +497,7 @@ fn view_of(i: &InstanceState, now: Instant) -> InstanceView {
         } else {
             Health::Unhealthy
         },
-        held: i.healthy && !i.is_healthy(now),
+        held: i.held,
         last_heartbeat_ms_ago: u64::try_from(i.since_heartbeat(now).as_millis())
             .unwrap_or(u64::MAX),
         registered_at_ms: i.registered_at_ms,
@@ -550,7 +553,9 @@ async fn reaper(inner: Arc<Inner>) {
                     .set(i64::try_from(preserving).unwrap_or(i64::MAX));
             }
             for (key, i) in st.instances.iter_mut() {
-                let healthy = i.is_healthy(now) || held.contains(key);
+                let fresh = i.is_healthy(now);
+                i.held = !fresh && held.contains(key);
+                let healthy = fresh || i.held;
                 if healthy != i.healthy {
                     i.healthy = healthy;
                     changed = true;

@@ -22,6 +22,8 @@ pub struct InstanceState {
     pub last_heartbeat: Instant,
     /// The health last observed by the reaper or a heartbeat; a change triggers a push.
     pub healthy: bool,
+    /// Healthy only because self-preservation holds it (its heartbeats lapsed).
+    pub held: bool,
 }
 
 impl InstanceState {

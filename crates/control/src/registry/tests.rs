@@ -371,6 +371,7 @@ fn inst(service: &str, id: &str, heartbeat_ago_ms: u64, now: Instant) -> Instanc
         last_heartbeat: now - Duration::from_millis(heartbeat_ago_ms),
         // The reaper's verdict for a 1 s TTL.
         healthy: heartbeat_ago_ms < 1000,
+        held: false,
     }
 }
 
