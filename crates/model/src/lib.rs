@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 mod duration;
+mod health;
+mod ratelimit;
 mod registration;
 mod resource;
 mod security;
@@ -15,6 +17,8 @@ pub mod wire;
 
 pub use duration::{format_duration, parse_duration};
 pub use registration::{Health, InstanceRegistration, Protocol};
+pub use health::*;
+pub use ratelimit::*;
 pub use resource::*;
 pub use security::*;
 pub use validate::{

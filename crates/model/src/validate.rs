@@ -25,6 +25,7 @@ mod refs;
 mod registration;
 mod rules;
 mod schema;
+mod ratelimit;
 mod security;
 mod split;
 #[cfg(test)]
@@ -276,6 +277,7 @@ fn parse_all(source: &str, text: &str) -> Parsed {
             Kind::HttpRoute => &schema::HTTP_ROUTE,
             Kind::AuthorizationPolicy => &schema::AUTHORIZATION_POLICY,
             Kind::RequestAuthentication => &schema::REQUEST_AUTHENTICATION,
+            Kind::RateLimitPolicy => &ratelimit::RATE_LIMIT_POLICY,
         };
         let shape_errors = {
             let before = issues.len();

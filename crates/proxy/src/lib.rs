@@ -23,6 +23,7 @@ pub mod authz;
 mod backoff;
 pub mod balance;
 mod config;
+pub mod health;
 pub mod control_tls;
 mod http;
 pub mod identity;
@@ -124,7 +125,16 @@ pub async fn run(
     let mut listeners = Listeners::start(&shared, admin, outbound, inbound);
     listeners.start_upstreams(&shared, upstreams);
 
-    let registrar = registration::Registrar::new(shared.clone())?;
+    let (check, health) = match shared.config.health_check.clone() {
+        Some(hc) => {
+            let (tx, rx) = watch::channel(health::initial_report(&hc));
+            let c = &shared.config;
+            let task = tokio::spawn(health::run(hc, c.app_port, c.app_protocol, tx));
+            (Some(rx), Some(task))
+        }
+        None => (None, None),
+    };
+    let registrar = registration::Registrar::new(shared.clone(), check)?;
     let (xds_tx, xds_rx) = oneshot::channel();
     let registration = {
         let (shared, registrar) = (shared.clone(), registrar.clone());
@@ -166,6 +176,9 @@ pub async fn run(
     tracing::info!(drain_timeout = ?shared.config.drain_timeout, "shutting down: draining and deregistering");
     registration.abort();
     xds.abort();
+    if let Some(h) = health {
+        h.abort();
+    }
     // Deregister while draining so peers stop sending new requests as soon as possible.
     tokio::join!(listeners.stop(), registrar.deregister());
     Ok(())

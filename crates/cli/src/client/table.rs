@@ -245,6 +245,24 @@ fn algorithm(spec: &TrafficPolicySpec) -> String {
     s
 }
 
+/// `/api: 100/second burst 20 per source, *: 1000/hour`.
+fn rate_rules(rules: &[trellis_model::RateLimitRule]) -> String {
+    rules
+        .iter()
+        .map(|r| {
+            let path = r.matches.as_ref().map_or("*", |m| m.path.value.as_str());
+            let unit = format!("{:?}", r.unit).to_ascii_lowercase();
+            let per = if r.per_source { " per source" } else { "" };
+            format!(
+                "{path}: {}/{unit} burst {}{per}",
+                r.requests_per_unit,
+                r.burst()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A table of resources; one kind gets kind-specific columns, all kinds a summary.
 pub(super) fn resources(items: &[Resource], kind: Option<Kind>) -> String {
     match kind {
@@ -294,6 +312,20 @@ pub(super) fn resources(items: &[Resource], kind: Option<Kind>) -> String {
         }
         Some(Kind::AuthorizationPolicy) => super::security::authorization_policies(items),
         Some(Kind::RequestAuthentication) => super::security::request_authentications(items),
+        Some(Kind::RateLimitPolicy) => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .filter_map(|r| match r {
+                    Resource::RateLimitPolicy(p) => Some(vec![
+                        p.metadata.name.clone(),
+                        p.spec.target_ref.name.clone(),
+                        rate_rules(&p.spec.rules),
+                    ]),
+                    _ => None,
+                })
+                .collect();
+            render(&["NAME", "TARGET", "RULES"], &rows)
+        }
         None => {
             let rows: Vec<Vec<String>> = items
                 .iter()

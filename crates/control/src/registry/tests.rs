@@ -61,6 +61,7 @@ fn reg(service: &str, id: &str, ttl_ms: u64) -> InstanceRegistration {
         weight: 1,
         ttl_ms,
         identity: None,
+        check: None,
     }
 }
 

@@ -107,6 +107,7 @@ fn config(app_port: u16) -> ProxyConfig {
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
+        health_check: None,
     }
 }
 
