@@ -8,6 +8,7 @@
 //! `push_debounce`, only when what proxies see changed.
 
 mod build;
+pub mod checks;
 mod describe;
 mod identity;
 pub mod preservation;
@@ -20,7 +21,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use trellis_model::{ApplyError, Health, InstanceRegistration, Kind, KnownServices, Resource};
+use trellis_model::{
+    ApplyError, CheckReport, CheckStatus, Health, InstanceRegistration, Kind, KnownServices,
+    Resource,
+};
 
 pub use build::{
     InstanceState, authentication_for, authorization_for, build_snapshot, declared, namespace_of,
@@ -89,6 +93,15 @@ pub struct InstanceView {
     pub held: bool,
     pub last_heartbeat_ms_ago: u64,
     pub registered_at_ms: u64,
+    /// passing / warning / critical: the heartbeat and every check together
+    /// ([`checks`]); only passing instances are endpoints.
+    pub status: CheckStatus,
+    /// Why it is not passing (empty when it is).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status_output: String,
+    /// The sidecar's check and the app's TTL checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<checks::CheckView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +230,7 @@ impl Registry {
                     registered_at_ms: s.registered_at_ms,
                     last_heartbeat: now + config.restart_grace,
                     healthy: true,
+                    ttl_checks: checks::TtlChecks::new(),
                 },
             );
         }
@@ -297,37 +311,79 @@ impl Registry {
         }
         let now = Instant::now();
         let mut st = self.state();
-        let was_healthy = st.instances.get(&key).is_some_and(|i| i.healthy);
+        let previous = st.instances.remove(&key);
+        let was_endpoint = previous.as_ref().is_some_and(InstanceState::is_endpoint);
         let inst = InstanceState {
             registration: reg,
             registered_at_ms,
             last_heartbeat: now,
             healthy: true,
+            // The app's TTL checks survive its sidecar registering again.
+            ttl_checks: previous.map(|p| p.ttl_checks).unwrap_or_default(),
         };
+        let is_endpoint = inst.is_endpoint();
         let view = view_of(&inst, now);
         st.instances.insert(key, inst);
         drop(st);
         self.inner.metrics.registrations.inc();
-        if !unchanged || !was_healthy {
+        if !unchanged || was_endpoint != is_endpoint {
             self.mark_changed();
         }
         Ok(view)
     }
 
-    /// Records a heartbeat (memory only). Publishes only when it makes the instance healthy again.
-    pub fn heartbeat(&self, service: &str, id: &str) -> Result<InstanceView, RegistryError> {
+    /// Records a heartbeat (memory only) and, when given, the sidecar's check report. A
+    /// report whose status differs from the stored one is written to the store (so a restart
+    /// keeps it); publishes only when the instance's state changed.
+    pub async fn heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        report: Option<CheckReport>,
+    ) -> Result<InstanceView, RegistryError> {
+        if let Some(r) = &report {
+            trellis_model::check_report(r).map_err(RegistryError::Invalid)?;
+        }
+        let key = (service.to_string(), id.to_string());
+        let status_changed = |st: &State| {
+            report.as_ref().is_some_and(|r| {
+                st.instances
+                    .get(&key)
+                    .is_some_and(|i| i.registration.check.as_ref().map(|c| c.status) != Some(r.status))
+            })
+        };
+        let _w = if status_changed(&self.state()) {
+            let w = self.inner.writes.lock().await;
+            let stored = self.state().instances.get(&key).map(|i| StoredInstance {
+                registration: InstanceRegistration {
+                    check: report.clone(),
+                    ..i.registration.clone()
+                },
+                registered_at_ms: i.registered_at_ms,
+            });
+            if let Some(stored) = stored {
+                self.inner.store.put_instance(stored).await?;
+            }
+            Some(w)
+        } else {
+            None
+        };
         let now = Instant::now();
         let mut st = self.state();
-        let Some(inst) = st.instances.get_mut(&(service.to_string(), id.to_string())) else {
+        let Some(inst) = st.instances.get_mut(&key) else {
             return Err(not_found_instance(service, id));
         };
+        let before = checks::status_of(inst);
         inst.last_heartbeat = now;
-        let revived = !inst.healthy;
         inst.healthy = true;
+        if report.is_some() {
+            inst.registration.check = report;
+        }
+        let changed = checks::status_of(inst) != before;
         let view = view_of(inst, now);
         drop(st);
         self.inner.metrics.heartbeats.inc();
-        if revived {
+        if changed {
             self.mark_changed();
         }
         Ok(view)
@@ -376,7 +432,7 @@ impl Registry {
             let name = &i.registration.service;
             let s = out.entry(name.clone()).or_insert_with(|| summary(name));
             s.instances += 1;
-            if i.healthy {
+            if i.is_endpoint() {
                 s.healthy += 1;
             }
         }
@@ -498,6 +554,9 @@ fn view_of(i: &InstanceState, now: Instant) -> InstanceView {
         last_heartbeat_ms_ago: u64::try_from(i.since_heartbeat(now).as_millis())
             .unwrap_or(u64::MAX),
         registered_at_ms: i.registered_at_ms,
+        status: checks::status_of(i),
+        status_output: checks::output_of(i),
+        checks: checks::views(i, now),
     }
 }
 
@@ -559,6 +618,7 @@ async fn reaper(inner: Arc<Inner>) {
                 }
                 any_expired |= !healthy && expired(i, now);
             }
+            changed |= checks::expire_all(st.instances.values_mut(), now);
             held
         };
         if any_expired {

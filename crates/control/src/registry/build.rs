@@ -20,11 +20,19 @@ pub struct InstanceState {
     pub registered_at_ms: u64,
     /// May lie in the future right after a restart (restart grace).
     pub last_heartbeat: Instant,
-    /// The health last observed by the reaper or a heartbeat; a change triggers a push.
+    /// The health last observed by the reaper or a heartbeat (TTL and self-preservation);
+    /// a change triggers a push.
     pub healthy: bool,
+    /// App-held TTL checks, by name (memory only; [`super::checks`]).
+    pub ttl_checks: super::checks::TtlChecks,
 }
 
 impl InstanceState {
+    /// Passing: heartbeat fresh (or held), and every check passing. Only these are endpoints.
+    pub fn is_endpoint(&self) -> bool {
+        super::checks::status_of(self) == trellis_model::CheckStatus::Passing
+    }
+
     /// Healthy while the last heartbeat is younger than the TTL.
     pub fn is_healthy(&self, now: Instant) -> bool {
         self.since_heartbeat(now).as_millis() < u128::from(self.registration.ttl_ms)
@@ -157,8 +165,9 @@ pub fn build_snapshot<'a, 'b>(
                 name: reg.service.clone(),
                 ..ServiceView::default()
             });
-        // The reaper's verdict (TTL and self-preservation), not the raw TTL.
-        if !inst.healthy {
+        // The reaper's verdict (TTL and self-preservation), not the raw TTL, and the checks:
+        // only passing instances are endpoints.
+        if !inst.is_endpoint() {
             continue;
         }
         let Ok(address) = reg.address.parse::<IpAddr>() else {

@@ -86,7 +86,7 @@ fn bad_rules_are_named() {
             "spec.rules[0].match.path.type",
         ),
         (
-            "  targetRef: { name: catalog }\n  rules: [{ requestsPerUnit: 5, unit: second, perSource: yes }]\n",
+            "  targetRef: { name: catalog }\n  rules: [{ requestsPerUnit: 5, unit: second, perSource: 3 }]\n",
             "spec.rules[0].perSource",
         ),
         (
