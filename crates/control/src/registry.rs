@@ -28,7 +28,7 @@ use trellis_model::{
 
 pub use build::{
     InstanceState, authentication_for, authorization_for, build_snapshot, declared, namespace_of,
-    policy_for, routes_for,
+    policy_for, rate_limit_for, routes_for,
 };
 
 pub use describe::ServiceDescription;
@@ -347,9 +347,9 @@ impl Registry {
         let key = (service.to_string(), id.to_string());
         let status_changed = |st: &State| {
             report.as_ref().is_some_and(|r| {
-                st.instances
-                    .get(&key)
-                    .is_some_and(|i| i.registration.check.as_ref().map(|c| c.status) != Some(r.status))
+                st.instances.get(&key).is_some_and(|i| {
+                    i.registration.check.as_ref().map(|c| c.status) != Some(r.status)
+                })
             })
         };
         let _w = if status_changed(&self.state()) {

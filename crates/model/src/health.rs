@@ -15,7 +15,9 @@ pub const MAX_CHECK_TTL_MS: u64 = 3_600_000;
 pub const MAX_TTL_CHECKS: usize = 16;
 
 /// A check's state, in order of severity.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckStatus {
     #[default]

@@ -16,9 +16,9 @@ mod validate;
 pub mod wire;
 
 pub use duration::{format_duration, parse_duration};
-pub use registration::{Health, InstanceRegistration, Protocol};
 pub use health::*;
 pub use ratelimit::*;
+pub use registration::{Health, InstanceRegistration, Protocol};
 pub use resource::*;
 pub use security::*;
 pub use validate::{

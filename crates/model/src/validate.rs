@@ -21,11 +21,11 @@ use serde_json::Value;
 
 use crate::{API_VERSION, Kind, Protocol, Resource};
 
+mod ratelimit;
 mod refs;
 mod registration;
 mod rules;
 mod schema;
-mod ratelimit;
 mod security;
 mod split;
 #[cfg(test)]

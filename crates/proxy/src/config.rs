@@ -145,9 +145,7 @@ impl ProxyConfig {
         }
         if let Some(h) = &self.health_check {
             errors.extend(h.problems());
-            if self.app_protocol == Protocol::Tcp
-                && !matches!(h.probe, crate::health::Probe::Tcp)
-            {
+            if self.app_protocol == Protocol::Tcp && !matches!(h.probe, crate::health::Probe::Tcp) {
                 errors.push(
                     "--health-check: the app speaks raw TCP (--app-protocol tcp): use `--health-check tcp`"
                         .to_string(),

@@ -23,8 +23,8 @@ pub mod authz;
 mod backoff;
 pub mod balance;
 mod config;
-pub mod health;
 pub mod control_tls;
+pub mod health;
 mod http;
 pub mod identity;
 mod inbound;
@@ -32,6 +32,7 @@ mod metrics;
 mod mtls;
 mod outbound;
 mod pool;
+mod ratelimit;
 mod registration;
 // Public only for the criterion benches (benches/routing.rs); not a supported API.
 #[doc(hidden)]

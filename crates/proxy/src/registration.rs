@@ -212,10 +212,7 @@ impl Registrar {
             };
             req = req.json(&body);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.failed("PUT", &url, &e))?;
+        let resp = req.send().await.map_err(|e| self.failed("PUT", &url, &e))?;
         match resp.status() {
             s if s.is_success() => Ok(true),
             reqwest::StatusCode::NOT_FOUND => Ok(false),

@@ -186,7 +186,9 @@ pub(super) fn instances(items: &[Value], now_ms: u64) -> String {
         })
         .collect();
     render(
-        &["SERVICE", "ID", "ADDRESS", "STATUS", "LABELS", "AGE", "CHECK"],
+        &[
+            "SERVICE", "ID", "ADDRESS", "STATUS", "LABELS", "AGE", "CHECK",
+        ],
         &rows,
     )
 }

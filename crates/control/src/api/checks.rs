@@ -25,7 +25,10 @@ pub(super) fn routes() -> Router<ApiState> {
             "/v1/instances/{service}/{id}/checks/{name}",
             put(register).delete(deregister),
         )
-        .route("/v1/instances/{service}/{id}/checks/{name}/{verb}", put(update))
+        .route(
+            "/v1/instances/{service}/{id}/checks/{name}/{verb}",
+            put(update),
+        )
 }
 
 pub(super) async fn read_small_body(body: Body) -> ApiResult<axum::body::Bytes> {
@@ -56,13 +59,14 @@ async fn register(
     body: Body,
 ) -> ApiResult<Response> {
     let (service, id, name) = path(p)?;
-    let reg: TtlCheckRegistration = json_body(body, "check registration")
-        .await?
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "ttl_ms: missing: send {\"ttl_ms\": 10000} (how long a renewal stays valid)",
-            )
-        })?;
+    let reg: TtlCheckRegistration =
+        json_body(body, "check registration")
+            .await?
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "ttl_ms: missing: send {\"ttl_ms\": 10000} (how long a renewal stays valid)",
+                )
+            })?;
     let view = state.registry.register_check(&service, &id, &name, reg)?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use tokio::time::Instant;
 use trellis_model::{
     AuthorizationPolicyResource, Health, HttpRouteResource, InstanceRegistration,
-    RequestAuthenticationResource, Resource, ServiceSpec, TrafficPolicySpec,
+    RateLimitPolicyResource, RequestAuthenticationResource, Resource, ServiceSpec,
+    TrafficPolicySpec,
 };
 
 use crate::snapshot::{DEFAULT_NAMESPACE, Endpoint, MeshSnapshot, ServiceView};
@@ -86,6 +87,21 @@ pub fn policy_for<'a>(
         })
         .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))
         .map(|p| p.spec.clone())
+}
+
+/// The RateLimitPolicy whose targetRef names `service`; the first by name when several do.
+pub fn rate_limit_for<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    service: &str,
+) -> Option<RateLimitPolicyResource> {
+    resources
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::RateLimitPolicy(p) if p.spec.target_ref.name == service => Some(p),
+            _ => None,
+        })
+        .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))
+        .cloned()
 }
 
 /// HTTPRoutes whose parentRefs name `service`, sorted by name.
@@ -193,6 +209,7 @@ pub fn build_snapshot<'a, 'b>(
         view.routes = routes_for(resources.clone(), &view.name);
         view.authorization = authorization_for(resources.clone(), &view.name);
         view.authentication = authentication_for(resources.clone(), &view.name);
+        view.rate_limit = rate_limit_for(resources.clone(), &view.name);
         view.endpoints
             .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     }

@@ -240,7 +240,12 @@ impl Registry {
         Ok(view)
     }
 
-    pub fn deregister_check(&self, service: &str, id: &str, name: &str) -> Result<(), RegistryError> {
+    pub fn deregister_check(
+        &self,
+        service: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<(), RegistryError> {
         let mut st = self.state();
         let inst = check_key(&mut st, service, id)?;
         let before = status_of(inst);
@@ -259,7 +264,10 @@ impl Registry {
 }
 
 /// Lapses the TTL checks of every instance; true when any instance's state changed.
-pub fn expire_all<'a>(instances: impl Iterator<Item = &'a mut InstanceState>, now: Instant) -> bool {
+pub fn expire_all<'a>(
+    instances: impl Iterator<Item = &'a mut InstanceState>,
+    now: Instant,
+) -> bool {
     let mut changed = false;
     for i in instances {
         let before = status_of(i);

@@ -172,7 +172,8 @@ async fn heartbeats_keep_instance_healthy_without_publishing() {
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         run.registry
-            .heartbeat("catalog", "c1", None).await
+            .heartbeat("catalog", "c1", None)
+            .await
             .expect("heartbeat of a registered instance");
     }
     // Two seconds of virtual time with heartbeats: no push, still healthy.
@@ -203,7 +204,10 @@ async fn heartbeat_after_expiry_revives_and_publishes() {
     })
     .await;
     rx.borrow_and_update();
-    run.registry.heartbeat("catalog", "c1", None).await.expect("heartbeat");
+    run.registry
+        .heartbeat("catalog", "c1", None)
+        .await
+        .expect("heartbeat");
     rx.changed().await.expect("publish");
     assert_eq!(rx.borrow().services["catalog"].endpoints.len(), 1);
     run.stop().await;

@@ -6,7 +6,11 @@ use super::schema::{Field, METADATA, Need, SERVICE_REF, Shape, f, shorten};
 use crate::{MAX_RATE, MAX_RATE_RULES, RateLimitPathType, RateLimitPolicyResource};
 
 static RATE_PATH: Shape = Shape::Obj(&[
-    f("type", &Shape::OneOf(&["Exact", "PathPrefix"]), Need::Optional),
+    f(
+        "type",
+        &Shape::OneOf(&["Exact", "PathPrefix"]),
+        Need::Optional,
+    ),
     f("value", &Shape::Str, Need::Required),
 ]);
 

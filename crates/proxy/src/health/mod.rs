@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use trellis_model::{CheckReport, CheckStatus, Protocol};
 
-pub use state::Thresholds;
 pub(crate) use state::CheckState;
+pub use state::Thresholds;
 
 /// What is probed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -52,7 +52,11 @@ fn thresholds_table() {
         ),
     ];
     for (t, results, want) in cases {
-        assert_eq!(run(*t, results), *want, "thresholds {t:?}, results {results:?}");
+        assert_eq!(
+            run(*t, results),
+            *want,
+            "thresholds {t:?}, results {results:?}"
+        );
     }
 }
 

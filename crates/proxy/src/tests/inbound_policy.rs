@@ -151,6 +151,7 @@ impl Harness {
             authz,
             authn,
             tcp: None,
+            ratelimit: None,
         };
         let snapshot = Snapshot {
             inbound: Some(Arc::new(security)),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trellis_model::{CheckReport, CheckStatus, InstanceRegistration, Protocol, TtlCheckRegistration};
+use trellis_model::{
+    CheckReport, CheckStatus, InstanceRegistration, Protocol, TtlCheckRegistration,
+};
 
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryConfig, RegistryError, RegistryTasks};
@@ -127,7 +129,9 @@ async fn a_status_change_survives_a_restart() {
 async fn ttl_checks_pass_lapse_and_recover() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (r, _tasks) = start(dir.path()).await;
-    r.register(reg("c1", 600_000, None)).await.expect("register");
+    r.register(reg("c1", 600_000, None))
+        .await
+        .expect("register");
     let ttl = TtlCheckRegistration {
         ttl_ms: 1000,
         note: None,
@@ -135,11 +139,21 @@ async fn ttl_checks_pass_lapse_and_recover() {
     let v = r
         .register_check("catalog", "c1", "db", ttl.clone())
         .expect("register check");
-    assert_eq!(v.status, CheckStatus::Critical, "critical until the first pass");
+    assert_eq!(
+        v.status,
+        CheckStatus::Critical,
+        "critical until the first pass"
+    );
     assert!(endpoints(&r).await.is_empty());
 
-    r.update_check("catalog", "c1", "db", CheckStatus::Passing, Some("ok".into()))
-        .expect("pass");
+    r.update_check(
+        "catalog",
+        "c1",
+        "db",
+        CheckStatus::Passing,
+        Some("ok".into()),
+    )
+    .expect("pass");
     assert_eq!(endpoints(&r).await, vec!["c1"]);
 
     // Renewed within the TTL: stays passing.
@@ -160,9 +174,12 @@ async fn ttl_checks_pass_lapse_and_recover() {
     assert_eq!(status(&r, "c1"), Some(CheckStatus::Warning));
 
     // The checks survive the sidecar registering again; they go with the instance.
-    r.register(reg("c1", 600_000, None)).await.expect("register");
+    r.register(reg("c1", 600_000, None))
+        .await
+        .expect("register");
     assert_eq!(status(&r, "c1"), Some(CheckStatus::Warning));
-    r.deregister_check("catalog", "c1", "db").expect("deregister");
+    r.deregister_check("catalog", "c1", "db")
+        .expect("deregister");
     assert_eq!(status(&r, "c1"), Some(CheckStatus::Passing));
 }
 
@@ -183,8 +200,16 @@ async fn bad_checks_name_the_field() {
         ("Bad Name", ttl(1000, None), "name: "),
         ("", ttl(1000, None), "name: "),
         ("db", ttl(5, None), "ttl_ms: 5 is out of range"),
-        ("db", ttl(1000, Some(&"x".repeat(5000))), "note: is 5000 bytes long"),
-        ("db", ttl(1000, Some("a\nb")), "note: holds control characters"),
+        (
+            "db",
+            ttl(1000, Some(&"x".repeat(5000))),
+            "note: is 5000 bytes long",
+        ),
+        (
+            "db",
+            ttl(1000, Some("a\nb")),
+            "note: holds control characters",
+        ),
     ];
     for (name, t, want) in cases {
         let e = invalid(r.register_check("catalog", "c1", name, t).expect_err(name));
@@ -193,8 +218,14 @@ async fn bad_checks_name_the_field() {
     r.register_check("catalog", "c1", "db", ttl(1000, None))
         .expect("register");
     let e = invalid(
-        r.update_check("catalog", "c1", "db", CheckStatus::Passing, Some("\u{7}".into()))
-            .expect_err("bell"),
+        r.update_check(
+            "catalog",
+            "c1",
+            "db",
+            CheckStatus::Passing,
+            Some("\u{7}".into()),
+        )
+        .expect_err("bell"),
     );
     assert!(e.starts_with("note: "), "{e}");
     assert!(matches!(
