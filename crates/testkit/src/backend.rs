@@ -44,7 +44,7 @@ impl Health {
     fn answer(&self) -> StatusCode {
         let n = self.checks.fetch_add(1, Ordering::SeqCst);
         if self.flapping.load(Ordering::SeqCst) {
-            return if n % 2 == 0 {
+            return if n.is_multiple_of(2) {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -14,9 +14,16 @@ fn run(thresholds: (u32, u32), results: &[CheckStatus]) -> Vec<Option<CheckStatu
     results.iter().map(|r| s.observe(*r)).collect()
 }
 
+/// (healthy, unhealthy) thresholds, results, the changes expected after each.
+type Case = (
+    (u32, u32),
+    &'static [CheckStatus],
+    &'static [Option<CheckStatus>],
+);
+
 #[test]
 fn thresholds_table() {
-    let cases: &[((u32, u32), &[CheckStatus], &[Option<CheckStatus>])] = &[
+    let cases: &[Case] = &[
         // The first result sets the status at once.
         ((3, 3), &[Passing], &[Some(Passing)]),
         ((3, 3), &[Critical], &[Some(Critical)]),

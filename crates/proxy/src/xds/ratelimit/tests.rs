@@ -157,7 +157,8 @@ fn what_the_subset_does_not_define_is_refused() {
             *any = pack_any(c);
         })
     };
-    let cases: &[(fn(&mut LocalRateLimit), &str)] = &[
+    type Edit = fn(&mut LocalRateLimit);
+    let cases: &[(Edit, &str)] = &[
         (|c| c.token_bucket = None, "without token_bucket"),
         (|c| c.filter_enforced = None, "must be 100%"),
         (
@@ -168,7 +169,7 @@ fn what_the_subset_does_not_define_is_refused() {
             |c| {
                 c.token_bucket = Some(TokenBucket {
                     max_tokens: 0,
-                    ..c.token_bucket.clone().unwrap_or_default()
+                    ..c.token_bucket.unwrap_or_default()
                 })
             },
             "max_tokens 0",
