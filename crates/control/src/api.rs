@@ -22,6 +22,7 @@ use crate::xds::{ProxyStatus, ProxyTable};
 
 mod checks;
 mod identity;
+mod ratelimit;
 
 /// Largest request body accepted (registrations and resource files).
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -114,6 +115,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/proxies", get(list_proxies))
         .merge(identity::routes())
         .merge(checks::routes())
+        .merge(ratelimit::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,

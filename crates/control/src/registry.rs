@@ -169,6 +169,8 @@ struct Inner {
     changed: Notify,
     snapshots: watch::Sender<Arc<MeshSnapshot>>,
     metrics: Arc<Metrics>,
+    /// Who shares each global rate limit now (memory only).
+    leases: crate::ratelimit::Leases,
 }
 
 /// The handle the API and the runtime use. Cheap to clone.
@@ -253,6 +255,7 @@ impl Registry {
             changed: Notify::new(),
             snapshots,
             metrics,
+            leases: crate::ratelimit::Leases::default(),
         });
         let handles = vec![
             tokio::spawn(reaper(inner.clone())),
@@ -268,6 +271,11 @@ impl Registry {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The shares of the global rate limits.
+    pub fn leases(&self) -> &crate::ratelimit::Leases {
+        &self.inner.leases
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -41,6 +41,11 @@ pub struct RateLimitRule {
     /// instead of one for every caller.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_source: bool,
+    /// The rate is for the whole service, shared by all its sidecars, which lease their
+    /// allotments from the control plane (docs/RESOURCES.md, "Global rate limits") instead of
+    /// each allowing the full rate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub global: bool,
 }
 
 impl RateLimitRule {
@@ -99,6 +104,31 @@ impl RateUnit {
             _ => None,
         }
     }
+}
+
+/// `POST /v1/ratelimit/lease` body: a sidecar's demand on one global rule since its last lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub service: String,
+    pub instance: String,
+    /// The rule's name on the inbound listener (`ratelimit-<index>`, or `default`).
+    pub rule: String,
+    /// Requests per second this sidecar saw for the rule (allowed and limited) lately.
+    pub demand: f64,
+}
+
+/// The answer: this sidecar's share of the global rule until its next lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// Tokens per second this sidecar may allow.
+    pub tokens_per_second: f64,
+    /// Its bucket size (its share of the rule's burst, at least 1).
+    pub burst: u32,
+    /// Lease again within this many milliseconds.
+    pub lease_ms: u64,
+    /// Sidecars sharing the rule now.
+    pub sharers: usize,
 }
 
 /// Largest `requestsPerUnit` and `burst`.

@@ -156,6 +156,7 @@ pub async fn run(
             registrar.run(xds_tx).await;
         })
     };
+    let leases = tokio::spawn(ratelimit::lease::run(shared.clone()));
     let xds_shared = shared.clone();
     let xds = tokio::spawn(async move {
         if let Ok(addr) = xds_rx.await {
@@ -177,6 +178,7 @@ pub async fn run(
     tracing::info!(drain_timeout = ?shared.config.drain_timeout, "shutting down: draining and deregistering");
     registration.abort();
     xds.abort();
+    leases.abort();
     if let Some(h) = health {
         h.abort();
     }

@@ -31,8 +31,8 @@ pub struct GrpcHealthServer {
 }
 
 impl GrpcHealthServer {
-    /// Starts on 127.0.0.1:0, SERVING. `service` is the name whose health it reports (any
-    /// other name answers SERVICE_UNKNOWN... as NOT_FOUND, as grpc-go does; `""` always works).
+    /// Starts on 127.0.0.1:0, SERVING. `service` is the name whose health it reports; any
+    /// other name is answered NOT_FOUND (as grpc-go's health server does), `""` always works.
     pub async fn start(name: &str, service: &str) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await

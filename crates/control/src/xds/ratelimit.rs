@@ -4,7 +4,10 @@
 //! the app carrying the rule's `LocalRateLimit` in `typed_per_filter_config`, in rule order,
 //! the rule without `match` on the final `/` route. `perSource` rides on the route's metadata
 //! (`trellis.rateLimitPerSource: true`), which Envoy ignores: Envoy enforces such a rule as one
-//! bucket for all callers, which limits more, never less. Pure functions.
+//! bucket for all callers, which limits more, never less. A `global` rule is marked the same
+//! way (`trellis.rateLimitGlobal: true`): Trellis sidecars lease their share of its rate from
+//! the control plane; Envoy, which cannot, enforces the full rate on each instance. Pure
+//! functions.
 
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, Metadata, RuntimeFractionalPercent,
@@ -97,15 +100,22 @@ fn limited_route(
             wire::RATE_LIMIT_FILTER.to_string(),
             pack_any(local_rate_limit(rule)),
         );
-        if rule.per_source {
+        let flags = [
+            (wire::RATE_LIMIT_PER_SOURCE, rule.per_source),
+            (wire::RATE_LIMIT_GLOBAL, rule.global),
+        ];
+        if flags.iter().any(|(_, on)| *on) {
             let marker = Struct {
-                fields: [(
-                    wire::RATE_LIMIT_PER_SOURCE.to_string(),
-                    Value {
-                        kind: Some(Kind::BoolValue(true)),
-                    },
-                )]
-                .into(),
+                fields: flags
+                    .iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(k, _)| {
+                        let v = Value {
+                            kind: Some(Kind::BoolValue(true)),
+                        };
+                        (k.to_string(), v)
+                    })
+                    .collect(),
             };
             route.metadata = Some(Metadata {
                 filter_metadata: [(wire::METADATA_NAMESPACE.to_string(), marker)].into(),

@@ -31,6 +31,7 @@ static RATE_RULE: Shape = Shape::Obj(&[
     ),
     f("burst", &RATE, Need::Nullable),
     f("perSource", &Shape::Bool, Need::Optional),
+    f("global", &Shape::Bool, Need::Optional),
 ]);
 
 static RATE_SPEC: Shape = Shape::Obj(&[
@@ -86,6 +87,12 @@ pub(super) fn check_rate_limit(p: &RateLimitPolicyResource, out: &mut Vec<Issue>
             out.push(Issue::new(
                 &format!("{here}.burst"),
                 format!("{b} is out of range: must be between 1 and {MAX_RATE}"),
+            ));
+        }
+        if rule.global && rule.per_source {
+            out.push(Issue::new(
+                &format!("{here}.global"),
+                "a global rule cannot also be perSource: global limits are shared by the service's sidecars for every caller together; use one or the other".into(),
             ));
         }
         match &rule.matches {

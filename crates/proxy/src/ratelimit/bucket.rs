@@ -61,6 +61,18 @@ impl TokenBucket {
         ))
     }
 
+    /// The tokens there at `now`.
+    pub fn tokens_at(&mut self, spec: &BucketSpec, now: Duration) -> f64 {
+        self.refill(spec, now);
+        self.tokens
+    }
+
+    /// Brings the bucket up to `now` under its `old` shape, then caps it at the new one.
+    pub fn reshape(&mut self, old: &BucketSpec, new: &BucketSpec, now: Duration) {
+        self.refill(old, now);
+        self.tokens = self.tokens.min(f64::from(new.capacity));
+    }
+
     /// True when the bucket would be full at `now` (it can be forgotten).
     pub fn is_full(&self, spec: &BucketSpec, now: Duration) -> bool {
         let mut b = self.clone();

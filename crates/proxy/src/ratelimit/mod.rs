@@ -8,6 +8,7 @@
 //! `Option`. With one, a request costs a path comparison per rule and one short mutex hold.
 
 mod bucket;
+pub(crate) mod lease;
 
 #[cfg(test)]
 mod tests;
@@ -54,18 +55,25 @@ pub(crate) struct RuleConfig {
     pub path: PathRule,
     pub bucket: BucketSpec,
     pub per_source: bool,
+    /// The rate is the service's, shared with its other sidecars by leases ([`lease`]).
+    pub global: bool,
 }
 
 #[derive(Debug)]
 struct Rule {
     config: RuleConfig,
-    shared: Mutex<TokenBucket>,
+    /// The bucket shared by every caller, with its current shape (a global rule's share
+    /// changes with each lease).
+    shared: Mutex<(TokenBucket, BucketSpec)>,
     sources: Mutex<HashMap<Box<str>, TokenBucket>>,
     allowed: AtomicU64,
     limited: AtomicU64,
     /// Limiter-clock nanoseconds of the first and the latest decision (0: none yet).
     first: AtomicU64,
     last: AtomicU64,
+    /// Tokens in the shared bucket at the first decision (f64 bits): what the window starts
+    /// with, so the refill rate over the window can be told from its burst.
+    initial: AtomicU64,
 }
 
 /// The verdict on one request.
@@ -97,13 +105,14 @@ impl RateLimiter {
             rules: rules
                 .into_iter()
                 .map(|config| Rule {
-                    shared: Mutex::new(TokenBucket::full(&config.bucket, Duration::ZERO)),
+                    shared: Mutex::new(initial(&config)),
                     sources: Mutex::new(HashMap::new()),
                     config,
                     allowed: AtomicU64::new(0),
                     limited: AtomicU64::new(0),
                     first: AtomicU64::new(0),
                     last: AtomicU64::new(0),
+                    initial: AtomicU64::new(0),
                 })
                 .collect(),
             start,
@@ -121,6 +130,12 @@ impl RateLimiter {
             return Verdict::Allowed;
         };
         let spec = &rule.config.bucket;
+        if rule.first.load(Ordering::Relaxed) == 0 && !rule.config.per_source {
+            let mut guard = lock(&rule.shared);
+            let (bucket, shape) = &mut *guard;
+            let tokens = bucket.tokens_at(shape, now);
+            rule.initial.store(tokens.to_bits(), Ordering::Relaxed);
+        }
         let taken = if rule.config.per_source {
             let key = source.unwrap_or_default();
             let mut map = lock(&rule.sources);
@@ -136,10 +151,10 @@ impl RateLimiter {
                 r
             } else {
                 drop(map);
-                lock(&rule.shared).try_take(spec, now)
+                take_shared(rule, now)
             }
         } else {
-            lock(&rule.shared).try_take(spec, now)
+            take_shared(rule, now)
         };
         let nanos = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX).max(1);
         let _ = rule
@@ -173,6 +188,12 @@ impl RateLimiter {
                     r.first.load(Ordering::Relaxed),
                     r.last.load(Ordering::Relaxed),
                 );
+                let spec = lock(&r.shared).1;
+                let share = serde_json::json!({
+                    "tokens_per_second": f64::from(spec.tokens_per_fill)
+                        / spec.fill_interval.as_secs_f64().max(1e-9),
+                    "burst": spec.capacity,
+                });
                 let path = match &c.path {
                     PathRule::Any => serde_json::json!({"any": true}),
                     PathRule::Exact(p) => serde_json::json!({"exact": p}),
@@ -185,14 +206,89 @@ impl RateLimiter {
                     "tokens_per_fill": c.bucket.tokens_per_fill,
                     "fill_interval_ms": u64::try_from(c.bucket.fill_interval.as_millis()).unwrap_or(u64::MAX),
                     "per_source": c.per_source,
+                    "global": c.global,
+                    "share": share,
                     "sources": lock(&r.sources).len(),
                     "allowed": r.allowed.load(Ordering::Relaxed),
                     "limited": r.limited.load(Ordering::Relaxed),
                     "window_ms": last.saturating_sub(first) as f64 / 1e6,
+                    "initial_tokens": f64::from_bits(r.initial.load(Ordering::Relaxed)),
                 })
             })
             .collect();
         serde_json::Value::Array(rules)
+    }
+}
+
+/// A rule's shared bucket at start: full; a global rule's holds one token and refills
+/// nothing until its first lease (which the lease task makes at once).
+fn initial(config: &RuleConfig) -> (TokenBucket, BucketSpec) {
+    let spec = if config.global {
+        BucketSpec {
+            capacity: 1,
+            tokens_per_fill: 0,
+            fill_interval: Duration::from_secs(1),
+        }
+    } else {
+        config.bucket
+    };
+    (TokenBucket::full(&spec, Duration::ZERO), spec)
+}
+
+fn take_shared(rule: &Rule, now: Duration) -> Result<(), Duration> {
+    let mut guard = lock(&rule.shared);
+    let (bucket, spec) = &mut *guard;
+    bucket.try_take(spec, now)
+}
+
+/// A global rule's demand and share, for the lease task.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GlobalRule {
+    pub name: String,
+    /// Requests seen (allowed + limited) so far.
+    pub seen: u64,
+    /// The rule's full rate, tokens per second, and burst.
+    pub rate: f64,
+    pub burst: u32,
+}
+
+impl RateLimiter {
+    /// The global rules, with their counters.
+    pub fn global_rules(&self) -> Vec<GlobalRule> {
+        self.rules
+            .iter()
+            .filter(|r| r.config.global)
+            .map(|r| {
+                let b = &r.config.bucket;
+                GlobalRule {
+                    name: r.config.name.clone(),
+                    seen: r.allowed.load(Ordering::Relaxed) + r.limited.load(Ordering::Relaxed),
+                    rate: f64::from(b.tokens_per_fill) / b.fill_interval.as_secs_f64().max(1e-9),
+                    burst: b.capacity,
+                }
+            })
+            .collect()
+    }
+
+    /// Sets a global rule's share: `tokens_per_second` and a bucket of `burst` (tokens above
+    /// it are dropped). The rate is kept to a thousandth of a token per second.
+    pub fn set_share(&self, rule: &str, tokens_per_second: f64, burst: u32) {
+        let Some(r) = self.rules.iter().find(|r| r.config.name == rule) else {
+            return;
+        };
+        let per_1000s = (tokens_per_second.max(0.0) * 1000.0)
+            .round()
+            .min(f64::from(u32::MAX));
+        let spec = BucketSpec {
+            capacity: burst.max(1),
+            tokens_per_fill: per_1000s as u32,
+            fill_interval: Duration::from_secs(1000),
+        };
+        let now = self.start.elapsed();
+        let mut guard = lock(&r.shared);
+        let (bucket, old) = &mut *guard;
+        bucket.reshape(old, &spec, now);
+        *old = spec;
     }
 }
 

@@ -87,6 +87,7 @@ fn rule(name: &str, path: PathRule, s: BucketSpec, per_source: bool) -> RuleConf
         path,
         bucket: s,
         per_source,
+        global: false,
     }
 }
 
@@ -173,4 +174,34 @@ fn path_rules() {
     assert!(PathRule::Prefix("/".into()).matches("/anything"));
     assert!(PathRule::Exact("/a".into()).matches("/a"));
     assert!(!PathRule::Exact("/a".into()).matches("/a/"));
+}
+
+#[test]
+fn a_global_rule_waits_for_its_share() {
+    let mut config = rule("g", PathRule::Any, spec(30, 60, 1000), false);
+    config.global = true;
+    let limiter = RateLimiter::new(vec![config]);
+    let ok = |ms| limiter.check_at("/", None, MS(ms)) == Verdict::Allowed;
+    // One token until the first lease, and no refill.
+    assert!(ok(0));
+    assert!(!ok(0) && !ok(1000));
+    assert_eq!(
+        limiter.global_rules(),
+        vec![GlobalRule {
+            name: "g".into(),
+            seen: 3,
+            rate: 60.0,
+            burst: 30,
+        }]
+    );
+    // A share of 20/s with a bucket of 10: ten at once, then one per 50 ms.
+    limiter.set_share("g", 20.0, 10);
+    let now = limiter.start.elapsed().as_millis() as u64 + 10_000;
+    let passed = (0..20).filter(|_| ok(now)).count();
+    assert_eq!(passed, 10);
+    assert!(!ok(now + 49));
+    assert!(ok(now + 50));
+    assert_eq!(limiter.dump()[0]["share"]["burst"], 10);
+    // Unknown rules are ignored.
+    limiter.set_share("nope", 1.0, 1);
 }

@@ -129,12 +129,21 @@ fn rule(route: &Route) -> Result<Option<RuleConfig>, String> {
             ));
         }
     };
-    let per_source = route
-        .metadata
-        .as_ref()
-        .and_then(|m| m.filter_metadata.get(wire::METADATA_NAMESPACE))
-        .and_then(|s| s.fields.get(wire::RATE_LIMIT_PER_SOURCE))
-        .is_some_and(|v| matches!(v.kind, Some(Kind::BoolValue(true))));
+    let flag = |key: &str| {
+        route
+            .metadata
+            .as_ref()
+            .and_then(|m| m.filter_metadata.get(wire::METADATA_NAMESPACE))
+            .and_then(|s| s.fields.get(key))
+            .is_some_and(|v| matches!(v.kind, Some(Kind::BoolValue(true))))
+    };
+    let (per_source, global) = (
+        flag(wire::RATE_LIMIT_PER_SOURCE),
+        flag(wire::RATE_LIMIT_GLOBAL),
+    );
+    if per_source && global {
+        return Err("a rule cannot be both per-source and global".into());
+    }
     Ok(Some(RuleConfig {
         name: route.name.clone(),
         path,
@@ -144,6 +153,7 @@ fn rule(route: &Route) -> Result<Option<RuleConfig>, String> {
             fill_interval,
         },
         per_source,
+        global,
     }))
 }
 

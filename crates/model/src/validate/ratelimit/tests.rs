@@ -93,6 +93,10 @@ fn bad_rules_are_named() {
             "  rules: [{ requestsPerUnit: 5, unit: second }]\n",
             "spec.targetRef",
         ),
+        (
+            "  targetRef: { name: catalog }\n  rules: [{ requestsPerUnit: 5, unit: second, global: true, perSource: true }]\n",
+            "spec.rules[0].global: a global rule cannot also be perSource",
+        ),
     ];
     for (spec, want) in cases {
         let errs = errors(spec);

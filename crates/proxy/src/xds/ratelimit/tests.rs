@@ -99,18 +99,21 @@ fn rules_survive_the_round_trip_in_order() {
                 path: PathRule::Exact("/login".into()),
                 bucket: spec(5, 5, 60),
                 per_source: true,
+                global: false,
             },
             RuleConfig {
                 name: "ratelimit-1".into(),
                 path: PathRule::Prefix("/api".into()),
                 bucket: spec(20, 100, 1),
                 per_source: false,
+                global: false,
             },
             RuleConfig {
                 name: "default".into(),
                 path: PathRule::Any,
                 bucket: spec(1000, 1000, 3600),
                 per_source: false,
+                global: false,
             },
         ]
     );
