@@ -12,6 +12,7 @@ pub mod checks;
 mod describe;
 mod identity;
 pub mod preservation;
+mod view;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,10 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use trellis_model::{
-    ApplyError, CheckReport, CheckStatus, Health, InstanceRegistration, Kind, KnownServices,
-    Resource,
-};
+use trellis_model::{ApplyError, CheckReport, InstanceRegistration, Kind, KnownServices, Resource};
 
 pub use build::{
     InstanceState, authentication_for, authorization_for, build_snapshot, declared, namespace_of,
@@ -33,6 +31,8 @@ pub use build::{
 
 pub use describe::ServiceDescription;
 pub use identity::check_identity;
+pub use view::InstanceView;
+use view::view_of;
 
 use crate::metrics::Metrics;
 use crate::snapshot::MeshSnapshot;
@@ -80,28 +80,6 @@ pub enum RegistryError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// An instance as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceView {
-    #[serde(flatten)]
-    pub registration: InstanceRegistration,
-    pub health: Health,
-    /// Its heartbeats lapsed, but self-preservation keeps it as an endpoint.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub held: bool,
-    pub last_heartbeat_ms_ago: u64,
-    pub registered_at_ms: u64,
-    /// passing / warning / critical: the heartbeat and every check together
-    /// ([`checks`]); only passing instances are endpoints.
-    pub status: CheckStatus,
-    /// Why it is not passing (empty when it is).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub status_output: String,
-    /// The sidecar's check and the app's TTL checks.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub checks: Vec<checks::CheckView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -548,24 +526,6 @@ fn not_found_instance(service: &str, id: &str) -> RegistryError {
     RegistryError::NotFound(format!(
         "instance `{id}` of service `{service}` is not registered; register it again"
     ))
-}
-
-fn view_of(i: &InstanceState, now: Instant) -> InstanceView {
-    InstanceView {
-        registration: i.registration.clone(),
-        health: if i.healthy {
-            Health::Healthy
-        } else {
-            Health::Unhealthy
-        },
-        held: i.healthy && !i.is_healthy(now),
-        last_heartbeat_ms_ago: u64::try_from(i.since_heartbeat(now).as_millis())
-            .unwrap_or(u64::MAX),
-        registered_at_ms: i.registered_at_ms,
-        status: checks::status_of(i),
-        status_output: checks::output_of(i),
-        checks: checks::views(i, now),
-    }
 }
 
 /// Marks instances unhealthy after their TTL and removes them after `remove_after` (or the
