@@ -207,10 +207,13 @@ impl Registrar {
         let url = format!("{}/heartbeat", self.instance_url());
         let mut req = self.http.get().put(&url);
         if let Some(check) = &self.check {
-            let body = Heartbeat {
-                check: Some(check.borrow().clone()),
-            };
-            req = req.json(&body);
+            let report = check.borrow().clone();
+            self.shared
+                .status
+                .update(|s| s.health_check = Some(report.clone()));
+            req = req.json(&Heartbeat {
+                check: Some(report),
+            });
         }
         let resp = req.send().await.map_err(|e| self.failed("PUT", &url, &e))?;
         match resp.status() {

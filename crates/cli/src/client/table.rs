@@ -286,8 +286,9 @@ fn rate_rules(rules: &[trellis_model::RateLimitRule]) -> String {
             let path = r.matches.as_ref().map_or("*", |m| m.path.value.as_str());
             let unit = format!("{:?}", r.unit).to_ascii_lowercase();
             let per = if r.per_source { " per source" } else { "" };
+            let global = if r.global { " global" } else { "" };
             format!(
-                "{path}: {}/{unit} burst {}{per}",
+                "{path}: {}/{unit} burst {}{per}{global}",
                 r.requests_per_unit,
                 r.burst()
             )
@@ -474,6 +475,17 @@ pub(super) fn describe_service(body: &Value, now_ms: u64) -> String {
         .map(algorithm)
         .unwrap_or_else(|| "RoundRobin (default, no TrafficPolicy)".to_string());
     let _ = writeln!(out, "Balancing: {policy_text}");
+    let limits: Option<trellis_model::RateLimitPolicyResource> = body
+        .get("rate_limit")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    if let Some(p) = limits {
+        let _ = writeln!(
+            out,
+            "Limits:    {} ({})",
+            rate_rules(&p.spec.rules),
+            p.metadata.name
+        );
+    }
 
     let passing = instances
         .iter()

@@ -167,6 +167,11 @@ fn describe_has_every_section() {
         "instances": [{"service": "catalog", "id": "catalog-1", "address": "127.0.0.1", "port": 41000,
                        "weight": 1, "health": "healthy", "last_heartbeat_ms_ago": 1500, "registered_at_ms": 0}],
         "proxies": [{"node_id": "catalog~1", "service": "catalog", "acked": {"Cluster": "3"}}],
+        "rate_limit": {"apiVersion": "trellis.dev/v1alpha1",
+                       "metadata": {"name": "catalog-limits"},
+                       "spec": {"targetRef": {"name": "catalog"}, "rules": [
+                           {"match": {"path": {"value": "/api"}}, "requestsPerUnit": 100, "unit": "second", "burst": 20},
+                           {"requestsPerUnit": 5, "unit": "minute", "global": true}]}},
     });
     let out = table::describe_service(&body, 90_000);
     for want in [
@@ -174,6 +179,7 @@ fn describe_has_every_section() {
         "Declared:  yes (protocol http)",
         "Subsets:   v1 {version=v1}",
         "Balancing: RingHash (hash on header x-user, ring size 1024)",
+        "Limits:    /api: 100/second burst 20, *: 5/minute burst 5 global (catalog-limits)",
         "Instances: 1 (1 passing)",
         "catalog-1  127.0.0.1:41000  healthy  -     1       -       1s ago     1m",
         "Routes: 1",
