@@ -53,7 +53,9 @@ impl TokenBucket {
         }
         let rate = spec.rate();
         if rate <= 0.0 {
-            return Err(Duration::from_secs(3600));
+            // A global rule before its first lease, or granted nothing: its share changes
+            // within a lease interval, so ask the caller to come back soon.
+            return Err(Duration::from_secs(1));
         }
         let missing = 1.0 - self.tokens;
         Err(Duration::from_nanos(
