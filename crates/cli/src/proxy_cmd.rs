@@ -66,6 +66,23 @@ pub struct Args {
     /// renew its certificate at once (root rotation).
     #[arg(long, default_value = "60s", value_parser = trellis_model::parse_duration)]
     pub trust_bundle_refresh: std::time::Duration,
+    /// Check the app: `http:/PATH` (2xx/3xx passing, 429 warning, else critical), `tcp`
+    /// (connect), `grpc` or `grpc:SERVICE` (grpc.health.v1.Health/Check; SERVING passing).
+    /// The verdict rides on every heartbeat; only passing instances are endpoints.
+    #[arg(long, value_name = "KIND[:ARG]", value_parser = parse_probe)]
+    pub health_check: Option<trellis_proxy::health::Probe>,
+    /// How often the app is checked.
+    #[arg(long, default_value = "5s", value_parser = trellis_model::parse_duration, requires = "health_check")]
+    pub health_interval: std::time::Duration,
+    /// How long one check may take (at most the interval).
+    #[arg(long, default_value = "1s", value_parser = trellis_model::parse_duration, requires = "health_check")]
+    pub health_timeout: std::time::Duration,
+    /// Consecutive passes before a failing app is passing again (1..=100).
+    #[arg(long, default_value_t = 2, requires = "health_check")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures before a passing app is critical (1..=100).
+    #[arg(long, default_value_t = 3, requires = "health_check")]
+    pub unhealthy_threshold: u32,
     /// Read the join token from this file (e.g. a mounted secret) instead.
     #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
     pub join_token_file: Option<std::path::PathBuf>,
@@ -80,6 +97,10 @@ pub enum AppProtocol {
 }
 
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    s.parse()
+}
+
+fn parse_probe(s: &str) -> Result<trellis_proxy::health::Probe, String> {
     s.parse()
 }
 
@@ -136,6 +157,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         join_token,
         trust_bundle_refresh: args.trust_bundle_refresh,
         upstreams: args.upstreams,
+        health_check: args
+            .health_check
+            .map(|probe| trellis_proxy::health::HealthCheckConfig {
+                probe,
+                interval: args.health_interval,
+                timeout: args.health_timeout,
+                thresholds: trellis_proxy::health::Thresholds {
+                    healthy: args.healthy_threshold,
+                    unhealthy: args.unhealthy_threshold,
+                },
+            }),
     };
     let ready = move |bound: BoundAddrs| {
         let mut fields = serde_json::Map::new();

@@ -193,6 +193,22 @@ spec:
   jwtRules:
     - issuer: https://issuer.example
       jwksUri: http://127.0.0.1:9/jwks.json
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: { name: web-limits }
+spec:
+  targetRef: { name: web }
+  rules:
+    - match: { path: { type: Exact, value: /limited } }
+      requestsPerUnit: 1
+      unit: hour
+      burst: 2
+    - match: { path: { value: /per-source } }
+      requestsPerUnit: 5
+      unit: minute
+      perSource: true
+    - { requestsPerUnit: 100000, unit: second }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,6 +438,7 @@ async fn coverage(control: &ControlPlane, envoy: &Envoy) -> anyhow::Result<()> {
             }) && d.to_string().contains("catalog-coverage")
                 && d.to_string().contains("web-no-delete")
                 && d.to_string().contains("web-jwt")
+                && d.to_string().contains("local_ratelimit")
         })
         .await?;
     wait_for_acks(control, "the coverage resources").await?;
@@ -435,6 +452,17 @@ async fn coverage(control: &ControlPlane, envoy: &Envoy) -> anyhow::Result<()> {
         reply.status == 200,
         "Envoy's inbound listener with the policy filters must still reach its app: {}",
         reply.status
+    );
+    // Envoy enforces the RateLimitPolicy's local_ratelimit routes: two, then 429.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let reply = inbound.send(&Req::get("anything", "/limited")).await?;
+        statuses.push((reply.status, reply.reason()));
+    }
+    let limited = Some("rate_limited".to_string());
+    ensure!(
+        statuses == [(200, None), (200, None), (429, limited)],
+        "Envoy's inbound /limited (burst 2) answered {statuses:?}"
     );
     let dump = envoy.config_dump().await?;
     let ewma = active_cluster(&dump, "s-ewma").context("cluster s-ewma")?;

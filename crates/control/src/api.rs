@@ -20,7 +20,9 @@ use crate::ca::Ca;
 use crate::registry::{Registry, RegistryError, ServiceDescription};
 use crate::xds::{ProxyStatus, ProxyTable};
 
+mod checks;
 mod identity;
+mod ratelimit;
 
 /// Largest request body accepted (registrations and resource files).
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -52,7 +54,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(error: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error)
     }
 }
@@ -88,7 +90,7 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// The admin API router.
 pub fn router(state: ApiState) -> Router {
@@ -112,6 +114,8 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/proxies", get(list_proxies))
         .merge(identity::routes())
+        .merge(checks::routes())
+        .merge(ratelimit::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -186,12 +190,21 @@ async fn register(State(state): State<ApiState>, body: Body) -> ApiResult<Respon
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// An empty body is a bare heartbeat; otherwise `{"check": CheckReport}`.
 async fn heartbeat(
     State(state): State<ApiState>,
     p: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
     let (service, id) = path(p)?;
-    let view = state.registry.heartbeat(&service, &id)?;
+    let bytes = checks::read_small_body(body).await?;
+    let beat: trellis_model::Heartbeat = if bytes.iter().all(u8::is_ascii_whitespace) {
+        trellis_model::Heartbeat::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("heartbeat: {e}")))?
+    };
+    let view = state.registry.heartbeat(&service, &id, beat.check).await?;
     Ok(Json(view).into_response())
 }
 
@@ -210,12 +223,12 @@ struct InstancesQuery {
     service: Option<String>,
 }
 
-fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+pub(crate) fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
     p.map(|Path(t)| t)
         .map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))
 }
@@ -282,7 +295,8 @@ async fn apply(
 fn parse_kind(kind: &str) -> ApiResult<Kind> {
     Kind::parse(kind).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "kind `{kind}` is unknown: expected Service, TrafficPolicy or HTTPRoute"
+            "kind `{kind}` is unknown: expected one of {}",
+            Kind::ALL.map(Kind::as_str).join(", ")
         ))
     })
 }

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod ca;
 pub mod metrics;
+pub mod ratelimit;
 pub mod registry;
 pub mod snapshot;
 pub mod store;

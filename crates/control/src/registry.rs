@@ -8,9 +8,11 @@
 //! `push_debounce`, only when what proxies see changed.
 
 mod build;
+pub mod checks;
 mod describe;
 mod identity;
 pub mod preservation;
+mod view;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,15 +22,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use trellis_model::{ApplyError, Health, InstanceRegistration, Kind, KnownServices, Resource};
+use trellis_model::{ApplyError, CheckReport, InstanceRegistration, Kind, KnownServices, Resource};
 
 pub use build::{
     InstanceState, authentication_for, authorization_for, build_snapshot, declared, namespace_of,
-    policy_for, routes_for,
+    policy_for, rate_limit_for, routes_for,
 };
 
 pub use describe::ServiceDescription;
 pub use identity::check_identity;
+pub use view::InstanceView;
+use view::view_of;
 
 use crate::metrics::Metrics;
 use crate::snapshot::MeshSnapshot;
@@ -76,19 +80,6 @@ pub enum RegistryError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// An instance as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceView {
-    #[serde(flatten)]
-    pub registration: InstanceRegistration,
-    pub health: Health,
-    /// Its heartbeats lapsed, but self-preservation keeps it as an endpoint.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub held: bool,
-    pub last_heartbeat_ms_ago: u64,
-    pub registered_at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +147,8 @@ struct Inner {
     changed: Notify,
     snapshots: watch::Sender<Arc<MeshSnapshot>>,
     metrics: Arc<Metrics>,
+    /// Who shares each global rate limit now (memory only).
+    leases: crate::ratelimit::Leases,
 }
 
 /// The handle the API and the runtime use. Cheap to clone.
@@ -218,6 +211,7 @@ impl Registry {
                     last_heartbeat: now + config.restart_grace,
                     healthy: true,
                     held: false,
+                    ttl_checks: checks::TtlChecks::new(),
                 },
             );
         }
@@ -240,6 +234,7 @@ impl Registry {
             changed: Notify::new(),
             snapshots,
             metrics,
+            leases: crate::ratelimit::Leases::default(),
         });
         let handles = vec![
             tokio::spawn(reaper(inner.clone())),
@@ -255,6 +250,11 @@ impl Registry {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The shares of the global rate limits.
+    pub fn leases(&self) -> &crate::ratelimit::Leases {
+        &self.inner.leases
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -298,39 +298,81 @@ impl Registry {
         }
         let now = Instant::now();
         let mut st = self.state();
-        let was_healthy = st.instances.get(&key).is_some_and(|i| i.healthy);
+        let previous = st.instances.remove(&key);
+        let was_endpoint = previous.as_ref().is_some_and(InstanceState::is_endpoint);
         let inst = InstanceState {
             registration: reg,
             registered_at_ms,
             last_heartbeat: now,
             healthy: true,
             held: false,
+            // The app's TTL checks survive its sidecar registering again.
+            ttl_checks: previous.map(|p| p.ttl_checks).unwrap_or_default(),
         };
+        let is_endpoint = inst.is_endpoint();
         let view = view_of(&inst, now);
         st.instances.insert(key, inst);
         drop(st);
         self.inner.metrics.registrations.inc();
-        if !unchanged || !was_healthy {
+        if !unchanged || was_endpoint != is_endpoint {
             self.mark_changed();
         }
         Ok(view)
     }
 
-    /// Records a heartbeat (memory only). Publishes only when it makes the instance healthy again.
-    pub fn heartbeat(&self, service: &str, id: &str) -> Result<InstanceView, RegistryError> {
+    /// Records a heartbeat (memory only) and, when given, the sidecar's check report. A
+    /// report whose status differs from the stored one is written to the store (so a restart
+    /// keeps it); publishes only when the instance's state changed.
+    pub async fn heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        report: Option<CheckReport>,
+    ) -> Result<InstanceView, RegistryError> {
+        if let Some(r) = &report {
+            trellis_model::check_report(r).map_err(RegistryError::Invalid)?;
+        }
+        let key = (service.to_string(), id.to_string());
+        let status_changed = |st: &State| {
+            report.as_ref().is_some_and(|r| {
+                st.instances.get(&key).is_some_and(|i| {
+                    i.registration.check.as_ref().map(|c| c.status) != Some(r.status)
+                })
+            })
+        };
+        let _w = if status_changed(&self.state()) {
+            let w = self.inner.writes.lock().await;
+            let stored = self.state().instances.get(&key).map(|i| StoredInstance {
+                registration: InstanceRegistration {
+                    check: report.clone(),
+                    ..i.registration.clone()
+                },
+                registered_at_ms: i.registered_at_ms,
+            });
+            if let Some(stored) = stored {
+                self.inner.store.put_instance(stored).await?;
+            }
+            Some(w)
+        } else {
+            None
+        };
         let now = Instant::now();
         let mut st = self.state();
-        let Some(inst) = st.instances.get_mut(&(service.to_string(), id.to_string())) else {
+        let Some(inst) = st.instances.get_mut(&key) else {
             return Err(not_found_instance(service, id));
         };
+        let before = checks::status_of(inst);
         inst.last_heartbeat = now;
-        let revived = !inst.healthy;
         inst.healthy = true;
         inst.held = false;
+        if report.is_some() {
+            inst.registration.check = report;
+        }
+        let changed = checks::status_of(inst) != before;
         let view = view_of(inst, now);
         drop(st);
         self.inner.metrics.heartbeats.inc();
-        if revived {
+        if changed {
             self.mark_changed();
         }
         Ok(view)
@@ -379,7 +421,7 @@ impl Registry {
             let name = &i.registration.service;
             let s = out.entry(name.clone()).or_insert_with(|| summary(name));
             s.instances += 1;
-            if i.healthy {
+            if i.is_endpoint() {
                 s.healthy += 1;
             }
         }
@@ -489,21 +531,6 @@ fn not_found_instance(service: &str, id: &str) -> RegistryError {
     ))
 }
 
-fn view_of(i: &InstanceState, now: Instant) -> InstanceView {
-    InstanceView {
-        registration: i.registration.clone(),
-        health: if i.healthy {
-            Health::Healthy
-        } else {
-            Health::Unhealthy
-        },
-        held: i.held,
-        last_heartbeat_ms_ago: u64::try_from(i.since_heartbeat(now).as_millis())
-            .unwrap_or(u64::MAX),
-        registered_at_ms: i.registered_at_ms,
-    }
-}
-
 /// Marks instances unhealthy after their TTL and removes them after `remove_after` (or the
 /// TTL, when longer) without a heartbeat, within the limit of self-preservation
 /// ([`preservation`]): instances it holds stay healthy and are not removed.
@@ -564,6 +591,7 @@ async fn reaper(inner: Arc<Inner>) {
                 }
                 any_expired |= !healthy && expired(i, now);
             }
+            changed |= checks::expire_all(st.instances.values_mut(), now);
             held
         };
         if any_expired {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use trellis_model::{
-    AuthorizationPolicyResource, HttpRouteResource, Protocol, RequestAuthenticationResource,
-    ServiceSpec, TrafficPolicySpec,
+    AuthorizationPolicyResource, HttpRouteResource, Protocol, RateLimitPolicyResource,
+    RequestAuthenticationResource, ServiceSpec, TrafficPolicySpec,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,6 +71,8 @@ pub struct ServiceView {
     /// RequestAuthentications applying to this service (naming it, or mesh-wide), sorted by
     /// name.
     pub authentication: Vec<RequestAuthenticationResource>,
+    /// The RateLimitPolicy targeting this service (the first by name when several do).
+    pub rate_limit: Option<RateLimitPolicyResource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

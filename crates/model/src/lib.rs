@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 mod duration;
+mod health;
+mod ratelimit;
 mod registration;
 mod resource;
 mod security;
@@ -14,6 +16,8 @@ mod validate;
 pub mod wire;
 
 pub use duration::{format_duration, parse_duration};
+pub use health::*;
+pub use ratelimit::*;
 pub use registration::{Health, InstanceRegistration, Protocol};
 pub use resource::*;
 pub use security::*;

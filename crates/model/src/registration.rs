@@ -54,6 +54,10 @@ pub struct InstanceRegistration {
     /// instances. Callers use mTLS to instances that have one (docs/XDS.md, "Security").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The sidecar's check of its app (`trellis proxy --health-check`), when it runs one;
+    /// absent: the instance is passing while it heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::CheckReport>,
 }
 
 fn default_weight() -> u32 {

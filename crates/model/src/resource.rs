@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AuthorizationPolicyResource, Protocol, RequestAuthenticationResource};
+use crate::{
+    AuthorizationPolicyResource, Protocol, RateLimitPolicyResource, RequestAuthenticationResource,
+};
 
 /// The only apiVersion this release understands.
 pub const API_VERSION: &str = "trellis.dev/v1alpha1";
@@ -22,6 +24,7 @@ pub enum Resource {
     HttpRoute(HttpRouteResource),
     AuthorizationPolicy(AuthorizationPolicyResource),
     RequestAuthentication(RequestAuthenticationResource),
+    RateLimitPolicy(RateLimitPolicyResource),
 }
 
 /// The kinds, for addressing (`trellis get httproutes`, `DELETE /v1/resources/{kind}/{name}`).
@@ -33,6 +36,7 @@ pub enum Kind {
     HttpRoute,
     AuthorizationPolicy,
     RequestAuthentication,
+    RateLimitPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +275,7 @@ impl Resource {
             Resource::HttpRoute(_) => Kind::HttpRoute,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
         }
     }
 
@@ -281,6 +286,7 @@ impl Resource {
             Resource::HttpRoute(r) => &r.metadata,
             Resource::AuthorizationPolicy(r) => &r.metadata,
             Resource::RequestAuthentication(r) => &r.metadata,
+            Resource::RateLimitPolicy(r) => &r.metadata,
         }
     }
 
@@ -290,12 +296,13 @@ impl Resource {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Service,
         Kind::TrafficPolicy,
         Kind::HttpRoute,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
+        Kind::RateLimitPolicy,
     ];
 
     /// The canonical kind name, as written in YAML.
@@ -306,6 +313,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
         }
     }
 
@@ -320,6 +328,9 @@ impl Kind {
             }
             "requestauthentication" | "requestauthentications" | "authn" | "ra" => {
                 Some(Kind::RequestAuthentication)
+            }
+            "ratelimitpolicy" | "ratelimitpolicies" | "ratelimit" | "rl" => {
+                Some(Kind::RateLimitPolicy)
             }
             _ => None,
         }

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::{API_VERSION, Kind, Protocol, Resource};
 
+mod ratelimit;
 mod refs;
 mod registration;
 mod rules;
@@ -276,6 +277,7 @@ fn parse_all(source: &str, text: &str) -> Parsed {
             Kind::HttpRoute => &schema::HTTP_ROUTE,
             Kind::AuthorizationPolicy => &schema::AUTHORIZATION_POLICY,
             Kind::RequestAuthentication => &schema::REQUEST_AUTHENTICATION,
+            Kind::RateLimitPolicy => &ratelimit::RATE_LIMIT_POLICY,
         };
         let shape_errors = {
             let before = issues.len();

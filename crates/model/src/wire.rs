@@ -84,3 +84,15 @@ pub fn cluster_name(service: &str, subset: Option<&str>) -> String {
 pub fn inbound_cluster_name(app_port: u16) -> String {
     format!("inbound|{app_port}")
 }
+
+/// Local rate limits (RateLimitPolicy) on the inbound HttpConnectionManager: the filter, its
+/// config type, and the route metadata key (in [`METADATA_NAMESPACE`]) marking a per-source rule.
+pub const RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+pub const RATE_LIMIT_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+pub const RATE_LIMIT_STAT_PREFIX: &str = "inbound_rate_limit";
+pub const RATE_LIMIT_PER_SOURCE: &str = "rateLimitPerSource";
+/// Route metadata key marking a global rule (its rate is shared by the service's sidecars).
+pub const RATE_LIMIT_GLOBAL: &str = "rateLimitGlobal";
+/// The `x-trellis-reason` of a rate-limited request.
+pub const RATE_LIMITED_REASON: &str = "rate_limited";

@@ -2,7 +2,10 @@
 //! and finish on large inputs.
 
 use proptest::prelude::*;
-use trellis_model::{NoServices, parse_and_validate, parse_documents};
+use trellis_model::{
+    CheckReport, Heartbeat, LeaseRequest, NoServices, TtlCheckRegistration, check_note,
+    check_report, check_ttl_check, parse_and_validate, parse_documents, sanitize_output,
+};
 
 const ROUTE_HEAD: &str = "apiVersion: trellis.dev/v1alpha1
 kind: HTTPRoute
@@ -102,8 +105,93 @@ fn odd_scalars_are_errors() {
     }
 }
 
+const LIMIT_HEAD: &str = "apiVersion: trellis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: { name: l }
+spec:
+  targetRef: { name: a }
+  rules:
+";
+
+#[test]
+fn absurd_rates_are_errors() {
+    for (case, rule) in [
+        ("zero", "    - { requestsPerUnit: 0, unit: second }\n"),
+        ("huge", "    - { requestsPerUnit: 1e400, unit: second }\n"),
+        ("negative", "    - { requestsPerUnit: -5, unit: second }\n"),
+        (
+            "u64",
+            "    - { requestsPerUnit: 18446744073709551616, unit: second }\n",
+        ),
+        (
+            "nan burst",
+            "    - { requestsPerUnit: 5, unit: second, burst: .nan }\n",
+        ),
+        ("string", "    - { requestsPerUnit: lots, unit: second }\n"),
+        ("unit", "    - { requestsPerUnit: 5, unit: fortnight }\n"),
+        (
+            "path",
+            "    - { match: { path: { value: \"/a\\u0000b\" } }, requestsPerUnit: 5, unit: second }\n",
+        ),
+    ] {
+        must_fail(case, &(LIMIT_HEAD.to_string() + rule));
+    }
+    let many =
+        "    - { match: { path: { value: /x } }, requestsPerUnit: 5, unit: second }\n".repeat(40);
+    must_fail("too many rules", &(LIMIT_HEAD.to_string() + &many));
+}
+
+#[test]
+fn hostile_check_reports_and_notes_are_refused() {
+    let huge = "x".repeat(1_000_000);
+    assert!(check_note(&huge).is_err());
+    assert!(check_note("ok\u{1b}[31m").is_err());
+    assert!(check_note("a\tb").is_ok());
+    let report = CheckReport {
+        output: huge.clone(),
+        ..CheckReport::default()
+    };
+    assert!(check_report(&report).is_err());
+    let reg = TtlCheckRegistration {
+        ttl_ms: u64::MAX,
+        note: None,
+    };
+    assert!(
+        check_ttl_check("db", &reg)
+            .expect_err("u64::MAX ttl")
+            .starts_with("ttl_ms:")
+    );
+    assert!(sanitize_output(&huge).len() <= 1024);
+    for body in [
+        r#"{"check": {"status": "sick"}}"#,
+        r#"{"check": {"status": "passing", "extra": 1}}"#,
+        r#"{"check": 5}"#,
+        r#"{"check": {"status": "passing", "output": 7}}"#,
+    ] {
+        assert!(serde_json::from_str::<Heartbeat>(body).is_err(), "{body}");
+    }
+    for body in [
+        r#"{"service": "a", "instance": "b", "rule": "c", "demand": "x"}"#,
+        r#"{}"#,
+    ] {
+        assert!(
+            serde_json::from_str::<LeaseRequest>(body).is_err(),
+            "{body}"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn check_bodies_never_panic(text in any::<String>()) {
+        let _ = serde_json::from_str::<Heartbeat>(&text);
+        let _ = serde_json::from_str::<TtlCheckRegistration>(&text);
+        let _ = serde_json::from_str::<LeaseRequest>(&text);
+        let _ = check_note(&text);
+        let _ = sanitize_output(&text);
+    }
 
     #[test]
     fn never_panics_on_arbitrary_strings(text in any::<String>()) {

@@ -189,6 +189,7 @@ pub(crate) fn config_dump(shared: &Shared) -> Value {
         "status": shared.status.get(),
         "identity": identity_json(shared),
         "inbound_mode": snap.inbound.as_ref().map(|i| i.mode.as_str()),
+        "rate_limits": snap.inbound.as_ref().and_then(|i| i.ratelimit.as_ref()).map(|r| r.dump()),
         "clusters": clusters,
         "routes": routes,
     })

@@ -41,6 +41,8 @@ pub struct ProxyConfig {
     /// Local ports for TCP services (`--upstream db=5432`): each connection accepted on one is
     /// forwarded as a byte stream to an endpoint of that service (crate::tcp::outbound).
     pub upstreams: Vec<Upstream>,
+    /// The sidecar's check of its app (`--health-check`); `None`: passing while heartbeating.
+    pub health_check: Option<crate::health::HealthCheckConfig>,
 }
 
 /// One `--upstream <service>=<port>`: a TCP service the app reaches on a local port.
@@ -140,6 +142,15 @@ impl ProxyConfig {
                 "join token: empty; create one with `trellis token create --service <name>`"
                     .to_string(),
             );
+        }
+        if let Some(h) = &self.health_check {
+            errors.extend(h.problems());
+            if self.app_protocol == Protocol::Tcp && !matches!(h.probe, crate::health::Probe::Tcp) {
+                errors.push(
+                    "--health-check: the app speaks raw TCP (--app-protocol tcp): use `--health-check tcp`"
+                        .to_string(),
+                );
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for u in &self.upstreams {

@@ -24,6 +24,7 @@ mod backoff;
 pub mod balance;
 mod config;
 pub mod control_tls;
+pub mod health;
 mod http;
 pub mod identity;
 mod inbound;
@@ -31,6 +32,7 @@ mod metrics;
 mod mtls;
 mod outbound;
 mod pool;
+mod ratelimit;
 mod registration;
 // Public only for the criterion benches (benches/routing.rs); not a supported API.
 #[doc(hidden)]
@@ -124,7 +126,16 @@ pub async fn run(
     let mut listeners = Listeners::start(&shared, admin, outbound, inbound);
     listeners.start_upstreams(&shared, upstreams);
 
-    let registrar = registration::Registrar::new(shared.clone())?;
+    let (check, health) = match shared.config.health_check.clone() {
+        Some(hc) => {
+            let (tx, rx) = watch::channel(health::initial_report(&hc));
+            let c = &shared.config;
+            let task = tokio::spawn(health::run(hc, c.app_port, c.app_protocol, tx));
+            (Some(rx), Some(task))
+        }
+        None => (None, None),
+    };
+    let registrar = registration::Registrar::new(shared.clone(), check)?;
     let (xds_tx, xds_rx) = oneshot::channel();
     let registration = {
         let (shared, registrar) = (shared.clone(), registrar.clone());
@@ -145,6 +156,7 @@ pub async fn run(
             registrar.run(xds_tx).await;
         })
     };
+    let leases = tokio::spawn(ratelimit::lease::run(shared.clone()));
     let xds_shared = shared.clone();
     let xds = tokio::spawn(async move {
         if let Ok(addr) = xds_rx.await {
@@ -166,6 +178,10 @@ pub async fn run(
     tracing::info!(drain_timeout = ?shared.config.drain_timeout, "shutting down: draining and deregistering");
     registration.abort();
     xds.abort();
+    leases.abort();
+    if let Some(h) = health {
+        h.abort();
+    }
     // Deregister while draining so peers stop sending new requests as soon as possible.
     tokio::join!(listeners.stop(), registrar.deregister());
     Ok(())

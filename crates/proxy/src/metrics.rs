@@ -73,6 +73,8 @@ pub(crate) struct Metrics {
     pub tls: TlsMetrics,
     /// Raw TCP connections (services with `protocol: tcp`).
     pub tcp: TcpMetrics,
+    /// Inbound requests refused by a RateLimitPolicy (`trellis_rate_limited_total`).
+    pub rate_limited: RateLimitedFamily,
     /// Config-time cache of per-service handles (never touched per request).
     services: Mutex<HashMap<ServiceKey, Arc<ServiceMetrics>>>,
 }
@@ -104,6 +106,12 @@ impl Metrics {
             "xDS responses processed, by type and result (ack or nack)",
             xds_updates.clone(),
         );
+        let rate_limited = RateLimitedFamily::default();
+        registry.register(
+            "trellis_rate_limited",
+            "Inbound requests refused by a local rate limit (429), by service and rule",
+            rate_limited.clone(),
+        );
         let tls = TlsMetrics::register(&mut registry);
         let tcp = TcpMetrics::register(&mut registry);
         Metrics {
@@ -114,6 +122,7 @@ impl Metrics {
             xds_updates,
             tls,
             tcp,
+            rate_limited,
             services: Mutex::new(HashMap::new()),
         }
     }
@@ -160,6 +169,14 @@ impl Metrics {
         out
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RateLimitLabels {
+    pub service: String,
+    pub rule: String,
+}
+
+pub(crate) type RateLimitedFamily = Family<RateLimitLabels, Counter>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::oneshot;
-use trellis_model::InstanceRegistration;
+use tokio::sync::{oneshot, watch};
+use trellis_model::{CheckReport, Heartbeat, InstanceRegistration};
 
 use crate::backoff::Backoff;
 use crate::control_tls::ControlHttp;
@@ -20,6 +20,9 @@ pub(crate) struct Registrar {
     shared: Arc<Shared>,
     http: ControlHttp,
     base: String,
+    /// The app health check's verdict (crate::health), when `--health-check` is set: sent with
+    /// the registration and every heartbeat, and a change triggers a heartbeat at once.
+    check: Option<watch::Receiver<CheckReport>>,
 }
 
 #[derive(Deserialize)]
@@ -28,7 +31,10 @@ struct Bootstrap {
 }
 
 impl Registrar {
-    pub fn new(shared: Arc<Shared>) -> anyhow::Result<Self> {
+    pub fn new(
+        shared: Arc<Shared>,
+        check: Option<watch::Receiver<CheckReport>>,
+    ) -> anyhow::Result<Self> {
         let http = ControlHttp::new(
             shared.control.clone(),
             Duration::from_secs(2),
@@ -36,7 +42,12 @@ impl Registrar {
         )
         .map_err(anyhow::Error::msg)?;
         let base = shared.config.control_url.trim_end_matches('/').to_string();
-        Ok(Registrar { shared, http, base })
+        Ok(Registrar {
+            shared,
+            http,
+            base,
+            check,
+        })
     }
 
     fn instance_url(&self) -> String {
@@ -63,11 +74,12 @@ impl Registrar {
                 .tls
                 .get()
                 .map(|t| t.identity.spiffe_id().to_string()),
+            check: self.check.as_ref().map(|c| c.borrow().clone()),
         }
     }
 
     /// Bootstraps (sending the xDS address on `xds`), then registers and heartbeats forever.
-    pub async fn run(self, xds: oneshot::Sender<String>) {
+    pub async fn run(mut self, xds: oneshot::Sender<String>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let xds_addr = loop {
             match self.bootstrap().await {
@@ -102,7 +114,7 @@ impl Registrar {
             });
             // Heartbeat until the control plane forgets us (404).
             loop {
-                tokio::time::sleep(interval).await;
+                self.wait_for_heartbeat(interval).await;
                 match self.heartbeat().await {
                     Ok(true) => self.shared.status.update(|s| s.registration_error = None),
                     Ok(false) => {
@@ -118,6 +130,23 @@ impl Registrar {
                             .status
                             .update(|s| s.registration_error = Some(format!("heartbeat: {e}")));
                     }
+                }
+            }
+        }
+    }
+
+    /// Sleeps until the next heartbeat is due, or until the check's verdict changes.
+    async fn wait_for_heartbeat(&mut self, interval: Duration) {
+        let Some(rx) = self.check.as_mut() else {
+            tokio::time::sleep(interval).await;
+            return;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    // The checker stopped (shutdown); keep the last verdict.
+                    tokio::time::sleep(interval).await;
                 }
             }
         }
@@ -176,13 +205,17 @@ impl Registrar {
     /// `Ok(false)` when the control plane answers 404 (unknown instance).
     async fn heartbeat(&self) -> Result<bool, String> {
         let url = format!("{}/heartbeat", self.instance_url());
-        let resp = self
-            .http
-            .get()
-            .put(&url)
-            .send()
-            .await
-            .map_err(|e| self.failed("PUT", &url, &e))?;
+        let mut req = self.http.get().put(&url);
+        if let Some(check) = &self.check {
+            let report = check.borrow().clone();
+            self.shared
+                .status
+                .update(|s| s.health_check = Some(report.clone()));
+            req = req.json(&Heartbeat {
+                check: Some(report),
+            });
+        }
+        let resp = req.send().await.map_err(|e| self.failed("PUT", &url, &e))?;
         match resp.status() {
             s if s.is_success() => Ok(true),
             reqwest::StatusCode::NOT_FOUND => Ok(false),

@@ -37,6 +37,8 @@ pub(crate) struct InboundSecurity {
     /// `Some` when the service is TCP (`protocol: tcp`): its connections are raw byte streams
     /// authorized once each by these rules (crate::tcp::inbound); never served as HTTP.
     pub tcp: Option<ConnectionPolicy>,
+    /// Local rate limits (RateLimitPolicy); `None`: no limit, nothing to check.
+    pub ratelimit: Option<crate::ratelimit::RateLimiter>,
 }
 
 impl std::fmt::Debug for InboundSecurity {
@@ -45,6 +47,7 @@ impl std::fmt::Debug for InboundSecurity {
             .field("mode", &self.mode)
             .field("authn_rules", &!self.authn.is_empty())
             .field("tcp", &self.tcp)
+            .field("ratelimit", &self.ratelimit.is_some())
             .finish_non_exhaustive()
     }
 }

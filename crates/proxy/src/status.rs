@@ -22,6 +22,9 @@ pub(crate) struct Inner {
     pub last_nack: Option<Nack>,
     /// Whether a complete config (listeners, clusters, routes, endpoints) has been applied.
     pub config_complete: bool,
+    /// The app health check's verdict last sent to the control plane (`--health-check`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<trellis_model::CheckReport>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -1,13 +1,15 @@
 //! An in-process HTTP echo backend (HTTP/1.1 and h2c on one port, via hyper-util's auto
 //! server) that answers every request with its instance name: header `x-instance` and a JSON
 //! body `{instance, path, method, version, headers}`. It can add a fixed latency to every
-//! answer, to play a slow instance.
+//! answer, to play a slow instance. `GET /healthz` answers a status the test sets
+//! ([`EchoServer::set_health`]), or alternates 200/503 ([`EchoServer::set_flapping`]), and
+//! counts the checks.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,7 +28,30 @@ pub struct EchoServer {
     name: String,
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    health: Arc<Health>,
     task: JoinHandle<()>,
+}
+
+/// What `/healthz` answers.
+#[derive(Debug)]
+struct Health {
+    status: AtomicU16,
+    flapping: AtomicBool,
+    checks: AtomicUsize,
+}
+
+impl Health {
+    fn answer(&self) -> StatusCode {
+        let n = self.checks.fetch_add(1, Ordering::SeqCst);
+        if self.flapping.load(Ordering::SeqCst) {
+            return if n.is_multiple_of(2) {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+        }
+        StatusCode::from_u16(self.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+    }
 }
 
 impl EchoServer {
@@ -42,10 +67,16 @@ impl EchoServer {
             .context("echo server: cannot bind 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(Health {
+            status: AtomicU16::new(200),
+            flapping: AtomicBool::new(false),
+            checks: AtomicUsize::new(0),
+        });
         let state = Arc::new(State {
             name: name.to_string(),
             latency,
             hits: hits.clone(),
+            health: health.clone(),
         });
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
@@ -71,6 +102,7 @@ impl EchoServer {
             name: name.to_string(),
             addr,
             hits,
+            health,
             task,
         })
     }
@@ -87,9 +119,25 @@ impl EchoServer {
         self.addr.port()
     }
 
-    /// Requests answered so far.
+    /// Requests answered so far (health checks not included).
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// What `GET /healthz` answers from now on (default 200).
+    pub fn set_health(&self, status: u16) {
+        self.health.flapping.store(false, Ordering::SeqCst);
+        self.health.status.store(status, Ordering::SeqCst);
+    }
+
+    /// `GET /healthz` alternates 200 and 503, one per check.
+    pub fn set_flapping(&self) {
+        self.health.flapping.store(true, Ordering::SeqCst);
+    }
+
+    /// `GET /healthz` calls answered so far.
+    pub fn health_checks(&self) -> usize {
+        self.health.checks.load(Ordering::SeqCst)
     }
 }
 
@@ -103,10 +151,16 @@ struct State {
     name: String,
     latency: Duration,
     hits: Arc<AtomicUsize>,
+    health: Arc<Health>,
 }
 
 impl State {
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/healthz" {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"health\n")));
+            *resp.status_mut() = self.health.answer();
+            return resp;
+        }
         let (parts, body) = req.into_parts();
         let body_len = body
             .collect()

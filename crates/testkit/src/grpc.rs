@@ -36,9 +36,7 @@ impl GrpcEchoServer {
             .await
             .context("gRPC echo: cannot bind 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let svc = EchoServer::new(EchoSvc {
-            name: name.to_string(),
-        });
+        let svc = echo_service(name);
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
@@ -55,6 +53,13 @@ impl GrpcEchoServer {
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
+}
+
+/// The echo service, for servers that serve more than it.
+pub(crate) fn echo_service(name: &str) -> EchoServer<impl Echo> {
+    EchoServer::new(EchoSvc {
+        name: name.to_string(),
+    })
 }
 
 impl Drop for GrpcEchoServer {

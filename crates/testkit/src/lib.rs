@@ -10,6 +10,7 @@ pub mod client;
 pub mod control;
 pub mod fixture;
 pub mod grpc;
+pub mod grpc_health;
 pub mod log;
 pub mod process;
 pub mod sidecar;
@@ -20,6 +21,7 @@ pub use client::{Addressing, Client, Outcomes, Reply, Req};
 pub use control::{ControlOpts, ControlPlane};
 pub use fixture::{Instance, dump_algorithm, dump_cluster, dump_endpoints, wait_for_traffic_to};
 pub use grpc::GrpcEchoServer;
+pub use grpc_health::{GrpcHealthServer, ServingStatus};
 pub use log::TestLog;
 pub use process::Process;
 pub use sidecar::{

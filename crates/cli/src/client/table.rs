@@ -140,6 +140,36 @@ fn age(i: &Value, now_ms: u64) -> String {
         .unwrap_or_else(|| "-".to_string())
 }
 
+/// passing / warning / critical (`held` when self-preservation keeps it); from an older
+/// control plane without states, its `health`.
+fn status(i: &Value) -> String {
+    let s = match i.get("status").and_then(Value::as_str) {
+        Some(s) => s.to_string(),
+        None => field(i, "health"),
+    };
+    if i.get("held").and_then(Value::as_bool) == Some(true) {
+        format!("{s} (held)")
+    } else {
+        s
+    }
+}
+
+/// Why it is not passing, cut to one short line.
+fn check_output(i: &Value) -> String {
+    let out = i
+        .get("status_output")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if out.is_empty() {
+        return "-".to_string();
+    }
+    let mut short: String = out.chars().take(60).collect();
+    if short.len() < out.len() {
+        short.push_str("...");
+    }
+    short
+}
+
 pub(super) fn instances(items: &[Value], now_ms: u64) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -148,14 +178,17 @@ pub(super) fn instances(items: &[Value], now_ms: u64) -> String {
                 field(i, "service"),
                 field(i, "id"),
                 address(i),
-                field(i, "health"),
+                status(i),
                 labels(i.get("labels")),
                 age(i, now_ms),
+                check_output(i),
             ]
         })
         .collect();
     render(
-        &["SERVICE", "ID", "ADDRESS", "HEALTH", "LABELS", "AGE"],
+        &[
+            "SERVICE", "ID", "ADDRESS", "STATUS", "LABELS", "AGE", "CHECK",
+        ],
         &rows,
     )
 }
@@ -245,6 +278,25 @@ fn algorithm(spec: &TrafficPolicySpec) -> String {
     s
 }
 
+/// `/api: 100/second burst 20 per source, *: 1000/hour`.
+fn rate_rules(rules: &[trellis_model::RateLimitRule]) -> String {
+    rules
+        .iter()
+        .map(|r| {
+            let path = r.matches.as_ref().map_or("*", |m| m.path.value.as_str());
+            let unit = format!("{:?}", r.unit).to_ascii_lowercase();
+            let per = if r.per_source { " per source" } else { "" };
+            let global = if r.global { " global" } else { "" };
+            format!(
+                "{path}: {}/{unit} burst {}{per}{global}",
+                r.requests_per_unit,
+                r.burst()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A table of resources; one kind gets kind-specific columns, all kinds a summary.
 pub(super) fn resources(items: &[Resource], kind: Option<Kind>) -> String {
     match kind {
@@ -294,6 +346,20 @@ pub(super) fn resources(items: &[Resource], kind: Option<Kind>) -> String {
         }
         Some(Kind::AuthorizationPolicy) => super::security::authorization_policies(items),
         Some(Kind::RequestAuthentication) => super::security::request_authentications(items),
+        Some(Kind::RateLimitPolicy) => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .filter_map(|r| match r {
+                    Resource::RateLimitPolicy(p) => Some(vec![
+                        p.metadata.name.clone(),
+                        p.spec.target_ref.name.clone(),
+                        rate_rules(&p.spec.rules),
+                    ]),
+                    _ => None,
+                })
+                .collect();
+            render(&["NAME", "TARGET", "RULES"], &rows)
+        }
         None => {
             let rows: Vec<Vec<String>> = items
                 .iter()
@@ -409,12 +475,23 @@ pub(super) fn describe_service(body: &Value, now_ms: u64) -> String {
         .map(algorithm)
         .unwrap_or_else(|| "RoundRobin (default, no TrafficPolicy)".to_string());
     let _ = writeln!(out, "Balancing: {policy_text}");
+    let limits: Option<trellis_model::RateLimitPolicyResource> = body
+        .get("rate_limit")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    if let Some(p) = limits {
+        let _ = writeln!(
+            out,
+            "Limits:    {} ({})",
+            rate_rules(&p.spec.rules),
+            p.metadata.name
+        );
+    }
 
-    let healthy = instances
+    let passing = instances
         .iter()
-        .filter(|i| i.get("health").and_then(Value::as_str) == Some("healthy"))
+        .filter(|i| status(i) == "passing" || status(i) == "healthy")
         .count();
-    let _ = writeln!(out, "\nInstances: {} ({healthy} healthy)", instances.len());
+    let _ = writeln!(out, "\nInstances: {} ({passing} passing)", instances.len());
     if !instances.is_empty() {
         let rows: Vec<Vec<String>> = instances
             .iter()
@@ -425,12 +502,13 @@ pub(super) fn describe_service(body: &Value, now_ms: u64) -> String {
                 vec![
                     field(i, "id"),
                     address(i),
-                    field(i, "health"),
+                    status(i),
                     field(i, "zone"),
                     field(i, "weight"),
                     labels(i.get("labels")),
                     beat,
                     age(i, now_ms),
+                    check_output(i),
                 ]
             })
             .collect();
@@ -438,12 +516,13 @@ pub(super) fn describe_service(body: &Value, now_ms: u64) -> String {
             &[
                 "ID",
                 "ADDRESS",
-                "HEALTH",
+                "STATUS",
                 "ZONE",
                 "WEIGHT",
                 "LABELS",
                 "HEARTBEAT",
                 "AGE",
+                "CHECK",
             ],
             &rows,
         );

@@ -50,24 +50,25 @@ fn ages_read_like_kubectl() {
 fn instances_table() {
     let items = vec![
         json!({"service": "catalog", "id": "catalog-1", "address": "127.0.0.1", "port": 41000,
-               "labels": {"version": "v1", "zone": "a"}, "health": "healthy",
+               "labels": {"version": "v1", "zone": "a"}, "health": "healthy", "status": "passing",
                "last_heartbeat_ms_ago": 120, "registered_at_ms": 1_000_000}),
         json!({"service": "orders", "id": "orders-1", "address": "::1", "port": 8080,
-               "health": "unhealthy", "last_heartbeat_ms_ago": 20_000, "registered_at_ms": 1_050_000}),
+               "health": "healthy", "status": "critical", "status_output": "sidecar: HTTP GET /healthz: 503 Service Unavailable",
+               "last_heartbeat_ms_ago": 20_000, "registered_at_ms": 1_050_000}),
     ];
     let out = table::instances(&items, 1_000_000 + 125_000);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0],
-        "SERVICE  ID         ADDRESS          HEALTH     LABELS             AGE"
+        "SERVICE  ID         ADDRESS          STATUS    LABELS             AGE  CHECK"
     );
     assert_eq!(
         lines[1],
-        "catalog  catalog-1  127.0.0.1:41000  healthy    version=v1,zone=a  2m"
+        "catalog  catalog-1  127.0.0.1:41000  passing   version=v1,zone=a  2m   -"
     );
     assert_eq!(
         lines[2],
-        "orders   orders-1   [::1]:8080       unhealthy  -                  1m"
+        "orders   orders-1   [::1]:8080       critical  -                  1m   sidecar: HTTP GET /healthz: 503 Service Unavailable"
     );
 }
 
@@ -166,6 +167,11 @@ fn describe_has_every_section() {
         "instances": [{"service": "catalog", "id": "catalog-1", "address": "127.0.0.1", "port": 41000,
                        "weight": 1, "health": "healthy", "last_heartbeat_ms_ago": 1500, "registered_at_ms": 0}],
         "proxies": [{"node_id": "catalog~1", "service": "catalog", "acked": {"Cluster": "3"}}],
+        "rate_limit": {"apiVersion": "trellis.dev/v1alpha1",
+                       "metadata": {"name": "catalog-limits"},
+                       "spec": {"targetRef": {"name": "catalog"}, "rules": [
+                           {"match": {"path": {"value": "/api"}}, "requestsPerUnit": 100, "unit": "second", "burst": 20},
+                           {"requestsPerUnit": 5, "unit": "minute", "global": true}]}},
     });
     let out = table::describe_service(&body, 90_000);
     for want in [
@@ -173,7 +179,8 @@ fn describe_has_every_section() {
         "Declared:  yes (protocol http)",
         "Subsets:   v1 {version=v1}",
         "Balancing: RingHash (hash on header x-user, ring size 1024)",
-        "Instances: 1 (1 healthy)",
+        "Limits:    /api: 100/second burst 20, *: 5/minute burst 5 global (catalog-limits)",
+        "Instances: 1 (1 passing)",
         "catalog-1  127.0.0.1:41000  healthy  -     1       -       1s ago     1m",
         "Routes: 1",
         "rule 1: path prefix /api and GET -> catalog/v1 90%, catalog/v2 10%",

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use tokio::time::Instant;
 use trellis_model::{
     AuthorizationPolicyResource, Health, HttpRouteResource, InstanceRegistration,
-    RequestAuthenticationResource, Resource, ServiceSpec, TrafficPolicySpec,
+    RateLimitPolicyResource, RequestAuthenticationResource, Resource, ServiceSpec,
+    TrafficPolicySpec,
 };
 
 use crate::snapshot::{DEFAULT_NAMESPACE, Endpoint, MeshSnapshot, ServiceView};
@@ -20,13 +21,21 @@ pub struct InstanceState {
     pub registered_at_ms: u64,
     /// May lie in the future right after a restart (restart grace).
     pub last_heartbeat: Instant,
-    /// The health last observed by the reaper or a heartbeat; a change triggers a push.
+    /// The health last observed by the reaper or a heartbeat (TTL and self-preservation);
+    /// a change triggers a push.
     pub healthy: bool,
     /// Healthy only because self-preservation holds it (its heartbeats lapsed).
     pub held: bool,
+    /// App-held TTL checks, by name (memory only; [`super::checks`]).
+    pub ttl_checks: super::checks::TtlChecks,
 }
 
 impl InstanceState {
+    /// Passing: heartbeat fresh (or held), and every check passing. Only these are endpoints.
+    pub fn is_endpoint(&self) -> bool {
+        super::checks::status_of(self) == trellis_model::CheckStatus::Passing
+    }
+
     /// Healthy while the last heartbeat is younger than the TTL.
     pub fn is_healthy(&self, now: Instant) -> bool {
         self.since_heartbeat(now).as_millis() < u128::from(self.registration.ttl_ms)
@@ -80,6 +89,21 @@ pub fn policy_for<'a>(
         })
         .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))
         .map(|p| p.spec.clone())
+}
+
+/// The RateLimitPolicy whose targetRef names `service`; the first by name when several do.
+pub fn rate_limit_for<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    service: &str,
+) -> Option<RateLimitPolicyResource> {
+    resources
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::RateLimitPolicy(p) if p.spec.target_ref.name == service => Some(p),
+            _ => None,
+        })
+        .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))
+        .cloned()
 }
 
 /// HTTPRoutes whose parentRefs name `service`, sorted by name.
@@ -159,8 +183,9 @@ pub fn build_snapshot<'a, 'b>(
                 name: reg.service.clone(),
                 ..ServiceView::default()
             });
-        // The reaper's verdict (TTL and self-preservation), not the raw TTL.
-        if !inst.healthy {
+        // The reaper's verdict (TTL and self-preservation), not the raw TTL, and the checks:
+        // only passing instances are endpoints.
+        if !inst.is_endpoint() {
             continue;
         }
         let Ok(address) = reg.address.parse::<IpAddr>() else {
@@ -186,6 +211,7 @@ pub fn build_snapshot<'a, 'b>(
         view.routes = routes_for(resources.clone(), &view.name);
         view.authorization = authorization_for(resources.clone(), &view.name);
         view.authentication = authentication_for(resources.clone(), &view.name);
+        view.rate_limit = rate_limit_for(resources.clone(), &view.name);
         view.endpoints
             .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     }

@@ -4,13 +4,13 @@
 use serde::Serialize;
 use tokio::time::Instant;
 use trellis_model::{
-    AuthorizationPolicyResource, HttpRouteResource, MtlsMode, RequestAuthenticationResource,
-    ServiceSpec, TrafficPolicySpec,
+    AuthorizationPolicyResource, HttpRouteResource, MtlsMode, RateLimitPolicyResource,
+    RequestAuthenticationResource, ServiceSpec, TrafficPolicySpec,
 };
 
 use super::{
     InstanceView, Registry, authentication_for, authorization_for, declared, namespace_of,
-    policy_for, routes_for, view_of,
+    policy_for, rate_limit_for, routes_for, view_of,
 };
 
 /// Everything the registry knows about one service (the API adds its proxies).
@@ -30,6 +30,9 @@ pub struct ServiceDescription {
     pub authorization: Vec<AuthorizationPolicyResource>,
     /// RequestAuthentications applying to the service (naming it, or mesh-wide), by name.
     pub authentication: Vec<RequestAuthenticationResource>,
+    /// The RateLimitPolicy targeting the service (the first by name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitPolicyResource>,
     pub instances: Vec<InstanceView>,
 }
 
@@ -63,6 +66,7 @@ impl Registry {
             routes: routes_for(st.resources.values(), name),
             authorization: authorization_for(st.resources.values(), name),
             authentication: authentication_for(st.resources.values(), name),
+            rate_limit: rate_limit_for(st.resources.values(), name),
             instances,
         })
     }

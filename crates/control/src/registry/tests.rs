@@ -61,6 +61,7 @@ fn reg(service: &str, id: &str, ttl_ms: u64) -> InstanceRegistration {
         weight: 1,
         ttl_ms,
         identity: None,
+        check: None,
     }
 }
 
@@ -153,7 +154,7 @@ async fn ttl_expiry_makes_unhealthy_then_removes_from_registry_and_store() {
         !rx.borrow().services.contains_key("catalog")
     })
     .await;
-    assert!(run.registry.heartbeat("catalog", "c1").is_err());
+    assert!(run.registry.heartbeat("catalog", "c1", None).await.is_err());
     run.stop().await;
 }
 
@@ -171,7 +172,8 @@ async fn heartbeats_keep_instance_healthy_without_publishing() {
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         run.registry
-            .heartbeat("catalog", "c1")
+            .heartbeat("catalog", "c1", None)
+            .await
             .expect("heartbeat of a registered instance");
     }
     // Two seconds of virtual time with heartbeats: no push, still healthy.
@@ -179,7 +181,7 @@ async fn heartbeats_keep_instance_healthy_without_publishing() {
     assert_eq!(rx.borrow().version, version);
     assert_eq!(health_of(&run.registry, "c1"), Some(Health::Healthy));
     assert!(matches!(
-        run.registry.heartbeat("catalog", "nope"),
+        run.registry.heartbeat("catalog", "nope", None).await,
         Err(RegistryError::NotFound(_))
     ));
     run.stop().await;
@@ -202,7 +204,10 @@ async fn heartbeat_after_expiry_revives_and_publishes() {
     })
     .await;
     rx.borrow_and_update();
-    run.registry.heartbeat("catalog", "c1").expect("heartbeat");
+    run.registry
+        .heartbeat("catalog", "c1", None)
+        .await
+        .expect("heartbeat");
     rx.changed().await.expect("publish");
     assert_eq!(rx.borrow().services["catalog"].endpoints.len(), 1);
     run.stop().await;
@@ -372,6 +377,7 @@ fn inst(service: &str, id: &str, heartbeat_ago_ms: u64, now: Instant) -> Instanc
         // The reaper's verdict for a 1 s TTL.
         healthy: heartbeat_ago_ms < 1000,
         held: false,
+        ttl_checks: Default::default(),
     }
 }
 

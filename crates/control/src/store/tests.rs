@@ -18,6 +18,7 @@ fn instance(service: &str, id: &str) -> StoredInstance {
             weight: 3,
             ttl_ms: 5000,
             identity: None,
+            check: None,
         },
         registered_at_ms: 1_700_000_000_000,
     }

@@ -4,6 +4,7 @@
 mod ads;
 mod node;
 mod proxies;
+pub mod ratelimit;
 mod resources;
 mod routes;
 pub mod security;

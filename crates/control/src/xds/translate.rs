@@ -24,10 +24,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, Listener, filter::ConfigType,
 };
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
-    route_action::ClusterSpecifier, route_match::PathSpecifier,
-};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds,
@@ -48,6 +45,7 @@ use envoy_types::util::pack_any;
 use trellis_model::{Algorithm, LoadBalancer, Protocol, wire};
 
 pub use super::node::NodeInfo;
+use super::ratelimit;
 pub use super::resources::{
     CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Resources, same_content, short_name,
 };
@@ -298,29 +296,14 @@ fn inbound_hcm(app_port: u16, own: Option<&ServiceView>) -> Filter {
         virtual_hosts: vec![VirtualHost {
             name: wire::INBOUND.to_string(),
             domains: vec!["*".to_string()],
-            routes: vec![Route {
-                name: "default".to_string(),
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
-                    ..Default::default()
-                }),
-                action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster(wire::inbound_cluster_name(
-                        app_port,
-                    ))),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
+            routes: ratelimit::inbound_routes(own, &wire::inbound_cluster_name(app_port)),
             ..Default::default()
         }],
         ..Default::default()
     };
-    hcm_filter(
-        wire::INBOUND,
-        RouteSpecifier::RouteConfig(route),
-        security::policy_filters(own),
-    )
+    let mut filters = security::policy_filters(own);
+    filters.extend(ratelimit::rate_limit_filter(own));
+    hcm_filter(wire::INBOUND, RouteSpecifier::RouteConfig(route), filters)
 }
 
 fn connect_timeout() -> Option<Duration> {

@@ -70,6 +70,19 @@ pub(super) fn cross_check(
                     tcp_target(p, &target.name, &mut issues);
                 }
             }
+            Resource::RateLimitPolicy(p) => {
+                if service("spec.targetRef.name", &p.spec.target_ref.name, &mut issues)
+                    && protocol_of(&p.spec.target_ref.name) == Some(Protocol::Tcp)
+                {
+                    issues.push(Issue::new(
+                        "spec.targetRef.name",
+                        format!(
+                            "service `{}` is a TCP service (protocol: tcp): rate limits count HTTP requests; limit an HTTP service",
+                            p.spec.target_ref.name
+                        ),
+                    ));
+                }
+            }
             Resource::RequestAuthentication(a) => {
                 if let Some(target) = &a.spec.target_ref {
                     service("spec.targetRef.name", &target.name, &mut issues);

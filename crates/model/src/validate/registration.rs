@@ -35,6 +35,11 @@ pub fn validate_registration(r: &InstanceRegistration) -> Result<(), String> {
             schema::shorten(&r.address)
         ));
     }
+    if let Some(c) = &r.check
+        && let Err(e) = crate::check_report(c)
+    {
+        errors.push(e);
+    }
     if r.port == 0 {
         errors.push("port: must not be 0".to_string());
     }

@@ -102,6 +102,7 @@ pub(crate) fn check_resource(r: &Resource, out: &mut Vec<Issue>) {
         Resource::TrafficPolicy(p) => check_policy(p, out),
         Resource::HttpRoute(h) => check_route(h, out),
         Resource::AuthorizationPolicy(p) => super::security::check_authorization(p, out),
+        Resource::RateLimitPolicy(p) => super::ratelimit::check_rate_limit(p, out),
         Resource::RequestAuthentication(a) => super::security::check_authentication(a, out),
     }
 }

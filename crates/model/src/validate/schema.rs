@@ -42,19 +42,19 @@ pub(crate) struct Field {
     pub need: Need,
 }
 
-const fn f(name: &'static str, shape: &'static Shape, need: Need) -> Field {
+pub(crate) const fn f(name: &'static str, shape: &'static Shape, need: Need) -> Field {
     Field { name, shape, need }
 }
 
 use Need::{Nullable, Optional, Required};
 
-static METADATA: Shape = Shape::Obj(&[
+pub(crate) static METADATA: Shape = Shape::Obj(&[
     f("name", &Shape::Str, Required),
     f("namespace", &Shape::Str, Optional),
     f("labels", &Shape::StrMap, Optional),
 ]);
 
-static SERVICE_REF: Shape = Shape::Obj(&[f("name", &Shape::Str, Required)]);
+pub(crate) static SERVICE_REF: Shape = Shape::Obj(&[f("name", &Shape::Str, Required)]);
 
 static SUBSET: Shape = Shape::Obj(&[
     f("name", &Shape::Str, Required),

@@ -401,6 +401,7 @@ fn registration() -> InstanceRegistration {
         weight: 1,
         ttl_ms: 10_000,
         identity: None,
+        check: None,
     }
 }
 
@@ -412,6 +413,7 @@ fn registrations() {
         weight: 128,
         ttl_ms: 3_600_000,
         identity: None,
+        check: None,
         ..registration()
     };
     assert_eq!(validate_registration(&v6), Ok(()));

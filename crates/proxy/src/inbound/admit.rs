@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::refusal::Refusal;
 use crate::authz::{Decision, PathError, PolicySet, RequestFacts, is_normalized, normalize_path};
+use crate::ratelimit::{Verdict, retry_after_secs};
 use crate::security::InboundSecurity;
 
 /// What to do with a request before any I/O.
@@ -75,6 +76,27 @@ pub(crate) fn authorize<B>(
             );
             Err(Refusal::Denied(reason))
         }
+    }
+}
+
+/// The service's local rate limit for an admitted request (its path already normalized);
+/// `Err` with the refusal and the rule's name when over the limit.
+pub(crate) fn rate_limit<B>(
+    security: &InboundSecurity,
+    req: &Request<B>,
+    peer_id: Option<&str>,
+) -> Result<(), (Refusal, String)> {
+    let Some(limiter) = &security.ratelimit else {
+        return Ok(());
+    };
+    match limiter.check(req.uri().path(), peer_id) {
+        Verdict::Allowed => Ok(()),
+        Verdict::Limited { rule, retry_after } => Err((
+            Refusal::RateLimited {
+                retry_after_secs: retry_after_secs(retry_after),
+            },
+            rule,
+        )),
     }
 }
 

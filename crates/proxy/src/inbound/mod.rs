@@ -10,7 +10,8 @@
 //!    claims-forwarding headers are stripped and the verified one added;
 //! 4. with AuthorizationPolicies: decide over the caller's SPIFFE ID, method, path, headers
 //!    and claims, or 403 `rbac_denied`;
-//! 5. forward.
+//! 5. with a RateLimitPolicy: take a token (crate::ratelimit), or 429 `rate_limited`;
+//! 6. forward.
 //!
 //! gRPC callers get their refusals as gRPC statuses ([`refusal`]). Without policies the path
 //! costs one snapshot load and one scan of the path: no allocation, no extra future state.
@@ -44,7 +45,7 @@ use crate::pool::{EndpointPool, UpstreamBody};
 use crate::security::InboundSecurity;
 use crate::server::{ConnInfo, Handler};
 use crate::shared::Shared;
-use admit::{Admit, admit, authorize};
+use admit::{Admit, admit, authorize, rate_limit};
 use refusal::{Refusal, is_grpc};
 
 /// Connect timeout to the local app.
@@ -60,6 +61,8 @@ pub(crate) struct Inbound {
     /// HTTP/1.1 connections to the app.
     pool: Arc<EndpointPool>,
     metrics: Arc<ServiceMetrics>,
+    /// Requests refused by a rate limit, by rule (touched only when refusing).
+    rate_limited: crate::metrics::RateLimitedFamily,
 }
 
 impl Inbound {
@@ -73,6 +76,7 @@ impl Inbound {
             pool: shared.clients.get(APP_CONNECT_TIMEOUT).h1.endpoint(app),
             clients: shared.clients.get(APP_CONNECT_TIMEOUT),
             metrics: shared.metrics.service(Direction::Inbound, &c.service),
+            rate_limited: shared.metrics.rate_limited.clone(),
             shared: shared.clone(),
         }
     }
@@ -91,7 +95,15 @@ impl Handler for Inbound {
         let authenticate = {
             let snap = self.shared.live.load();
             match admit(snap.inbound.as_deref(), &mut req, conn.peer_id.as_deref()) {
-                Admit::Forward => None,
+                Admit::Forward => {
+                    if let Some(security) = snap.inbound.as_deref()
+                        && let Err(r) = self.limit(security, &req, conn.peer_id.as_deref())
+                    {
+                        let resp = self.refuse(&r, is_grpc(req.headers()), start);
+                        return FutEither::Left(std::future::ready(resp));
+                    }
+                    None
+                }
                 Admit::Authenticate => snap.inbound.clone(),
                 Admit::Refuse(r) => {
                     let resp = self.refuse(&r, is_grpc(req.headers()), start);
@@ -151,11 +163,31 @@ impl Inbound {
                 return self.refuse(&r, is_grpc(req.headers()), start);
             }
         };
-        if let Err(r) = authorize(&security.authz, &req, peer_id.as_deref(), claims.as_ref()) {
+        if let Err(r) = authorize(&security.authz, &req, peer_id.as_deref(), claims.as_ref())
+            .and_then(|()| self.limit(&security, &req, peer_id.as_deref()))
+        {
             return self.refuse(&r, is_grpc(req.headers()), start);
         }
         drop(security);
         self.forward(req, start).await
+    }
+
+    /// Step 5: the rate limit, counted per rule when it refuses.
+    fn limit<B>(
+        &self,
+        security: &InboundSecurity,
+        req: &Request<B>,
+        peer_id: Option<&str>,
+    ) -> Result<(), Refusal> {
+        rate_limit(security, req, peer_id).map_err(|(refusal, rule)| {
+            self.rate_limited
+                .get_or_create(&crate::metrics::RateLimitLabels {
+                    service: self.shared.config.service.clone(),
+                    rule,
+                })
+                .inc();
+            refusal
+        })
     }
 
     fn refuse(&self, refusal: &Refusal, grpc: bool, start: Instant) -> Response<ProxyBody> {

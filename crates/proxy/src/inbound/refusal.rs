@@ -16,12 +16,14 @@ pub(crate) const NOT_READY: &str = "not_ready";
 pub(crate) const BAD_PATH: &str = "bad_path";
 pub(crate) const UNAUTHENTICATED: &str = "unauthenticated";
 pub(crate) const RBAC_DENIED: &str = "rbac_denied";
+pub(crate) const RATE_LIMITED: &str = trellis_model::wire::RATE_LIMITED_REASON;
 
 /// gRPC status codes used here.
 const GRPC_INTERNAL: &str = "13";
 const GRPC_PERMISSION_DENIED: &str = "7";
 const GRPC_UNAUTHENTICATED: &str = "16";
 const GRPC_UNAVAILABLE: &str = "14";
+const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
@@ -37,6 +39,8 @@ pub(crate) enum Refusal {
     Unauthenticated(AuthnError),
     /// An authorization policy denies the request; the reason is fixed text.
     Denied(&'static str),
+    /// Over a RateLimitPolicy's limit; a token is back in `retry_after_secs` (at least 1).
+    RateLimited { retry_after_secs: u64 },
 }
 
 /// True for gRPC requests (`content-type: application/grpc`, `application/grpc+proto`, ...).
@@ -54,6 +58,7 @@ impl Refusal {
             Refusal::BadPath(_) => BAD_PATH,
             Refusal::Unauthenticated(_) => UNAUTHENTICATED,
             Refusal::Denied(_) => RBAC_DENIED,
+            Refusal::RateLimited { .. } => RATE_LIMITED,
         }
     }
 
@@ -66,6 +71,9 @@ impl Refusal {
             Refusal::BadPath(e) => format!("trellis: bad request path: {e}"),
             Refusal::Unauthenticated(e) => format!("trellis: unauthenticated: {e}"),
             Refusal::Denied(reason) => format!("trellis: access denied: {reason}"),
+            Refusal::RateLimited { retry_after_secs } => format!(
+                "trellis: rate limited: too many requests to this service; retry after {retry_after_secs}s"
+            ),
         }
     }
 
@@ -75,6 +83,7 @@ impl Refusal {
             Refusal::BadPath(_) => StatusCode::BAD_REQUEST,
             Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Refusal::Denied(_) => StatusCode::FORBIDDEN,
+            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -85,6 +94,7 @@ impl Refusal {
             Refusal::BadPath(_) => GRPC_INTERNAL,
             Refusal::Unauthenticated(_) => GRPC_UNAUTHENTICATED,
             Refusal::Denied(_) => GRPC_PERMISSION_DENIED,
+            Refusal::RateLimited { .. } => GRPC_RESOURCE_EXHAUSTED,
         }
     }
 
@@ -115,6 +125,10 @@ impl Refusal {
                 let (_, challenge) = e.challenge();
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            Refusal::RateLimited { retry_after_secs } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Refusal::NotReady if !grpc => {
                 resp.headers_mut()

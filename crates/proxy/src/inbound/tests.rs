@@ -177,6 +177,14 @@ fn refusals_answer_http_and_grpc_callers() {
             "rbac_denied",
             "7",
         ),
+        (
+            Refusal::RateLimited {
+                retry_after_secs: 3,
+            },
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "8",
+        ),
     ];
     for (refusal, status, reason, grpc_status) in cases {
         let http = refusal.response(false);
@@ -196,6 +204,13 @@ fn refusals_answer_http_and_grpc_callers() {
                 "{refusal:?}"
             );
         }
+    }
+    for grpc in [false, true] {
+        let r = Refusal::RateLimited {
+            retry_after_secs: 3,
+        }
+        .response(grpc);
+        assert_eq!(r.headers()["retry-after"], "3", "grpc: {grpc}");
     }
     let r = Refusal::Unauthenticated(AuthnError::Invalid("token expired")).response(false);
     assert_eq!(

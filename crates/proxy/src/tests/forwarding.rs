@@ -118,6 +118,7 @@ fn config(app_port: u16, app_protocol: Protocol) -> ProxyConfig {
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
+        health_check: None,
     }
 }
 

@@ -107,6 +107,7 @@ fn config(app_port: u16) -> ProxyConfig {
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
+        health_check: None,
     }
 }
 
@@ -150,6 +151,7 @@ impl Harness {
             authz,
             authn,
             tcp: None,
+            ratelimit: None,
         };
         let snapshot = Snapshot {
             inbound: Some(Arc::new(security)),

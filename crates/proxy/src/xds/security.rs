@@ -56,6 +56,8 @@ pub(crate) struct InboundConfig {
     /// `Some` for a TCP service (chains of RBAC filters + tcp_proxy): connections are raw
     /// byte streams, authorized by these filters ([`super::tcp`]).
     pub tcp: Option<ConnectionPolicy>,
+    /// Local rate limits, in rule order ([`super::ratelimit`]); empty: none.
+    pub ratelimit: Vec<crate::ratelimit::RuleConfig>,
 }
 
 /// True when the endpoint's metadata marks it as serving mTLS.
@@ -233,6 +235,7 @@ pub(crate) fn inbound_config(l: &Listener) -> Result<InboundConfig, String> {
     };
     if let Some(hcm) = hcms.first() {
         policies(hcm, &mut out)?;
+        out.ratelimit = super::ratelimit::rules(hcm)?;
     }
     Ok(out)
 }
@@ -318,6 +321,7 @@ fn policies(hcm: &HttpConnectionManager, out: &mut InboundConfig) -> Result<(), 
                     }
                 }
             }
+            wire::RATE_LIMIT_FILTER => super::ratelimit::check_filter(f)?,
             ROUTER_FILTER => {}
             _ if f.is_optional => {}
             other => return Err(format!("http filter `{other}` is not supported")),

@@ -152,6 +152,7 @@ fn config(service: &str, app_port: u16) -> ProxyConfig {
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
+        health_check: None,
     }
 }
 

@@ -90,6 +90,7 @@ fn config() -> crate::config::ProxyConfig {
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
+        health_check: None,
     }
 }
 

@@ -54,6 +54,8 @@ impl SecurityBuilder {
             authz: PolicySet::compile(&config.authz),
             authn,
             tcp: config.tcp.clone(),
+            ratelimit: (!config.ratelimit.is_empty())
+                .then(|| crate::ratelimit::RateLimiter::new(config.ratelimit.clone())),
         });
         self.last = Some((config.clone(), built.clone()));
         Ok(built)
