@@ -8,6 +8,7 @@
 
 mod duration;
 mod registration;
+mod resilience;
 mod resource;
 mod security;
 mod validate;
@@ -15,6 +16,7 @@ pub mod wire;
 
 pub use duration::{format_duration, parse_duration};
 pub use registration::{Health, InstanceRegistration, Protocol};
+pub use resilience::*;
 pub use resource::*;
 pub use security::*;
 pub use validate::{

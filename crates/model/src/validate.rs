@@ -23,6 +23,7 @@ use crate::{API_VERSION, Kind, Protocol, Resource};
 
 mod refs;
 mod registration;
+mod resilience;
 mod rules;
 mod schema;
 mod security;
