@@ -4,6 +4,7 @@
 mod ads;
 mod node;
 mod proxies;
+mod resilience;
 mod resources;
 mod routes;
 pub mod security;
