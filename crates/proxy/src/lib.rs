@@ -22,6 +22,7 @@ pub mod authn;
 pub mod authz;
 mod backoff;
 pub mod balance;
+mod body;
 mod config;
 pub mod control_tls;
 mod http;
@@ -32,6 +33,7 @@ mod mtls;
 mod outbound;
 mod pool;
 mod registration;
+mod resilience;
 // Public only for the criterion benches (benches/routing.rs); not a supported API.
 #[doc(hidden)]
 pub mod routing;

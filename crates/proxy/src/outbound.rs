@@ -19,6 +19,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::balance::LoadGuard;
+use crate::body::ReqBody;
 use crate::http::{ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
 use crate::metrics::{Direction, ServiceMetrics, UNKNOWN_SERVICE};
 use crate::mtls::connect::prepare_h2;
@@ -199,7 +200,7 @@ fn forward(
             return FutEither::Right(FutEither::Left(std::future::ready(resp)));
         }
         // Boxed, so the plaintext path's future keeps its size.
-        let sent = mtls.send(tls, req, start);
+        let sent = mtls.send(tls, req.map(ReqBody::Stream), start);
         return FutEither::Right(FutEither::Right(Box::pin(sent.map(move |result| {
             finish(d, result.map_err(UpstreamError::Mtls), version, start)
         }))));

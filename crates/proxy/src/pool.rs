@@ -33,6 +33,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::body::ReqBody;
 use crate::metrics::{Direction, TlsMetrics};
 
 /// Idle connections older than this are closed instead of reused.
@@ -104,7 +105,7 @@ impl std::fmt::Debug for PoolTls {
 
 #[derive(Debug)]
 struct Idle {
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<ReqBody>,
     since: Instant,
 }
 
@@ -159,7 +160,7 @@ impl EndpointPool {
     /// into hyper's per-connection slot on every request); anything else runs boxed.
     pub fn send(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         now: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, PoolError>> + Send + 'static + use<>
     {
@@ -186,8 +187,8 @@ impl EndpointPool {
     /// ready, else try the other idle ones, else connect.
     async fn send_slow(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
-        mut first: Option<SendRequest<Incoming>>,
+        mut req: Request<ReqBody>,
+        mut first: Option<SendRequest<ReqBody>>,
         now: Instant,
     ) -> Result<Response<UpstreamBody>, PoolError> {
         loop {
@@ -217,7 +218,7 @@ impl EndpointPool {
     }
 
     /// The most recently used idle connection that is still open and not expired.
-    fn pop_idle(&self, now: Instant) -> Option<SendRequest<Incoming>> {
+    fn pop_idle(&self, now: Instant) -> Option<SendRequest<ReqBody>> {
         let mut idle = self.lock();
         while let Some(i) = idle.pop() {
             if !i.tx.is_closed() && now.saturating_duration_since(i.since) <= IDLE_TIMEOUT {
@@ -228,7 +229,7 @@ impl EndpointPool {
     }
 
     /// An idle connection that is ready for a request, if any.
-    async fn checkout(&self, now: Instant) -> Option<SendRequest<Incoming>> {
+    async fn checkout(&self, now: Instant) -> Option<SendRequest<ReqBody>> {
         loop {
             let idle = self.lock().pop()?;
             if idle.tx.is_closed() || now.saturating_duration_since(idle.since) > IDLE_TIMEOUT {
@@ -243,7 +244,7 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, PoolError> {
+    async fn connect(&self) -> Result<SendRequest<ReqBody>, PoolError> {
         let addr = self.addr;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
@@ -284,7 +285,7 @@ impl EndpointPool {
         h1_handshake(TokioIo::new(stream), addr).await
     }
 
-    fn put(&self, tx: SendRequest<Incoming>, since: Instant) {
+    fn put(&self, tx: SendRequest<ReqBody>, since: Instant) {
         if tx.is_closed() {
             return;
         }
@@ -315,7 +316,7 @@ impl EndpointPool {
 }
 
 /// An HTTP/1.1 client handshake on a new connection, its task spawned.
-async fn h1_handshake<I>(io: I, addr: SocketAddr) -> Result<SendRequest<Incoming>, PoolError>
+async fn h1_handshake<I>(io: I, addr: SocketAddr) -> Result<SendRequest<ReqBody>, PoolError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -342,7 +343,7 @@ pub(crate) struct UpstreamBody {
 
 #[derive(Debug)]
 struct Reuse {
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<ReqBody>,
     pool: Arc<EndpointPool>,
     since: Instant,
 }
@@ -355,7 +356,7 @@ impl UpstreamBody {
 
     fn pooled(
         inner: Incoming,
-        tx: SendRequest<Incoming>,
+        tx: SendRequest<ReqBody>,
         pool: Arc<EndpointPool>,
         since: Instant,
     ) -> Self {

@@ -56,7 +56,7 @@ async fn front(pool: Arc<EndpointPool>) -> SocketAddr {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let pool = pool.clone();
                     async move {
-                        let resp = match pool.send(req, Instant::now()).await {
+                        let resp = match pool.send(req.map(Into::into), Instant::now()).await {
                             Ok(r) => r.map(http_body_util::Either::Left),
                             Err(e) => {
                                 let mut r =
