@@ -142,7 +142,7 @@ fn success_rate_outliers_as_envoy() {
     let stats = [(100, 100), (99, 100), (100, 100), (98, 100), (50, 100)];
     assert_eq!(success_rate_outliers(&stats, &sr), vec![4]);
     // Too few requests on the bad one: not judged.
-    let stats = [(100, 100), (99, 100), (100, 100), (5, 9)];
+    let stats = [(100, 100), (100, 100), (100, 100), (5, 9)];
     assert!(success_rate_outliers(&stats, &sr).is_empty());
     // Too few hosts with enough volume.
     let stats = [(100, 100), (10, 100)];
