@@ -41,17 +41,22 @@ pub(crate) struct HttpClients {
 
 impl HttpClients {
     pub fn new(connect_timeout: Duration) -> Self {
+        Self::with_idle(connect_timeout, crate::pool::IDLE_TIMEOUT)
+    }
+
+    /// Clients whose idle connections are closed after `idle_timeout`.
+    pub fn with_idle(connect_timeout: Duration, idle_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
         let h2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(crate::pool::IDLE_TIMEOUT)
+            .pool_idle_timeout(idle_timeout)
             .http2_only(true)
             .http2_adaptive_window(true)
             .build(connector);
         HttpClients {
-            h1: Arc::new(H1Pools::new(connect_timeout)),
+            h1: Arc::new(H1Pools::new(connect_timeout, idle_timeout)),
             h2,
             mtls: Arc::new(MtlsPools::new(connect_timeout)),
         }

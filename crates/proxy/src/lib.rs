@@ -33,7 +33,7 @@ mod mtls;
 mod outbound;
 mod pool;
 mod registration;
-mod resilience;
+pub mod resilience;
 // Public only for the criterion benches (benches/routing.rs); not a supported API.
 #[doc(hidden)]
 pub mod routing;

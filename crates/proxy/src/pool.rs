@@ -36,7 +36,8 @@ use tokio_rustls::TlsConnector;
 use crate::body::ReqBody;
 use crate::metrics::{Direction, TlsMetrics};
 
-/// Idle connections older than this are closed instead of reused.
+/// Idle connections older than this are closed instead of reused, unless the cluster sets
+/// an idle timeout (`common_http_protocol_options.idle_timeout`).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// At most this many idle connections are kept per endpoint.
 const MAX_IDLE: usize = 1024;
@@ -45,13 +46,15 @@ const MAX_IDLE: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct H1Pools {
     connect_timeout: Duration,
+    idle_timeout: Duration,
     by_addr: Mutex<HashMap<SocketAddr, Weak<EndpointPool>>>,
 }
 
 impl H1Pools {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
         H1Pools {
             connect_timeout,
+            idle_timeout,
             by_addr: Mutex::new(HashMap::new()),
         }
     }
@@ -69,6 +72,7 @@ impl H1Pools {
         let pool = Arc::new(EndpointPool {
             addr,
             connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
             idle: Mutex::new(Vec::new()),
             tls: None,
         });
@@ -82,6 +86,8 @@ impl H1Pools {
 pub(crate) struct EndpointPool {
     addr: SocketAddr,
     connect_timeout: Duration,
+    /// Idle connections older than this are closed instead of reused.
+    idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
     /// mTLS for every new connection (an mTLS peer that speaks HTTP/1.1 only).
     tls: Option<PoolTls>,
@@ -147,6 +153,7 @@ impl EndpointPool {
         Arc::new(EndpointPool {
             addr,
             connect_timeout,
+            idle_timeout: IDLE_TIMEOUT,
             idle: Mutex::new(Vec::new()),
             tls: Some(tls),
         })
@@ -221,7 +228,7 @@ impl EndpointPool {
     fn pop_idle(&self, now: Instant) -> Option<SendRequest<ReqBody>> {
         let mut idle = self.lock();
         while let Some(i) = idle.pop() {
-            if !i.tx.is_closed() && now.saturating_duration_since(i.since) <= IDLE_TIMEOUT {
+            if !i.tx.is_closed() && now.saturating_duration_since(i.since) <= self.idle_timeout {
                 return Some(i.tx);
             }
         }
@@ -232,7 +239,8 @@ impl EndpointPool {
     async fn checkout(&self, now: Instant) -> Option<SendRequest<ReqBody>> {
         loop {
             let idle = self.lock().pop()?;
-            if idle.tx.is_closed() || now.saturating_duration_since(idle.since) > IDLE_TIMEOUT {
+            if idle.tx.is_closed() || now.saturating_duration_since(idle.since) > self.idle_timeout
+            {
                 continue;
             }
             let mut tx = idle.tx;
@@ -293,7 +301,7 @@ impl EndpointPool {
         // Oldest first: drop the expired ones from the front.
         let expired = idle
             .iter()
-            .take_while(|i| since.saturating_duration_since(i.since) > IDLE_TIMEOUT)
+            .take_while(|i| since.saturating_duration_since(i.since) > self.idle_timeout)
             .count();
         if expired > 0 {
             idle.drain(..expired);

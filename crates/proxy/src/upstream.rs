@@ -137,20 +137,24 @@ pub(crate) fn endpoint_metas(endpoints: &[Endpoint]) -> Vec<EndpointMeta> {
         .collect()
 }
 
-/// The process-wide clients, one pair per distinct connect timeout.
+/// The process-wide clients, one set per distinct (connect timeout, idle timeout).
 #[derive(Debug, Default)]
 pub(crate) struct ClientCache {
-    by_timeout: Mutex<HashMap<Duration, HttpClients>>,
+    by_timeout: Mutex<HashMap<(Duration, Duration), HttpClients>>,
 }
 
 impl ClientCache {
     pub fn get(&self, connect_timeout: Duration) -> HttpClients {
+        self.get_with_idle(connect_timeout, crate::pool::IDLE_TIMEOUT)
+    }
+
+    pub fn get_with_idle(&self, connect_timeout: Duration, idle_timeout: Duration) -> HttpClients {
         let mut map = self
             .by_timeout
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.entry(connect_timeout)
-            .or_insert_with(|| HttpClients::new(connect_timeout))
+        map.entry((connect_timeout, idle_timeout))
+            .or_insert_with(|| HttpClients::with_idle(connect_timeout, idle_timeout))
             .clone()
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Limits {
+pub struct Limits {
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
@@ -14,7 +14,7 @@ pub(crate) struct Limits {
 }
 
 #[derive(Debug)]
-pub(crate) struct Breaker {
+pub struct Breaker {
     pub limits: Limits,
     requests: AtomicU32,
     retries: AtomicU32,
@@ -22,7 +22,7 @@ pub(crate) struct Breaker {
 
 /// One admitted request or retry; gives its slot back when dropped.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub struct Slot {
     breaker: Arc<Breaker>,
     retry: bool,
 }

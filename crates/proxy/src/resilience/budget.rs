@@ -8,13 +8,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct BudgetConfig {
+pub struct BudgetConfig {
     pub percent: f64,
     pub min_per_second: u32,
 }
 
 #[derive(Debug)]
-pub(crate) struct RetryBudget {
+pub struct RetryBudget {
     config: BudgetConfig,
     epoch: Instant,
     window: Mutex<Window>,

@@ -12,25 +12,25 @@
 //! a policy (or a gRPC request carries `grpc-timeout`); every other request keeps the
 //! unboxed single-try fast path.
 
-pub(crate) mod breaker;
-pub(crate) mod budget;
-pub(crate) mod outlier;
-pub(crate) mod retry;
-pub(crate) mod timeout;
+pub mod breaker;
+pub mod budget;
+pub mod outlier;
+pub mod retry;
+pub mod timeout;
 
 #[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
-pub(crate) use breaker::Breaker;
-pub(crate) use budget::RetryBudget;
-pub(crate) use outlier::{OutlierConfig, OutlierDetector};
-pub(crate) use retry::RetryPolicy;
+pub use breaker::Breaker;
+pub use budget::RetryBudget;
+pub use outlier::{OutlierConfig, OutlierDetector};
+pub use retry::RetryPolicy;
 
 /// Timeouts and retries of one route (from `RouteAction`).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct RoutePolicy {
+pub struct RoutePolicy {
     /// The whole request until the response head, retries included.
     pub request_timeout: Option<Duration>,
     /// One try.
@@ -41,7 +41,7 @@ pub(crate) struct RoutePolicy {
 
 /// Circuit breakers, retry budget and outlier detection of one cluster (from the `Cluster`).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct ClusterPolicy {
+pub struct ClusterPolicy {
     pub breakers: Option<breaker::Limits>,
     pub budget: Option<budget::BudgetConfig>,
     pub outlier: Option<OutlierConfig>,
@@ -54,7 +54,7 @@ impl ClusterPolicy {
 }
 
 /// The stable `x-trellis-reason` tokens of the resilience layers.
-pub(crate) mod reason {
+pub mod reason {
     pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
     pub const RETRY_BUDGET_EXHAUSTED: &str = "retry_budget_exhausted";
     pub const CIRCUIT_OPEN: &str = "circuit_open";

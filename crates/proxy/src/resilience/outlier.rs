@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::retry::Outcome;
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct OutlierConfig {
+pub struct OutlierConfig {
     /// `None`: not enforced.
     pub consecutive_5xx: Option<u32>,
     pub consecutive_gateway: Option<u32>,
@@ -33,7 +33,7 @@ pub(crate) struct OutlierConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct SuccessRateConfig {
+pub struct SuccessRateConfig {
     pub minimum_hosts: u32,
     pub request_volume: u32,
     /// Divided by 1000 (Envoy's unit).
@@ -52,7 +52,7 @@ struct Host {
 }
 
 #[derive(Debug)]
-pub(crate) struct OutlierDetector {
+pub struct OutlierDetector {
     pub config: OutlierConfig,
     epoch: Instant,
     hosts: Box<[Host]>,
@@ -224,7 +224,7 @@ impl OutlierDetector {
 }
 
 /// `base × times`, capped at `max` (and never below `base`).
-pub(crate) fn ejection_time(config: &OutlierConfig, times: u32) -> Duration {
+pub fn ejection_time(config: &OutlierConfig, times: u32) -> Duration {
     config
         .base_ejection
         .saturating_mul(times.max(1))
@@ -234,10 +234,7 @@ pub(crate) fn ejection_time(config: &OutlierConfig, times: u32) -> Duration {
 /// Envoy's success-rate outliers: among hosts with at least `request_volume` requests (and
 /// only when at least `minimum_hosts` of them), those whose success rate is below
 /// `mean − stdev × stdev_factor / 1000`. `stats` are (successes, total) per host.
-pub(crate) fn success_rate_outliers(
-    stats: &[(u64, u64)],
-    config: &SuccessRateConfig,
-) -> Vec<usize> {
+pub fn success_rate_outliers(stats: &[(u64, u64)], config: &SuccessRateConfig) -> Vec<usize> {
     let rates: Vec<(usize, f64)> = stats
         .iter()
         .enumerate()

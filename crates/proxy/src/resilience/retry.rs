@@ -7,7 +7,7 @@ use http::{HeaderMap, Method};
 
 /// Retry conditions, as a bit set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct RetryOn(u16);
+pub struct RetryOn(u16);
 
 impl RetryOn {
     pub const FIVE_XX: RetryOn = RetryOn(1);
@@ -64,7 +64,7 @@ impl RetryOn {
 
 /// A route's retry policy (from `RouteAction.retry_policy`).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct RetryPolicy {
+pub struct RetryPolicy {
     /// Retries after the first try.
     pub attempts: u32,
     pub on: RetryOn,
@@ -79,7 +79,7 @@ pub(crate) struct RetryPolicy {
 
 /// How one attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// A response head: its status and, for gRPC, the `grpc-status` of a trailers-only answer.
     Response { status: u16, grpc: Option<u32> },
     /// No connection could be made (nothing was sent).
@@ -110,7 +110,7 @@ impl Outcome {
 }
 
 /// The `grpc-status` in a response head (a trailers-only answer), if any.
-pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     let v = headers.get("grpc-status")?.to_str().ok()?;
     if v.len() > 3 {
         return None;
@@ -119,7 +119,7 @@ pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 }
 
 /// Whether `policy` retries an attempt that ended with `outcome`.
-pub(crate) fn retriable(policy: &RetryPolicy, outcome: Outcome) -> bool {
+pub fn retriable(policy: &RetryPolicy, outcome: Outcome) -> bool {
     let on = policy.on;
     match outcome {
         Outcome::ConnectFailure => on.any(
@@ -155,7 +155,7 @@ fn grpc_retriable(on: RetryOn, code: u32) -> bool {
 }
 
 /// Whether a request with `method` may be retried at all under `policy`.
-pub(crate) fn method_retriable(policy: &RetryPolicy, method: &Method) -> bool {
+pub fn method_retriable(policy: &RetryPolicy, method: &Method) -> bool {
     !policy.idempotent_only
         || matches!(
             *method,
@@ -170,7 +170,7 @@ pub(crate) fn method_retriable(policy: &RetryPolicy, method: &Method) -> bool {
 
 /// The wait before retry number `retry` (0 for the first retry): uniformly random in
 /// `[0, min(max, base × 2^retry)]` ("full jitter"); `unit` is a random number in `[0, 1)`.
-pub(crate) fn backoff(base: Duration, max: Duration, retry: u32, unit: f64) -> Duration {
+pub fn backoff(base: Duration, max: Duration, retry: u32, unit: f64) -> Duration {
     let ceiling = base
         .checked_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
         .unwrap_or(max)

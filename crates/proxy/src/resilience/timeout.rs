@@ -6,11 +6,11 @@ use std::time::Duration;
 use http::HeaderMap;
 use http::header::HeaderName;
 
-pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Parses a `grpc-timeout` value; `None` for anything malformed (then it is ignored, as gRPC
 /// servers do), never a panic or an overflow.
-pub(crate) fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
     let (unit, digits) = v.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -31,12 +31,12 @@ pub(crate) fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
 }
 
 /// The `grpc-timeout` of a request, when it has a well-formed one.
-pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     parse_grpc_timeout(headers.get(GRPC_TIMEOUT)?.as_bytes())
 }
 
 /// The smaller of the route's timeout and the caller's, when either is set.
-pub(crate) fn effective(route: Option<Duration>, grpc: Option<Duration>) -> Option<Duration> {
+pub fn effective(route: Option<Duration>, grpc: Option<Duration>) -> Option<Duration> {
     match (route, grpc) {
         (Some(r), Some(g)) => Some(r.min(g)),
         (r, g) => r.or(g),

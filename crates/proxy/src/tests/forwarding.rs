@@ -167,6 +167,7 @@ impl Harness {
                     }],
                     total_weight: 1,
                     hash: None,
+                    policy: None,
                 },
             }],
         };

@@ -3,6 +3,7 @@
 //! and the accepted-state bookkeeping that turns them into a live snapshot ([`state`]).
 
 pub(crate) mod client;
+pub(crate) mod resilience;
 pub(crate) mod routes;
 pub(crate) mod security;
 pub(crate) mod state;
