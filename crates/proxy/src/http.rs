@@ -34,16 +34,13 @@ pub(crate) type HttpClient = Client<HttpConnector, ReqBody>;
 /// connect timeout.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClients {
+    pub idle_timeout: Duration,
     pub h1: Arc<H1Pools>,
     pub h2: HttpClient,
     pub mtls: Arc<MtlsPools>,
 }
 
 impl HttpClients {
-    pub fn new(connect_timeout: Duration) -> Self {
-        Self::with_idle(connect_timeout, crate::pool::IDLE_TIMEOUT)
-    }
-
     /// Clients whose idle connections are closed after `idle_timeout`.
     pub fn with_idle(connect_timeout: Duration, idle_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
@@ -56,6 +53,7 @@ impl HttpClients {
             .http2_adaptive_window(true)
             .build(connector);
         HttpClients {
+            idle_timeout,
             h1: Arc::new(H1Pools::new(connect_timeout, idle_timeout)),
             h2,
             mtls: Arc::new(MtlsPools::new(connect_timeout)),

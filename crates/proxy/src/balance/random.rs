@@ -24,6 +24,24 @@ impl Balance for Random {
         })
     }
 
+    fn pick_excluding(
+        &self,
+        _hash: Option<u64>,
+        _now: std::time::Instant,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Option<Picked> {
+        if self.len == 0 {
+            return None;
+        }
+        // A random start, then the next allowed endpoint: uniform enough over the allowed
+        // ones for the short time an endpoint is skipped.
+        let index = super::scan_from(random_index(self.len), self.len, skip)?;
+        Some(Picked {
+            index,
+            load: LoadGuard::none(),
+        })
+    }
+
     fn len(&self) -> usize {
         self.len
     }

@@ -33,6 +33,23 @@ impl Balance for RoundRobin {
         })
     }
 
+    fn pick_excluding(
+        &self,
+        _hash: Option<u64>,
+        _now: std::time::Instant,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Option<Picked> {
+        if self.len == 0 {
+            return None;
+        }
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let index = super::scan_from(ticket % self.len, self.len, skip)?;
+        Some(Picked {
+            index,
+            load: LoadGuard::none(),
+        })
+    }
+
     fn len(&self) -> usize {
         self.len
     }
