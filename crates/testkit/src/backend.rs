@@ -1,13 +1,14 @@
 //! An in-process HTTP echo backend (HTTP/1.1 and h2c on one port, via hyper-util's auto
 //! server) that answers every request with its instance name: header `x-instance` and a JSON
 //! body `{instance, path, method, version, headers}`. It can add a fixed latency to every
-//! answer, to play a slow instance.
+//! answer, to play a slow instance, and on demand answer every request with a fixed status
+//! ([`EchoServer::fail_with`], e.g. 503) or hang without answering ([`EchoServer::hang`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,6 +27,9 @@ pub struct EchoServer {
     name: String,
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    status: Arc<AtomicU16>,
+    hang: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -42,10 +46,16 @@ impl EchoServer {
             .context("echo server: cannot bind 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicU16::new(200));
+        let (hang, hang_rx) = tokio::sync::watch::channel(false);
         let state = Arc::new(State {
             name: name.to_string(),
             latency,
             hits: hits.clone(),
+            received: received.clone(),
+            status: status.clone(),
+            hang: hang_rx,
         });
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
@@ -71,6 +81,9 @@ impl EchoServer {
             name: name.to_string(),
             addr,
             hits,
+            received,
+            status,
+            hang,
             task,
         })
     }
@@ -91,6 +104,21 @@ impl EchoServer {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
     }
+
+    /// Requests received so far (answered or not, whatever the status).
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// From now on every request is answered with `status` (200: back to normal echoing).
+    pub fn fail_with(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+
+    /// `true`: requests are received but not answered until `hang(false)` (a stuck app).
+    pub fn hang(&self, hang: bool) {
+        self.hang.send_replace(hang);
+    }
 }
 
 impl Drop for EchoServer {
@@ -103,10 +131,31 @@ struct State {
     name: String,
     latency: Duration,
     hits: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    status: Arc<AtomicU16>,
+    hang: tokio::sync::watch::Receiver<bool>,
 }
 
 impl State {
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let mut hang = self.hang.clone();
+        // A stuck app: wait (for the test to release it), never answer meanwhile.
+        let _ = hang.wait_for(|h| !*h).await;
+        let status = self.status.load(Ordering::Relaxed);
+        if status != 200 {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            let mut resp = Response::new(Full::new(Bytes::from(format!(
+                "{} answers {status}\n",
+                self.name
+            ))));
+            *resp.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            if let Ok(v) = http::HeaderValue::from_str(&self.name) {
+                resp.headers_mut().insert("x-instance", v);
+            }
+            return resp;
+        }
         let (parts, body) = req.into_parts();
         let body_len = body
             .collect()
