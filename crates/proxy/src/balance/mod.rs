@@ -162,8 +162,8 @@ pub trait Balance: Send + Sync + std::fmt::Debug {
     /// ejections cost what they did. The default draws again up to [`SKIP_TRIES`] times: each
     /// pick of P2C is a fresh draw, and a hash-based balancer is asked with the hash moved by a
     /// fixed step per try, so a key whose endpoint is ejected lands on the same alternative
-    /// every time, and keys of other endpoints do not move. Round robin and random scan
-    /// forward instead (exact, one pass).
+    /// every time, and keys of other endpoints do not move. Round robin takes fresh tickets
+    /// and random fresh draws (then scans), so the others keep even shares.
     fn pick_excluding(
         &self,
         hash: Option<u64>,

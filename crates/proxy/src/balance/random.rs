@@ -33,9 +33,12 @@ impl Balance for Random {
         if self.len == 0 {
             return None;
         }
-        // A random start, then the next allowed endpoint: uniform enough over the allowed
-        // ones for the short time an endpoint is skipped.
-        let index = super::scan_from(random_index(self.len), self.len, skip)?;
+        // Fresh draws keep the allowed endpoints uniform; a scan from a random start is the
+        // fallback when most are skipped.
+        let index = (0..super::SKIP_TRIES.min(self.len * 4))
+            .map(|_| random_index(self.len))
+            .find(|&i| !skip(i))
+            .or_else(|| super::scan_from(random_index(self.len), self.len, skip))?;
         Some(Picked {
             index,
             load: LoadGuard::none(),

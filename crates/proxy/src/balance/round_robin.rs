@@ -42,11 +42,14 @@ impl Balance for RoundRobin {
         if self.len == 0 {
             return None;
         }
-        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        let index = super::scan_from(ticket % self.len, self.len, skip)?;
-        Some(Picked {
-            index,
-            load: LoadGuard::none(),
+        // Fresh tickets, not a scan: the skipped endpoint's turns spread over all the others
+        // instead of doubling the next one's share.
+        (0..self.len).find_map(|_| {
+            let index = self.next.fetch_add(1, Ordering::Relaxed) % self.len;
+            (!skip(index)).then(|| Picked {
+                index,
+                load: LoadGuard::none(),
+            })
         })
     }
 

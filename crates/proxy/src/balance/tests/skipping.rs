@@ -75,3 +75,21 @@ fn a_hashed_key_of_a_skipped_endpoint_always_lands_on_the_same_alternative() {
         }
     }
 }
+
+#[test]
+fn round_robin_and_random_keep_even_shares_around_a_skipped_endpoint() {
+    use crate::balance::Algorithm;
+    let now = Instant::now();
+    for alg in [Algorithm::RoundRobin, Algorithm::Random] {
+        let b = build(&alg, &endpoints(3));
+        let mut seen = [0usize; 3];
+        for _ in 0..3_000 {
+            if let Some(p) = b.pick_excluding(None, now, &|i| i == 1) {
+                seen[p.index] += 1;
+            }
+        }
+        assert_eq!(seen[1], 0, "{alg:?}");
+        let (a, c) = (seen[0] as f64, seen[2] as f64);
+        assert!((a / (a + c) - 0.5).abs() < 0.05, "{alg:?}: {seen:?}");
+    }
+}
