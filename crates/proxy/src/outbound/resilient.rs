@@ -96,7 +96,7 @@ async fn run(
     }
     strip_hop_by_hop(req.headers_mut());
     let tries = tries(d, req, start, &shared, policy, grpc);
-    let resp = match deadline {
+    match deadline {
         None => tries.await,
         Some(t) => match tokio::time::timeout_at((start + t).into(), tries).await {
             Ok(resp) => resp,
@@ -114,8 +114,7 @@ async fn run(
                 resp
             }
         },
-    };
-    resp
+    }
 }
 
 /// Reads up to `limit` bytes of `body`: the whole body (replayable), or, when it is larger,

@@ -86,6 +86,10 @@ impl OutlierDetector {
         self.hosts.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
     /// Ejections since the detector was built.
     pub fn ejections(&self) -> u64 {
         self.ejections_total.load(Ordering::Relaxed)

@@ -198,8 +198,10 @@ fn cluster_breakers_budget_and_detector() {
     assert_eq!((o.max_ejection_percent, o.panic_threshold), (10, 50));
     assert!(o.success_rate.is_none());
     // Envoy's defaults: gateway failures not enforced, success rate enforced.
-    let mut c = Cluster::default();
-    c.outlier_detection = Some(OutlierDetection::default());
+    let c = Cluster {
+        outlier_detection: Some(OutlierDetection::default()),
+        ..Default::default()
+    };
     let o = cluster_policy(&c).expect("valid").outlier.expect("outlier");
     assert_eq!(o.consecutive_gateway, None);
     assert!(o.success_rate.is_some());
