@@ -70,6 +70,9 @@ impl Mesh {
         self.log.note(&format!("apply TrafficPolicy:\n{yaml}"));
         self.control.apply_yaml(&yaml).await?;
         let route_policy = spec.contains("retries") || spec.contains("timeouts");
+        let cluster_policy = ["retries", "outlierDetection", "circuitBreakers"]
+            .iter()
+            .any(|f| spec.contains(f));
         wait_for_proxy_config(
             self.client_sidecar.admin(),
             DEADLINE,
@@ -91,7 +94,7 @@ impl Mesh {
                             .unwrap_or_default()
                     })
                     .any(|r| r.get("resilience").is_some_and(|p| !p.is_null()));
-                cluster && (route || !route_policy)
+                (cluster || !cluster_policy) && (route || !route_policy)
             },
         )
         .await?;
@@ -325,6 +328,74 @@ async fn the_circuit_breaker_refuses_only_over_its_limit() -> anyhow::Result<()>
             == open as f64,
         "the request metric counts the refusals under reason=circuit_open"
     );
+    mesh.log.passed();
+    Ok(())
+}
+
+#[tokio::test]
+async fn timeouts_answer_504_and_grpc_callers_deadline_exceeded() -> anyhow::Result<()> {
+    let mesh = Mesh::start("resilience_timeouts", Duration::ZERO).await?;
+    for i in &mesh.instances {
+        i.backend.hang(true);
+    }
+    // No policy at all: a gRPC caller's grpc-timeout is still honoured.
+    let h2 = mesh
+        .client
+        .with_addressing(trellis_testkit::Addressing::H2c);
+    let grpc_req = |timeout: &str| {
+        Req::get(SERVICE, "/pkg.Svc/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+    };
+    let reply = h2.send(&grpc_req("300m")).await?;
+    let grpc_status = |r: &trellis_testkit::Reply| {
+        r.headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    ensure!(
+        reply.status == 200
+            && grpc_status(&reply).as_deref() == Some("4")
+            && reply.reason().as_deref() == Some("upstream_timeout"),
+        "a gRPC caller past its deadline gets DEADLINE_EXCEEDED: {} {:?} {:?}",
+        reply.status,
+        reply.headers,
+        reply.body
+    );
+    // The route's timeout for everyone else, and for a malformed grpc-timeout (ignored).
+    mesh.apply_policy("  timeouts: { request: 300ms }\n")
+        .await?;
+    let reply = mesh.client.send(&Req::get(SERVICE, "/slow")).await?;
+    ensure!(
+        reply.status == 504 && reply.reason().as_deref() == Some("upstream_timeout"),
+        "a timed-out request gets 504 upstream_timeout: {} {:?}",
+        reply.status,
+        reply.reason()
+    );
+    let reply = h2.send(&grpc_req("1x")).await?;
+    ensure!(
+        grpc_status(&reply).as_deref() == Some("4"),
+        "a malformed grpc-timeout is ignored, the route's applies: {:?}",
+        reply.headers
+    );
+    ensure!(
+        mesh.client_sidecar
+            .metric_sum(
+                "trellis_requests_total",
+                &[
+                    ("destination_service", SERVICE),
+                    ("reason", "upstream_timeout")
+                ]
+            )
+            .await?
+            == 3.0,
+        "the request metric counts the timeouts under reason=upstream_timeout"
+    );
+    for i in &mesh.instances {
+        i.backend.hang(false);
+    }
     mesh.log.passed();
     Ok(())
 }
