@@ -119,3 +119,6 @@ impl Body for ReqBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
