@@ -138,6 +138,13 @@ impl OutlierDetector {
             .min(n)
     }
 
+    /// How many times endpoint `i` was ejected, as the ejection time multiplier sees it.
+    pub fn times_ejected(&self, i: usize) -> u32 {
+        self.hosts
+            .get(i)
+            .map_or(0, |h| h.times_ejected.load(Ordering::Relaxed))
+    }
+
     /// Feeds one attempt's outcome on endpoint `i`; returns whether it got the endpoint ejected.
     pub fn record(&self, i: usize, outcome: Outcome, now: Instant) -> bool {
         let Some(h) = self.hosts.get(i) else {
@@ -197,8 +204,10 @@ impl OutlierDetector {
         true
     }
 
-    /// Once per interval: readmits endpoints whose time is over and, when configured, ejects
-    /// success-rate outliers.
+    /// Once per interval: readmits endpoints whose time is over, lowers the ejection multiplier
+    /// of each endpoint that stayed in (as Envoy does, so a host that recovered for good is
+    /// not punished for old ejections forever) and, when configured, ejects success-rate
+    /// outliers.
     fn maybe_evaluate(&self, now: Instant) {
         let Ok(mut next) = self.next_evaluation.try_lock() else {
             return;
@@ -213,7 +222,13 @@ impl OutlierDetector {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                let _ = self.is_ejected(i, now);
+                if !self.is_ejected(i, now) {
+                    let _ =
+                        h.times_ejected
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                                t.checked_sub(1)
+                            });
+                }
                 let s = h.successes.swap(0, Ordering::Relaxed);
                 let f = h.failures.swap(0, Ordering::Relaxed);
                 (s, s + f)

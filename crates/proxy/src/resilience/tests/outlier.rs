@@ -161,3 +161,28 @@ fn out_of_range_indexes_are_ignored() {
     assert!(!d.eject(7, t0));
     assert!(!d.is_ejected(7, t0));
 }
+
+#[test]
+fn the_multiplier_goes_down_while_an_endpoint_stays_in() {
+    let s = Duration::from_secs;
+    let t0 = Instant::now();
+    let d = OutlierDetector::new(config(), 10, t0);
+    assert!(d.eject(0, t0));
+    let t1 = t0 + s(31);
+    assert!(d.eject(0, t1));
+    assert_eq!(d.times_ejected(0), 2);
+    // Readmitted after 60s; every interval (10s) in service takes one ejection off.
+    let back = t1 + s(61);
+    d.record(1, resp(200), back);
+    assert_eq!(d.times_ejected(0), 1);
+    d.record(1, resp(200), back + s(5));
+    assert_eq!(d.times_ejected(0), 1, "not before the next interval");
+    d.record(1, resp(200), back + s(11));
+    assert_eq!(d.times_ejected(0), 0);
+    d.record(1, resp(200), back + s(22));
+    assert_eq!(d.times_ejected(0), 0);
+    // While ejected, the multiplier stays.
+    assert!(d.eject(2, back + s(22)));
+    d.record(1, resp(200), back + s(33));
+    assert_eq!(d.times_ejected(2), 1);
+}
