@@ -52,6 +52,11 @@ struct Decision {
     index: usize,
     load: LoadGuard,
     metrics: Arc<ServiceMetrics>,
+}
+
+/// What only the resilient path needs (kept out of [`Decision`], which the fast path's future
+/// carries: that future is moved on every request, so it stays as small as it was).
+struct Extra {
     /// The route's timeouts and retries; `None` (with a cluster without resilience state):
     /// the single-try fast path.
     policy: Option<Arc<RoutePolicy>>,
@@ -82,7 +87,7 @@ fn decide<B>(
     req: &Request<B>,
     peer: IpAddr,
     now: Instant,
-) -> Result<Decision, Rejection> {
+) -> Result<(Decision, Extra), Rejection> {
     let authority = authority(req).ok_or(Rejection::NoAuthority)?;
     let routes = &*snap.routes;
     let Some((vh_index, vh)) = routes.table.find(authority) else {
@@ -119,14 +124,18 @@ fn decide<B>(
             format!("cluster `{cluster_name}`: balancer picked a missing endpoint"),
         ));
     }
-    Ok(Decision {
-        cluster: cluster.clone(),
-        index: picked.index,
-        load: picked.load,
-        metrics: metrics.clone(),
-        policy: action.policy.clone(),
-        hash,
-    })
+    Ok((
+        Decision {
+            cluster: cluster.clone(),
+            index: picked.index,
+            load: picked.load,
+            metrics: metrics.clone(),
+        },
+        Extra {
+            policy: action.policy.clone(),
+            hash,
+        },
+    ))
 }
 
 impl Handler for Outbound {
@@ -141,16 +150,17 @@ impl Handler for Outbound {
             decide(&snap, &req, conn.peer.ip(), start)
         };
         match decision {
-            Ok(d)
-                if d.policy.is_none()
+            Ok((d, extra))
+                if extra.policy.is_none()
                     && d.cluster.resilience.is_none()
                     && !(req.version() == Version::HTTP_2
                         && req.headers().contains_key(timeout::GRPC_TIMEOUT)) =>
             {
                 FutEither::Left(forward(d, req, start, &self.shared))
             }
-            Ok(d) => FutEither::Right(FutEither::Left(resilient::forward(
+            Ok((d, extra)) => FutEither::Right(FutEither::Left(resilient::forward(
                 d,
+                extra,
                 req,
                 start,
                 self.shared.clone(),

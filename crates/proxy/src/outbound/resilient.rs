@@ -26,7 +26,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 
-use super::{Decision, record_local, upstream_failure};
+use super::{Decision, Extra, record_local, upstream_failure};
 use crate::body::{Replay, ReqBody};
 use crate::http::{ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
 use crate::mtls::connect::prepare_h2;
@@ -40,11 +40,12 @@ type Boxed = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
 /// Runs `req` through the resilience layers (see the module doc).
 pub(super) fn forward(
     d: Decision,
+    extra: Extra,
     req: Request<Incoming>,
     start: Instant,
     shared: Arc<Shared>,
 ) -> Boxed {
-    Box::pin(run(d, req, start, shared))
+    Box::pin(run(d, extra, req, start, shared))
 }
 
 /// How one try failed before a response head.
@@ -56,12 +57,13 @@ enum TryError {
 
 async fn run(
     d: Decision,
+    extra: Extra,
     mut req: Request<Incoming>,
     start: Instant,
     shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
     let grpc = is_grpc(req.headers());
-    let policy: RoutePolicy = d.policy.as_deref().cloned().unwrap_or_default();
+    let policy: RoutePolicy = extra.policy.as_deref().cloned().unwrap_or_default();
     let caller_deadline = if req.version() == Version::HTTP_2 {
         timeout::grpc_timeout(req.headers())
     } else {
@@ -95,7 +97,7 @@ async fn run(
         budget.on_request(start);
     }
     strip_hop_by_hop(req.headers_mut());
-    let tries = tries(d, req, start, &shared, policy, grpc);
+    let tries = tries(d, extra.hash, req, start, &shared, policy, grpc);
     match deadline {
         None => tries.await,
         Some(t) => match tokio::time::timeout_at((start + t).into(), tries).await {
@@ -162,6 +164,7 @@ fn rebuild(parts: &Parts, body: ReqBody) -> Request<ReqBody> {
 
 async fn tries(
     d: Decision,
+    hash: Option<u64>,
     req: Request<Incoming>,
     start: Instant,
     shared: &Shared,
@@ -173,8 +176,6 @@ async fn tries(
         index,
         load,
         metrics,
-        hash,
-        ..
     } = d;
     let resilience = cluster.resilience.clone();
     let outlier = resilience.as_ref().and_then(|r| r.outlier.as_ref());
