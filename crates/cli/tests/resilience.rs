@@ -399,3 +399,65 @@ async fn timeouts_answer_504_and_grpc_callers_deadline_exceeded() -> anyhow::Res
     mesh.log.passed();
     Ok(())
 }
+
+#[tokio::test]
+async fn bodies_are_replayed_up_to_the_buffer_limit_and_larger_ones_are_not_retried()
+-> anyhow::Result<()> {
+    let mesh = Mesh::start("resilience_bodies", Duration::ZERO).await?;
+    mesh.apply_policy(
+        "  retries:
+    attempts: 2
+    retryOn: [5xx]
+    retryNonIdempotent: true
+    maxBufferBytes: 1024
+    backoff: { baseInterval: 1ms, maxInterval: 2ms }
+    budget: { percent: 100, minRetriesPerSecond: 1000 }
+",
+    )
+    .await?;
+    let victim = &mesh.instances[0].backend;
+    victim.fail_with(503);
+    // Small bodies: a POST that meets the failing app is replayed, whole, to another one.
+    let small = vec![b'x'; 100];
+    let out = mesh
+        .client
+        .run(30, 1, move |i| {
+            Req::post(SERVICE, &format!("/small/{i}"), small.clone())
+        })
+        .await;
+    mesh.log.note(&format!("small bodies: {:?}", tally(&out)));
+    ensure!(
+        out.failures().is_empty(),
+        "small POSTs failed: {:?}",
+        tally(&out)
+    );
+    ensure!(victim.received() > 0, "the failing app was never tried");
+    for r in out.results.iter().flatten() {
+        let len = r.json()?.get("body_len").and_then(|v| v.as_u64());
+        ensure!(
+            len == Some(100),
+            "a replayed body arrived with {len:?} bytes"
+        );
+    }
+    // Bodies over the limit are streamed once: whoever meets the failing app gets its 503.
+    let before = victim.received();
+    let large = vec![b'y'; 4096];
+    let out = mesh
+        .client
+        .run(30, 1, move |i| {
+            Req::post(SERVICE, &format!("/large/{i}"), large.clone())
+        })
+        .await;
+    let t = tally(&out);
+    mesh.log.note(&format!("large bodies: {t:?}"));
+    let refused = t.get("503 ").copied().unwrap_or(0);
+    ensure!(refused > 0, "no large POST met the failing app: {t:?}");
+    ensure!(
+        refused == victim.received() - before
+            && refused + t.get("200 ").copied().unwrap_or(0) == 30,
+        "large POSTs must not be retried: {t:?}, the failing app received {}",
+        victim.received() - before
+    );
+    mesh.log.passed();
+    Ok(())
+}
