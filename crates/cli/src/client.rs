@@ -13,6 +13,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use trellis_model::{Kind, Resource};
 
+mod resilience;
 mod security;
 mod table;
 #[cfg(test)]

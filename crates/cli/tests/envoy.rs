@@ -136,7 +136,25 @@ spec: { targetRef: { name: s-weighted }, loadBalancer: { algorithm: Weighted } }
 apiVersion: trellis.dev/v1alpha1
 kind: TrafficPolicy
 metadata: { name: s-least }
-spec: { targetRef: { name: s-least }, loadBalancer: { algorithm: LeastRequest } }
+spec:
+  targetRef: { name: s-least }
+  loadBalancer: { algorithm: LeastRequest }
+  timeouts: { connect: 500ms, request: 3s, backendRequest: 1s, idle: 30s }
+  retries:
+    attempts: 2
+    retryOn: [5xx, reset, connect-failure, retriable-status-codes, unavailable]
+    retriableStatusCodes: [409, 429]
+    backoff: { baseInterval: 10ms, maxInterval: 100ms }
+    budget: { percent: 25, minRetriesPerSecond: 5 }
+    maxBufferBytes: 4096
+  outlierDetection:
+    consecutive5xx: 3
+    consecutiveGatewayErrors: 2
+    baseEjectionTime: 5s
+    maxEjectionPercent: 50
+    panicThreshold: 40
+    successRate: { minimumHosts: 3, requestVolume: 20, stdevFactor: 1500 }
+  circuitBreakers: { maxConnections: 100, maxPendingRequests: 50, maxRequests: 200, maxRetries: 10 }
 ---
 apiVersion: trellis.dev/v1alpha1
 kind: TrafficPolicy
@@ -176,6 +194,8 @@ spec:
           headers: [ { name: x-to, value: ewma } ]
       backendRefs:
         - { name: s-ewma }
+      timeouts: { request: 2s, backendRequest: 500ms }
+      retry: { codes: [503], attempts: 1, backoff: 20ms }
 ---
 apiVersion: trellis.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -470,6 +490,35 @@ async fn coverage(control: &ControlPlane, envoy: &Envoy) -> anyhow::Result<()> {
         ewma.get("load_balancing_policy").is_some(),
         "s-ewma must keep its load_balancing_policy in Envoy: {ewma}"
     );
+    // Failure recovery (docs/XDS.md): Envoy keeps every field it was sent.
+    let least = active_cluster(&dump, "s-least").context("cluster s-least")?;
+    let least_text = least.to_string();
+    for field in [
+        "outlier_detection",
+        "consecutive_gateway_failure",
+        "retry_budget",
+        "max_pending_requests",
+        "healthy_panic_threshold",
+        "idle_timeout",
+    ] {
+        ensure!(
+            least_text.contains(field),
+            "s-least must keep `{field}` in Envoy: {least}"
+        );
+    }
+    let text = dump.to_string();
+    for field in [
+        "per_try_timeout",
+        "retriable_status_codes",
+        "retry_back_off",
+        "previous_hosts",
+        "grpc_timeout_header_max",
+    ] {
+        ensure!(
+            text.contains(field),
+            "the routes must keep `{field}` in Envoy"
+        );
+    }
     let hosts = envoy.cluster_host_details("s-weighted").await?;
     ensure!(
         hosts.len() == 1

@@ -10,6 +10,7 @@ mod duration;
 mod health;
 mod ratelimit;
 mod registration;
+mod resilience;
 mod resource;
 mod security;
 mod validate;
@@ -19,6 +20,7 @@ pub use duration::{format_duration, parse_duration};
 pub use health::*;
 pub use ratelimit::*;
 pub use registration::{Health, InstanceRegistration, Protocol};
+pub use resilience::*;
 pub use resource::*;
 pub use security::*;
 pub use validate::{

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AuthorizationPolicyResource, Protocol, RateLimitPolicyResource, RequestAuthenticationResource,
+    AuthorizationPolicyResource, CircuitBreakers, OutlierDetection, Protocol,
+    RateLimitPolicyResource, RequestAuthenticationResource, RetryPolicy, RouteRetry, RouteTimeouts,
+    Timeouts,
 };
 
 /// The only apiVersion this release understands.
@@ -141,6 +143,14 @@ pub struct TrafficPolicySpec {
     pub target_ref: ServiceRef,
     #[serde(default)]
     pub load_balancer: LoadBalancer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +218,12 @@ pub struct HttpRouteRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<HttpRouteMatch>,
     pub backend_refs: Vec<BackendRef>,
+    /// Overrides the target service's timeouts for this rule (Gateway API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+    /// Overrides the target service's retries for this rule (Gateway API GEP-1731).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RouteRetry>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

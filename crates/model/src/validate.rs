@@ -24,6 +24,7 @@ use crate::{API_VERSION, Kind, Protocol, Resource};
 mod ratelimit;
 mod refs;
 mod registration;
+mod resilience;
 mod rules;
 mod schema;
 mod security;

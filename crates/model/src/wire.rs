@@ -8,6 +8,8 @@ pub const INBOUND: &str = "inbound";
 /// Extension name of the Peak-EWMA load-balancing policy, and the type URL inside its
 /// `xds.type.v3.TypedStruct` wrapper (docs/XDS.md).
 pub const PEAK_EWMA_NAME: &str = "trellis.peak_ewma";
+/// The retry host predicate that makes retries prefer endpoints not tried yet (Envoy's).
+pub const PREVIOUS_HOSTS_PREDICATE: &str = "envoy.retry_host_predicates.previous_hosts";
 pub const PEAK_EWMA_TYPE_URL: &str = "type.googleapis.com/trellis.lb.v1.PeakEwma";
 /// `filter_metadata` key on endpoints.
 pub const METADATA_NAMESPACE: &str = "trellis";

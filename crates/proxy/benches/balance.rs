@@ -1,5 +1,7 @@
 //! Micro-benchmarks of `Balance::pick` (plus ending the request) for every algorithm at 3, 100
 //! and 1000 endpoints. Targets: round robin, least request and peak EWMA under 100 ns at 100.
+//! `<algorithm>_skip/100`: `pick_excluding` with one endpoint in ten ejected (the path taken only
+//! while outlier detection has ejected something).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -62,6 +64,22 @@ fn picks(c: &mut Criterion) {
                 })
             });
         }
+        group.finish();
+        let mut group = c.benchmark_group(format!("{name}_skip"));
+        let balancer = build(&algorithm, &endpoints(100));
+        let now = std::time::Instant::now();
+        let mut key = 0u64;
+        group.bench_function(BenchmarkId::from_parameter(100), |b| {
+            b.iter(|| {
+                key = key.wrapping_add(1);
+                let hash = algorithm.uses_hash().then(|| hash_key(&key.to_le_bytes()));
+                let skip = |i: usize| i % 10 == 3;
+                if let Some(picked) = balancer.pick_excluding(black_box(hash), now, &skip) {
+                    black_box(picked.index);
+                    picked.load.complete_with(Duration::from_millis(5));
+                }
+            })
+        });
         group.finish();
     }
 }

@@ -238,6 +238,7 @@ fn route(service: &str, i: usize, last: bool) -> Route {
             ],
             total_weight: 100,
             hash: None,
+            policy: None,
         },
     }
 }

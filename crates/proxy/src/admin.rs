@@ -142,6 +142,11 @@ pub(crate) fn config_dump(shared: &Shared) -> Value {
                 "algorithm": format!("{:?}", cl.algorithm),
                 "connect_timeout_ms": cl.connect_timeout.as_millis() as u64,
                 "tls": cl.tls.as_ref().map(|t| json!({"sni": t.sni, "expected_ids": t.expected_ids})),
+                "resilience": (!cl.policy.is_empty()).then(|| format!("{:?}", cl.policy)),
+                "ejected": cl.resilience.as_ref().and_then(|r| r.outlier.as_ref()).map(|o| {
+                    let now = std::time::Instant::now();
+                    (0..o.len()).filter(|i| o.is_ejected(*i, now)).map(|i| cl.endpoints[i].endpoint.id.clone()).collect::<Vec<_>>()
+                }),
                 "endpoints": cl.endpoints.iter().map(|e| json!({
                     "address": e.endpoint.addr.to_string(),
                     "weight": e.endpoint.weight,
@@ -170,6 +175,7 @@ pub(crate) fn config_dump(shared: &Shared) -> Value {
                         "invert": h.invert,
                     })).collect::<Vec<_>>(),
                     "clusters": r.action.clusters.iter().map(|w| json!({"name": &*w.name, "weight": w.weight})).collect::<Vec<_>>(),
+                    "resilience": r.action.policy.as_ref().map(|p| format!("{p:?}")),
                     "hash": r.action.hash.as_ref().map(|h| match h {
                         HashPolicy::Header(n) => json!({"header": n.as_str()}),
                         HashPolicy::SourceIp => json!({"source_ip": true}),

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::body::ReqBody;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Either as FutEither;
@@ -12,7 +13,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -28,30 +28,33 @@ pub(crate) type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 pub(crate) const REASON: HeaderName = HeaderName::from_static("x-trellis-reason");
 
 /// A pooled HTTP/2 client (one connection per endpoint address, kept for the process lifetime).
-pub(crate) type HttpClient = Client<HttpConnector, Incoming>;
+pub(crate) type HttpClient = Client<HttpConnector, ReqBody>;
 
 /// The HTTP/1.1 pools, the HTTP/2 (h2c prior knowledge) client and the mTLS endpoints for one
 /// connect timeout.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClients {
+    pub idle_timeout: Duration,
     pub h1: Arc<H1Pools>,
     pub h2: HttpClient,
     pub mtls: Arc<MtlsPools>,
 }
 
 impl HttpClients {
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// Clients whose idle connections are closed after `idle_timeout`.
+    pub fn with_idle(connect_timeout: Duration, idle_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
         let h2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(crate::pool::IDLE_TIMEOUT)
+            .pool_idle_timeout(idle_timeout)
             .http2_only(true)
             .http2_adaptive_window(true)
             .build(connector);
         HttpClients {
-            h1: Arc::new(H1Pools::new(connect_timeout)),
+            idle_timeout,
+            h1: Arc::new(H1Pools::new(connect_timeout, idle_timeout)),
             h2,
             mtls: Arc::new(MtlsPools::new(connect_timeout)),
         }
@@ -104,11 +107,12 @@ pub(crate) struct Target<'a> {
 /// `now` is the request's start (a coarse clock for the pool's idle expiry).
 ///
 /// The preparation runs before this returns; the future only waits for the upstream.
-pub(crate) fn send(
-    mut req: Request<Incoming>,
+pub(crate) fn send<B: Into<ReqBody>>(
+    req: Request<B>,
     to: Target<'_>,
     now: std::time::Instant,
-) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'static + use<> {
+) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'static + use<B> {
+    let mut req = req.map(Into::into);
     if req.version() == Version::HTTP_2 {
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(Scheme::HTTP);

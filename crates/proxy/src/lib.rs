@@ -22,6 +22,7 @@ pub mod authn;
 pub mod authz;
 mod backoff;
 pub mod balance;
+mod body;
 mod config;
 pub mod control_tls;
 pub mod health;
@@ -34,6 +35,7 @@ mod outbound;
 mod pool;
 mod ratelimit;
 mod registration;
+pub mod resilience;
 // Public only for the criterion benches (benches/routing.rs); not a supported API.
 #[doc(hidden)]
 pub mod routing;

@@ -33,12 +33,53 @@ impl Direction {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct RequestLabels {
     direction: &'static str,
     destination_service: Arc<str>,
     status_code: u16,
+    /// The `x-trellis-reason` of a response the proxy made itself; absent for upstream answers.
+    reason: Option<&'static str>,
 }
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("direction", self.direction).encode(encoder.encode_label())?;
+        ("destination_service", &*self.destination_service).encode(encoder.encode_label())?;
+        ("status_code", self.status_code).encode(encoder.encode_label())?;
+        if let Some(reason) = self.reason {
+            ("reason", reason).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+/// Every `x-trellis-reason` the proxy answers with; the metric handles of locally generated
+/// responses are indexed by position here (an unknown reason counts as `other`).
+pub(crate) const LOCAL_REASONS: &[&str] = &[
+    "other",
+    "no_authority",
+    "unknown_service",
+    "no_route",
+    "no_healthy_endpoints",
+    "upstream_connect_failure",
+    "upstream_tls_failure",
+    "upstream_error",
+    "upstream_timeout",
+    "retry_budget_exhausted",
+    "circuit_open",
+    "no_identity",
+    "bad_request",
+    "not_ready",
+    "bad_path",
+    "unauthenticated",
+    "rbac_denied",
+    "app_unavailable",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
@@ -68,6 +109,8 @@ pub(crate) struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<ServiceLabels, AtomicHistogram>,
     connect_errors: Family<ServiceLabels, Counter>,
+    retries: Family<ServiceLabels, Counter>,
+    ejections: Family<ServiceLabels, Counter>,
     xds_updates: Family<XdsLabels, Counter>,
     /// mTLS handshakes, plaintext inbound connections, the inbound mode, certificate renewals.
     pub tls: TlsMetrics,
@@ -85,6 +128,8 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let durations = Family::<ServiceLabels, AtomicHistogram>::default();
         let connect_errors = Family::<ServiceLabels, Counter>::default();
+        let retries = Family::<ServiceLabels, Counter>::default();
+        let ejections = Family::<ServiceLabels, Counter>::default();
         let xds_updates = Family::<XdsLabels, Counter>::default();
         registry.register(
             "trellis_requests",
@@ -100,6 +145,16 @@ impl Metrics {
             "trellis_upstream_connect_errors",
             "Failed connection attempts to an upstream endpoint or the local app",
             connect_errors.clone(),
+        );
+        registry.register(
+            "trellis_upstream_retries",
+            "Retries sent to an upstream service (tries after the first)",
+            retries.clone(),
+        );
+        registry.register(
+            "trellis_outlier_ejections",
+            "Endpoints of an upstream service ejected by outlier detection",
+            ejections.clone(),
         );
         registry.register(
             "trellis_xds_updates",
@@ -119,6 +174,8 @@ impl Metrics {
             requests,
             durations,
             connect_errors,
+            retries,
+            ejections,
             xds_updates,
             tls,
             tcp,
@@ -148,6 +205,11 @@ impl Metrics {
             by_status: (0..500).map(|_| OnceLock::new()).collect(),
             duration: self.durations.get_or_create_owned(&labels),
             connect_errors: self.connect_errors.get_or_create_owned(&labels),
+            local: (0..LOCAL_REASONS.len() * 2)
+                .map(|_| OnceLock::new())
+                .collect(),
+            retries: self.retries.get_or_create_owned(&labels),
+            ejections: self.ejections.get_or_create_owned(&labels),
         });
         map.insert((direction, name), m.clone());
         m
@@ -310,6 +372,10 @@ pub(crate) struct ServiceMetrics {
     by_status: Box<[OnceLock<Counter>]>,
     duration: AtomicHistogram,
     connect_errors: Counter,
+    /// Locally generated responses: index `2 × reason + (status == 200)` (gRPC answers are 200).
+    local: Box<[OnceLock<Counter>]>,
+    retries: Counter,
+    ejections: Counter,
 }
 
 impl ServiceMetrics {
@@ -321,10 +387,37 @@ impl ServiceMetrics {
                 direction: self.direction.as_str(),
                 destination_service: self.service.clone(),
                 status_code: code,
+                reason: None,
             })
         })
         .inc();
         self.duration.observe(elapsed);
+    }
+
+    /// A response the proxy made itself, with its `x-trellis-reason` (no formatting: the
+    /// reason is found in a short static table, and its counter resolved once).
+    pub fn record_local(&self, status: http::StatusCode, reason: &'static str, elapsed: Duration) {
+        let r = LOCAL_REASONS.iter().position(|&x| x == reason).unwrap_or(0);
+        let code = status.as_u16();
+        let slot = &self.local[2 * r + usize::from(code == 200)];
+        slot.get_or_init(|| {
+            self.requests.get_or_create_owned(&RequestLabels {
+                direction: self.direction.as_str(),
+                destination_service: self.service.clone(),
+                status_code: code,
+                reason: Some(LOCAL_REASONS[r]),
+            })
+        })
+        .inc();
+        self.duration.observe(elapsed);
+    }
+
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    pub fn ejection(&self) {
+        self.ejections.inc();
     }
 
     pub fn connect_error(&self) {

@@ -19,15 +19,17 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::balance::LoadGuard;
+use crate::body::ReqBody;
 use crate::http::{ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
 use crate::metrics::{Direction, ServiceMetrics, UNKNOWN_SERVICE};
 use crate::mtls::connect::prepare_h2;
 use crate::pool::UpstreamBody;
+use crate::resilience::{RoutePolicy, timeout};
 use crate::routing;
 use crate::server::{ConnInfo, Handler};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
-use crate::upstream::UpstreamCluster;
+use crate::upstream::{UpstreamCluster, UpstreamEndpoint};
 
 #[derive(Debug)]
 pub(crate) struct Outbound {
@@ -42,12 +44,24 @@ impl Outbound {
     }
 }
 
+mod resilient;
+
 /// Where a request goes.
 struct Decision {
     cluster: Arc<UpstreamCluster>,
     index: usize,
     load: LoadGuard,
     metrics: Arc<ServiceMetrics>,
+}
+
+/// What only the resilient path needs (kept out of [`Decision`], which the fast path's future
+/// carries: that future is moved on every request, so it stays as small as it was).
+struct Extra {
+    /// The route's timeouts and retries; `None` (with a cluster without resilience state):
+    /// the single-try fast path.
+    policy: Option<Arc<RoutePolicy>>,
+    /// The request's hash key, to pick again for a retry.
+    hash: Option<u64>,
 }
 
 /// Why a request cannot be routed.
@@ -73,7 +87,7 @@ fn decide<B>(
     req: &Request<B>,
     peer: IpAddr,
     now: Instant,
-) -> Result<Decision, Rejection> {
+) -> Result<(Decision, Extra), Rejection> {
     let authority = authority(req).ok_or(Rejection::NoAuthority)?;
     let routes = &*snap.routes;
     let Some((vh_index, vh)) = routes.table.find(authority) else {
@@ -98,7 +112,7 @@ fn decide<B>(
         .hash
         .as_ref()
         .and_then(|p| routing::hash_key(p, req.headers(), peer));
-    let Some(picked) = cluster.balancer.pick_at(hash, now) else {
+    let Some(picked) = cluster.pick(hash, now, 0) else {
         return Err(Rejection::NoEndpoints(
             metrics.clone(),
             format!("cluster `{cluster_name}` has no healthy endpoints"),
@@ -110,12 +124,18 @@ fn decide<B>(
             format!("cluster `{cluster_name}`: balancer picked a missing endpoint"),
         ));
     }
-    Ok(Decision {
-        cluster: cluster.clone(),
-        index: picked.index,
-        load: picked.load,
-        metrics: metrics.clone(),
-    })
+    Ok((
+        Decision {
+            cluster: cluster.clone(),
+            index: picked.index,
+            load: picked.load,
+            metrics: metrics.clone(),
+        },
+        Extra {
+            policy: action.policy.clone(),
+            hash,
+        },
+    ))
 }
 
 impl Handler for Outbound {
@@ -130,8 +150,24 @@ impl Handler for Outbound {
             decide(&snap, &req, conn.peer.ip(), start)
         };
         match decision {
-            Ok(d) => FutEither::Left(forward(d, req, start, &self.shared)),
-            Err(rejection) => FutEither::Right(std::future::ready(self.reject(rejection, start))),
+            Ok((d, extra))
+                if extra.policy.is_none()
+                    && d.cluster.resilience.is_none()
+                    && !(req.version() == Version::HTTP_2
+                        && req.headers().contains_key(timeout::GRPC_TIMEOUT)) =>
+            {
+                FutEither::Left(forward(d, req, start, &self.shared))
+            }
+            Ok((d, extra)) => FutEither::Right(FutEither::Left(resilient::forward(
+                d,
+                extra,
+                req,
+                start,
+                self.shared.clone(),
+            ))),
+            Err(rejection) => FutEither::Right(FutEither::Right(std::future::ready(
+                self.reject(rejection, start),
+            ))),
         }
     }
 }
@@ -173,9 +209,24 @@ impl Outbound {
                 ),
             ),
         };
-        metrics.record(resp.status(), start.elapsed());
+        record_local(metrics, &resp, start);
         resp
     }
+}
+
+/// Counts a response the proxy made itself, under its `x-trellis-reason`.
+fn record_local(metrics: &ServiceMetrics, resp: &Response<ProxyBody>, start: Instant) {
+    let reason = resp
+        .headers()
+        .get(crate::http::REASON)
+        .and_then(|v| {
+            crate::metrics::LOCAL_REASONS
+                .iter()
+                .find(|r| r.as_bytes() == v.as_bytes())
+        })
+        .copied()
+        .unwrap_or("other");
+    metrics.record_local(resp.status(), reason, start.elapsed());
 }
 
 /// Prepares and hands `req` to the upstream at once; the returned future (moved into hyper's
@@ -199,7 +250,7 @@ fn forward(
             return FutEither::Right(FutEither::Left(std::future::ready(resp)));
         }
         // Boxed, so the plaintext path's future keeps its size.
-        let sent = mtls.send(tls, req, start);
+        let sent = mtls.send(tls, req.map(ReqBody::Stream), start);
         return FutEither::Right(FutEither::Right(Box::pin(sent.map(move |result| {
             finish(d, result.map_err(UpstreamError::Mtls), version, start)
         }))));
@@ -234,7 +285,7 @@ fn no_identity(d: Decision, start: Instant) -> Response<ProxyBody> {
             d.cluster.name
         ),
     );
-    d.metrics.record(resp.status(), start.elapsed());
+    record_local(&d.metrics, &resp, start);
     resp
 }
 
@@ -255,58 +306,66 @@ fn finish(
             d.metrics.record(head.status, start.elapsed());
             Response::from_parts(head, Either::Left(body))
         }
-        Err(UpstreamError::Uri(e)) => {
-            drop(d.load);
-            let resp = local_reply(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("trellis: cannot forward this request URI: {e}\n"),
-            );
-            d.metrics.record(resp.status(), start.elapsed());
-            resp
-        }
         Err(e) => {
             drop(d.load);
-            let resp = if e.is_tls() {
-                d.metrics.connect_error();
-                tracing::debug!(cluster = %d.cluster.name, endpoint = %endpoint.authority, error = %e, "upstream mTLS handshake failed");
-                local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream_tls_failure",
-                    format!(
-                        "trellis: mTLS with {} (cluster `{}`) failed: {}\n",
-                        endpoint.authority,
-                        d.cluster.name,
-                        error_chain(&e)
-                    ),
-                )
-            } else if e.is_connect() {
-                d.metrics.connect_error();
-                tracing::debug!(cluster = %d.cluster.name, endpoint = %endpoint.authority, error = %e, "upstream connect failed");
-                local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream_connect_failure",
-                    format!(
-                        "trellis: cannot connect to {} (cluster `{}`): {e}\n",
-                        endpoint.authority, d.cluster.name
-                    ),
-                )
-            } else {
-                tracing::debug!(cluster = %d.cluster.name, endpoint = %endpoint.authority, error = %e, "upstream request failed");
-                local_reply(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    format!(
-                        "trellis: upstream {} (cluster `{}`) failed: {}\n",
-                        endpoint.authority,
-                        d.cluster.name,
-                        error_chain(&e)
-                    ),
-                )
-            };
-            d.metrics.record(resp.status(), start.elapsed());
+            let (status, reason, text) = upstream_failure(&d.cluster, endpoint, &e, &d.metrics);
+            let resp = local_reply(status, reason, text);
+            record_local(&d.metrics, &resp, start);
             resp
         }
+    }
+}
+
+/// The status, `x-trellis-reason` and text of the answer to a failed upstream request.
+fn upstream_failure(
+    cluster: &UpstreamCluster,
+    endpoint: &UpstreamEndpoint,
+    e: &UpstreamError,
+    metrics: &ServiceMetrics,
+) -> (StatusCode, &'static str, String) {
+    if let UpstreamError::Uri(e) = e {
+        return (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("trellis: cannot forward this request URI: {e}\n"),
+        );
+    }
+    if e.is_tls() {
+        metrics.connect_error();
+        tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.authority, error = %e, "upstream mTLS handshake failed");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_tls_failure",
+            format!(
+                "trellis: mTLS with {} (cluster `{}`) failed: {}\n",
+                endpoint.authority,
+                cluster.name,
+                error_chain(e)
+            ),
+        )
+    } else if e.is_connect() {
+        metrics.connect_error();
+        tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.authority, error = %e, "upstream connect failed");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_connect_failure",
+            format!(
+                "trellis: cannot connect to {} (cluster `{}`): {e}\n",
+                endpoint.authority, cluster.name
+            ),
+        )
+    } else {
+        tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.authority, error = %e, "upstream request failed");
+        (
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!(
+                "trellis: upstream {} (cluster `{}`) failed: {}\n",
+                endpoint.authority,
+                cluster.name,
+                error_chain(e)
+            ),
+        )
     }
 }
 

@@ -33,9 +33,11 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::body::ReqBody;
 use crate::metrics::{Direction, TlsMetrics};
 
-/// Idle connections older than this are closed instead of reused.
+/// Idle connections older than this are closed instead of reused, unless the cluster sets
+/// an idle timeout (`common_http_protocol_options.idle_timeout`).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// At most this many idle connections are kept per endpoint.
 const MAX_IDLE: usize = 1024;
@@ -44,13 +46,15 @@ const MAX_IDLE: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct H1Pools {
     connect_timeout: Duration,
+    idle_timeout: Duration,
     by_addr: Mutex<HashMap<SocketAddr, Weak<EndpointPool>>>,
 }
 
 impl H1Pools {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
         H1Pools {
             connect_timeout,
+            idle_timeout,
             by_addr: Mutex::new(HashMap::new()),
         }
     }
@@ -68,6 +72,7 @@ impl H1Pools {
         let pool = Arc::new(EndpointPool {
             addr,
             connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
             idle: Mutex::new(Vec::new()),
             tls: None,
         });
@@ -81,6 +86,8 @@ impl H1Pools {
 pub(crate) struct EndpointPool {
     addr: SocketAddr,
     connect_timeout: Duration,
+    /// Idle connections older than this are closed instead of reused.
+    idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
     /// mTLS for every new connection (an mTLS peer that speaks HTTP/1.1 only).
     tls: Option<PoolTls>,
@@ -104,7 +111,7 @@ impl std::fmt::Debug for PoolTls {
 
 #[derive(Debug)]
 struct Idle {
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<ReqBody>,
     since: Instant,
 }
 
@@ -146,6 +153,7 @@ impl EndpointPool {
         Arc::new(EndpointPool {
             addr,
             connect_timeout,
+            idle_timeout: IDLE_TIMEOUT,
             idle: Mutex::new(Vec::new()),
             tls: Some(tls),
         })
@@ -159,7 +167,7 @@ impl EndpointPool {
     /// into hyper's per-connection slot on every request); anything else runs boxed.
     pub fn send(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         now: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, PoolError>> + Send + 'static + use<>
     {
@@ -186,8 +194,8 @@ impl EndpointPool {
     /// ready, else try the other idle ones, else connect.
     async fn send_slow(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
-        mut first: Option<SendRequest<Incoming>>,
+        mut req: Request<ReqBody>,
+        mut first: Option<SendRequest<ReqBody>>,
         now: Instant,
     ) -> Result<Response<UpstreamBody>, PoolError> {
         loop {
@@ -217,10 +225,10 @@ impl EndpointPool {
     }
 
     /// The most recently used idle connection that is still open and not expired.
-    fn pop_idle(&self, now: Instant) -> Option<SendRequest<Incoming>> {
+    fn pop_idle(&self, now: Instant) -> Option<SendRequest<ReqBody>> {
         let mut idle = self.lock();
         while let Some(i) = idle.pop() {
-            if !i.tx.is_closed() && now.saturating_duration_since(i.since) <= IDLE_TIMEOUT {
+            if !i.tx.is_closed() && now.saturating_duration_since(i.since) <= self.idle_timeout {
                 return Some(i.tx);
             }
         }
@@ -228,10 +236,11 @@ impl EndpointPool {
     }
 
     /// An idle connection that is ready for a request, if any.
-    async fn checkout(&self, now: Instant) -> Option<SendRequest<Incoming>> {
+    async fn checkout(&self, now: Instant) -> Option<SendRequest<ReqBody>> {
         loop {
             let idle = self.lock().pop()?;
-            if idle.tx.is_closed() || now.saturating_duration_since(idle.since) > IDLE_TIMEOUT {
+            if idle.tx.is_closed() || now.saturating_duration_since(idle.since) > self.idle_timeout
+            {
                 continue;
             }
             let mut tx = idle.tx;
@@ -243,7 +252,7 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, PoolError> {
+    async fn connect(&self) -> Result<SendRequest<ReqBody>, PoolError> {
         let addr = self.addr;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
@@ -284,7 +293,7 @@ impl EndpointPool {
         h1_handshake(TokioIo::new(stream), addr).await
     }
 
-    fn put(&self, tx: SendRequest<Incoming>, since: Instant) {
+    fn put(&self, tx: SendRequest<ReqBody>, since: Instant) {
         if tx.is_closed() {
             return;
         }
@@ -292,7 +301,7 @@ impl EndpointPool {
         // Oldest first: drop the expired ones from the front.
         let expired = idle
             .iter()
-            .take_while(|i| since.saturating_duration_since(i.since) > IDLE_TIMEOUT)
+            .take_while(|i| since.saturating_duration_since(i.since) > self.idle_timeout)
             .count();
         if expired > 0 {
             idle.drain(..expired);
@@ -315,7 +324,7 @@ impl EndpointPool {
 }
 
 /// An HTTP/1.1 client handshake on a new connection, its task spawned.
-async fn h1_handshake<I>(io: I, addr: SocketAddr) -> Result<SendRequest<Incoming>, PoolError>
+async fn h1_handshake<I>(io: I, addr: SocketAddr) -> Result<SendRequest<ReqBody>, PoolError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -342,7 +351,7 @@ pub(crate) struct UpstreamBody {
 
 #[derive(Debug)]
 struct Reuse {
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<ReqBody>,
     pool: Arc<EndpointPool>,
     since: Instant,
 }
@@ -355,7 +364,7 @@ impl UpstreamBody {
 
     fn pooled(
         inner: Incoming,
-        tx: SendRequest<Incoming>,
+        tx: SendRequest<ReqBody>,
         pool: Arc<EndpointPool>,
         since: Instant,
     ) -> Self {

@@ -82,6 +82,8 @@ pub struct RouteAction {
     pub clusters: Vec<WeightedCluster>,
     pub total_weight: u32,
     pub hash: Option<HashPolicy>,
+    /// Timeouts and retries; `None`: one try, no deadline (the fast path).
+    pub policy: Option<Arc<crate::resilience::RoutePolicy>>,
 }
 
 #[derive(Debug, Clone)]

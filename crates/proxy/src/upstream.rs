@@ -5,14 +5,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
-use crate::balance::{Algorithm, Balance, EndpointMeta};
+use crate::balance::{Algorithm, Balance, EndpointMeta, Picked};
 use crate::http::HttpClients;
 use crate::mtls::connect::MtlsEndpoint;
 use crate::pool::EndpointPool;
+use crate::resilience::{Breaker, ClusterPolicy, OutlierDetector, RetryBudget};
 use crate::security::TlsPolicy;
 use crate::xds::translate::Endpoint;
 
@@ -29,6 +30,31 @@ pub(crate) struct UpstreamCluster {
     pub clients: HttpClients,
     /// Upstream mTLS for the endpoints that serve it; `None`: plaintext to every endpoint.
     pub tls: Option<TlsPolicy>,
+    /// The circuit breakers, retry budget and outlier detection configured for this cluster.
+    pub policy: ClusterPolicy,
+    /// Their live state; `None` when `policy` is empty (requests then skip these layers).
+    pub resilience: Option<Arc<ClusterResilience>>,
+}
+
+/// The live state of a cluster's resilience layers (rebuilt with the cluster).
+#[derive(Debug)]
+pub(crate) struct ClusterResilience {
+    pub breaker: Option<Arc<Breaker>>,
+    pub budget: Option<RetryBudget>,
+    pub outlier: Option<OutlierDetector>,
+}
+
+impl ClusterResilience {
+    pub fn new(policy: &ClusterPolicy, endpoints: usize, now: Instant) -> Option<Self> {
+        (!policy.is_empty()).then(|| ClusterResilience {
+            breaker: policy.breakers.map(|l| Arc::new(Breaker::new(l))),
+            budget: policy.budget.map(|b| RetryBudget::new(b, now)),
+            outlier: policy
+                .outlier
+                .clone()
+                .map(|o| OutlierDetector::new(o, endpoints, now)),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -70,7 +96,34 @@ impl UpstreamCluster {
             balancer,
             clients,
             tls: None,
+            policy: ClusterPolicy::default(),
+            resilience: None,
         }
+    }
+
+    /// The same cluster with circuit breakers, a retry budget and outlier detection.
+    pub fn with_policy(mut self, policy: ClusterPolicy, now: Instant) -> Self {
+        self.resilience = ClusterResilience::new(&policy, self.endpoints.len(), now).map(Arc::new);
+        self.policy = policy;
+        self
+    }
+
+    /// Picks an endpoint, avoiding ejected ones (unless the cluster is in panic) and, when
+    /// possible, those in `tried` (bit `i` = endpoint `i`, for retries). Without ejections and
+    /// retries this is the balancer's plain pick.
+    pub fn pick(&self, hash: Option<u64>, now: Instant, tried: u64) -> Option<Picked> {
+        let outlier = self.resilience.as_ref().and_then(|r| r.outlier.as_ref());
+        let ejecting = outlier.filter(|o| o.any_ejected() && !o.in_panic());
+        if ejecting.is_none() && tried == 0 {
+            return self.balancer.pick_at(hash, now);
+        }
+        let ejected = |i: usize| ejecting.is_some_and(|o| o.is_ejected(i, now));
+        let was_tried = |i: usize| i < 64 && tried & (1 << i) != 0;
+        self.balancer
+            .pick_excluding(hash, now, &|i| was_tried(i) || ejected(i))
+            .or_else(|| ejecting.and_then(|_| self.balancer.pick_excluding(hash, now, &ejected)))
+            // Everything avoided: any endpoint rather than none (as the panic threshold does).
+            .or_else(|| self.balancer.pick_at(hash, now))
     }
 
     /// The same cluster with upstream mTLS settings: endpoints that serve mTLS get their
@@ -99,8 +152,10 @@ impl UpstreamCluster {
         connect_timeout: Duration,
         endpoints: &[Endpoint],
         tls: Option<&TlsPolicy>,
+        policy: &ClusterPolicy,
     ) -> bool {
         self.tls.as_ref() == tls
+            && self.policy == *policy
             && self.algorithm == *algorithm
             && self.connect_timeout == connect_timeout
             && self.endpoints.len() == endpoints.len()
@@ -137,20 +192,24 @@ pub(crate) fn endpoint_metas(endpoints: &[Endpoint]) -> Vec<EndpointMeta> {
         .collect()
 }
 
-/// The process-wide clients, one pair per distinct connect timeout.
+/// The process-wide clients, one set per distinct (connect timeout, idle timeout).
 #[derive(Debug, Default)]
 pub(crate) struct ClientCache {
-    by_timeout: Mutex<HashMap<Duration, HttpClients>>,
+    by_timeout: Mutex<HashMap<(Duration, Duration), HttpClients>>,
 }
 
 impl ClientCache {
     pub fn get(&self, connect_timeout: Duration) -> HttpClients {
+        self.get_with_idle(connect_timeout, crate::pool::IDLE_TIMEOUT)
+    }
+
+    pub fn get_with_idle(&self, connect_timeout: Duration, idle_timeout: Duration) -> HttpClients {
         let mut map = self
             .by_timeout
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.entry(connect_timeout)
-            .or_insert_with(|| HttpClients::new(connect_timeout))
+        map.entry((connect_timeout, idle_timeout))
+            .or_insert_with(|| HttpClients::with_idle(connect_timeout, idle_timeout))
             .clone()
     }
 }

@@ -1,9 +1,10 @@
 //! An in-process HTTP echo backend (HTTP/1.1 and h2c on one port, via hyper-util's auto
 //! server) that answers every request with its instance name: header `x-instance` and a JSON
 //! body `{instance, path, method, version, headers}`. It can add a fixed latency to every
-//! answer, to play a slow instance. `GET /healthz` answers a status the test sets
-//! ([`EchoServer::set_health`]), or alternates 200/503 ([`EchoServer::set_flapping`]), and
-//! counts the checks.
+//! answer, to play a slow instance, and on demand answer every request with a fixed status
+//! ([`EchoServer::fail_with`], e.g. 503) or hang without answering ([`EchoServer::hang`]).
+//! `GET /healthz` answers a status the test sets ([`EchoServer::set_health`]), or alternates
+//! 200/503 ([`EchoServer::set_flapping`]), and counts the checks.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,15 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
-
-/// A running echo server; stops (with all its connections) when dropped.
-pub struct EchoServer {
-    name: String,
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    health: Arc<Health>,
-    task: JoinHandle<()>,
-}
 
 /// What `/healthz` answers.
 #[derive(Debug)]
@@ -54,6 +46,18 @@ impl Health {
     }
 }
 
+/// A running echo server; stops (with all its connections) when dropped.
+pub struct EchoServer {
+    name: String,
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    status: Arc<AtomicU16>,
+    hang: tokio::sync::watch::Sender<bool>,
+    health: Arc<Health>,
+    task: JoinHandle<()>,
+}
+
 impl EchoServer {
     /// Starts on 127.0.0.1:0.
     pub async fn start(name: &str) -> anyhow::Result<Self> {
@@ -67,6 +71,9 @@ impl EchoServer {
             .context("echo server: cannot bind 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicU16::new(200));
+        let (hang, hang_rx) = tokio::sync::watch::channel(false);
         let health = Arc::new(Health {
             status: AtomicU16::new(200),
             flapping: AtomicBool::new(false),
@@ -76,6 +83,9 @@ impl EchoServer {
             name: name.to_string(),
             latency,
             hits: hits.clone(),
+            received: received.clone(),
+            status: status.clone(),
+            hang: hang_rx,
             health: health.clone(),
         });
         let task = tokio::spawn(async move {
@@ -102,6 +112,9 @@ impl EchoServer {
             name: name.to_string(),
             addr,
             hits,
+            received,
+            status,
+            hang,
             health,
             task,
         })
@@ -119,9 +132,19 @@ impl EchoServer {
         self.addr.port()
     }
 
-    /// Requests answered so far (health checks not included).
+    /// Requests answered so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Requests received so far (answered or not, whatever the status).
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// From now on every request is answered with `status` (200: back to normal echoing).
+    pub fn fail_with(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
     }
 
     /// What `GET /healthz` answers from now on (default 200).
@@ -139,6 +162,11 @@ impl EchoServer {
     pub fn health_checks(&self) -> usize {
         self.health.checks.load(Ordering::SeqCst)
     }
+
+    /// `true`: requests are received but not answered until `hang(false)` (a stuck app).
+    pub fn hang(&self, hang: bool) {
+        self.hang.send_replace(hang);
+    }
 }
 
 impl Drop for EchoServer {
@@ -151,6 +179,9 @@ struct State {
     name: String,
     latency: Duration,
     hits: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    status: Arc<AtomicU16>,
+    hang: tokio::sync::watch::Receiver<bool>,
     health: Arc<Health>,
 }
 
@@ -159,6 +190,24 @@ impl State {
         if req.uri().path() == "/healthz" {
             let mut resp = Response::new(Full::new(Bytes::from_static(b"health\n")));
             *resp.status_mut() = self.health.answer();
+            return resp;
+        }
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let mut hang = self.hang.clone();
+        // A stuck app: wait (for the test to release it), never answer meanwhile.
+        let _ = hang.wait_for(|h| !*h).await;
+        let status = self.status.load(Ordering::Relaxed);
+        if status != 200 {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            let mut resp = Response::new(Full::new(Bytes::from(format!(
+                "{} answers {status}\n",
+                self.name
+            ))));
+            *resp.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            if let Ok(v) = http::HeaderValue::from_str(&self.name) {
+                resp.headers_mut().insert("x-instance", v);
+            }
             return resp;
         }
         let (parts, body) = req.into_parts();

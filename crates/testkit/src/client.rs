@@ -39,6 +39,8 @@ pub struct Req {
     pub service: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    pub method: http::Method,
+    pub body: Bytes,
 }
 
 impl Req {
@@ -47,6 +49,17 @@ impl Req {
             service: service.to_string(),
             path: path.to_string(),
             headers: Vec::new(),
+            method: http::Method::GET,
+            body: Bytes::new(),
+        }
+    }
+
+    /// A POST with `body` (sent with its Content-Length).
+    pub fn post(service: &str, path: &str, body: impl Into<Bytes>) -> Self {
+        Self {
+            method: http::Method::POST,
+            body: body.into(),
+            ..Self::get(service, path)
         }
     }
 
@@ -275,7 +288,7 @@ impl Conn {
             Addressing::Host => req.path.clone(),
             Addressing::Proxy | Addressing::H2c => format!("http://{}{}", req.service, req.path),
         };
-        let mut builder = Request::get(&uri);
+        let mut builder = Request::builder().method(req.method.clone()).uri(&uri);
         if addressing == Addressing::Host {
             builder = builder.header(http::header::HOST, &req.service);
         }
@@ -283,7 +296,7 @@ impl Conn {
             builder = builder.header(k, v);
         }
         let request = builder
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(req.body.clone()))
             .with_context(|| format!("invalid request {uri}"))?;
         let fut = async {
             let resp = match self {

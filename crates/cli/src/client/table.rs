@@ -537,6 +537,7 @@ pub(super) fn describe_service(body: &Value, now_ms: u64) -> String {
         }
     }
 
+    super::resilience::describe(policy.as_ref(), &routes, &mut out);
     super::security::describe_policies(body, &mut out);
 
     let _ = writeln!(out, "\nProxies: {}", proxies_list.len());

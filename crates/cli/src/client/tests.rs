@@ -196,6 +196,40 @@ fn describe_has_every_section() {
     );
     assert!(bare.contains("Declared:  no"), "{bare}");
     assert!(bare.contains("Balancing: RoundRobin (default"), "{bare}");
+    assert!(
+        bare.contains("Retries:   none (one try per request)"),
+        "{bare}"
+    );
+    assert!(bare.contains("Outliers:  no outlier detection"), "{bare}");
+}
+
+#[test]
+fn describe_shows_the_resilience_policy_with_defaults() {
+    let text = "apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: { name: catalog }
+spec:
+  targetRef: { name: catalog }
+  timeouts: { backendRequest: 500ms }
+  retries: { retriableStatusCodes: [429] }
+  outlierDetection: { consecutive5xx: 0 }
+  circuitBreakers: { maxRequests: 10 }
+";
+    let resources = trellis_model::parse_documents("m", text).expect("valid");
+    let Resource::TrafficPolicy(p) = &resources[0] else {
+        panic!("unexpected kinds: {resources:?}");
+    };
+    let body = json!({"name": "catalog", "declared": null, "policy": p.spec,
+        "routes": [], "instances": [], "proxies": []});
+    let out = table::describe_service(&body, 0);
+    for want in [
+        "Timeouts:  connect 1s, request none, per try 500ms, idle 90s",
+        "Retries:   up to 2 on connect-failure, reset, gateway-error, unavailable and status 429; idempotent methods only; backoff 25ms..250ms (full jitter); budget 20% of requests + 3/s",
+        "Outliers:  eject after 5 consecutive gateway errors for 30s × times ejected (at most 300s); at most 10% ejected (at least one); below 50% available",
+        "Breakers:  10 requests, 1024 retries in flight",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod ads;
 mod node;
 mod proxies;
 pub mod ratelimit;
+mod resilience;
 mod resources;
 mod routes;
 pub mod security;

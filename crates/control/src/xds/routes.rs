@@ -19,6 +19,7 @@ use trellis_model::{
     wire,
 };
 
+use super::resilience;
 use super::translate::upstream_protocol;
 use crate::snapshot::{MeshSnapshot, ServiceView};
 
@@ -39,11 +40,17 @@ pub fn outbound_route_config(snapshot: &MeshSnapshot) -> RouteConfiguration {
     }
 }
 
+// `per_request_buffer_limit_bytes` is deprecated in favour of `request_body_buffer_limit`, which
+// the Envoy releases Trellis is tested with do not know yet.
+#[allow(deprecated)]
 fn virtual_host(snapshot: &MeshSnapshot, view: &ServiceView) -> VirtualHost {
     let mut routes = Vec::new();
+    let policy = view.policy.as_ref();
+    let buffer_limit = resilience::buffer_limit(policy).map(|value| UInt32Value { value });
     for http_route in &view.routes {
         for (rule_idx, rule) in http_route.spec.rules.iter().enumerate() {
-            let action = route_action(snapshot, &rule.backend_refs);
+            let mut action = route_action(snapshot, &rule.backend_refs);
+            resilience::apply_to_route(&mut action, policy, Some(rule));
             let any_match = [HttpRouteMatch::default()];
             let matches = if rule.matches.is_empty() {
                 &any_match[..]
@@ -55,21 +62,25 @@ fn virtual_host(snapshot: &MeshSnapshot, view: &ServiceView) -> VirtualHost {
                     name: format!("{}/{rule_idx}/{match_idx}", http_route.metadata.name),
                     r#match: Some(route_match(m)),
                     action: Some(Action::Route(action.clone())),
+                    per_request_buffer_limit_bytes: buffer_limit,
                     ..Default::default()
                 });
             }
         }
     }
+    let mut default_action = RouteAction {
+        hash_policy: hash_policies(Some(view)),
+        cluster_specifier: Some(ClusterSpecifier::Cluster(wire::cluster_name(
+            &view.name, None,
+        ))),
+        ..Default::default()
+    };
+    resilience::apply_to_route(&mut default_action, policy, None);
     routes.push(Route {
         name: DEFAULT_ROUTE.to_string(),
         r#match: Some(prefix_match("/")),
-        action: Some(Action::Route(RouteAction {
-            hash_policy: hash_policies(Some(view)),
-            cluster_specifier: Some(ClusterSpecifier::Cluster(wire::cluster_name(
-                &view.name, None,
-            ))),
-            ..Default::default()
-        })),
+        action: Some(Action::Route(default_action)),
+        per_request_buffer_limit_bytes: buffer_limit,
         ..Default::default()
     });
     VirtualHost {

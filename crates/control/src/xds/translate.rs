@@ -14,8 +14,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Http1ProtocolOptions,
-    Http2ProtocolOptions, Locality, Metadata, SocketAddress, TypedExtensionConfig, address,
-    config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
+    Http2ProtocolOptions, HttpProtocolOptions as CommonHttpProtocolOptions, Locality, Metadata,
+    SocketAddress, TypedExtensionConfig, address, config_source::ConfigSourceSpecifier,
+    socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
@@ -42,10 +43,11 @@ use envoy_types::pb::google::protobuf::{
     Any, Duration, Struct, UInt32Value, UInt64Value, Value, value::Kind,
 };
 use envoy_types::util::pack_any;
-use trellis_model::{Algorithm, LoadBalancer, Protocol, wire};
+use trellis_model::{Algorithm, LoadBalancer, Protocol, TrafficPolicySpec, wire};
 
 pub use super::node::NodeInfo;
 use super::ratelimit;
+use super::resilience;
 pub use super::resources::{
     CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Resources, same_content, short_name,
 };
@@ -92,12 +94,10 @@ pub fn resources_for(snapshot: &MeshSnapshot, node: &NodeInfo) -> Resources {
     for (service, subset) in eds_clusters(snapshot) {
         let view = snapshot.services.get(&service);
         let name = wire::cluster_name(&service, subset.as_deref());
-        let lb = view
-            .and_then(|v| v.policy.as_ref())
-            .map(|p| p.load_balancer.clone())
-            .unwrap_or_default();
+        let policy = view.and_then(|v| v.policy.as_ref());
+        let lb = policy.map(|p| p.load_balancer.clone()).unwrap_or_default();
         let protocol = view.map(upstream_protocol).unwrap_or_default();
-        let mut cluster = eds_cluster(&name, &lb, protocol);
+        let mut cluster = eds_cluster(&name, &lb, protocol, policy);
         if node.identity.is_some() {
             let alpn = match protocol {
                 Protocol::Tcp => &[wire::MTLS_TCP_ALPN][..],
@@ -184,7 +184,10 @@ pub fn upstream_protocol(view: &ServiceView) -> Protocol {
 
 /// `typed_extension_protocol_options` pinning the upstream HTTP version: explicit HTTP/2 for
 /// `http2` and `grpc`, explicit HTTP/1.1 for `http`, none for `tcp` (no HTTP upstream).
-fn protocol_options(protocol: Protocol) -> std::collections::HashMap<String, Any> {
+fn protocol_options(
+    protocol: Protocol,
+    idle_timeout: Option<Duration>,
+) -> std::collections::HashMap<String, Any> {
     let config = match protocol {
         Protocol::Tcp => return Default::default(),
         Protocol::Http => ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default()),
@@ -193,6 +196,10 @@ fn protocol_options(protocol: Protocol) -> std::collections::HashMap<String, Any
         }
     };
     let options = HttpProtocolOptions {
+        common_http_protocol_options: idle_timeout.map(|idle| CommonHttpProtocolOptions {
+            idle_timeout: Some(idle),
+            ..Default::default()
+        }),
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
                 protocol_config: Some(config),
@@ -326,7 +333,7 @@ fn inbound_cluster(app_port: u16, protocol: Protocol) -> Cluster {
     Cluster {
         name: name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-        typed_extension_protocol_options: protocol_options(protocol),
+        typed_extension_protocol_options: protocol_options(protocol, None),
         connect_timeout: connect_timeout(),
         lb_policy: LbPolicy::RoundRobin as i32,
         load_assignment: Some(ClusterLoadAssignment {
@@ -341,10 +348,18 @@ fn inbound_cluster(app_port: u16, protocol: Protocol) -> Cluster {
     }
 }
 
-fn eds_cluster(name: &str, lb: &LoadBalancer, protocol: Protocol) -> Cluster {
+fn eds_cluster(
+    name: &str,
+    lb: &LoadBalancer,
+    protocol: Protocol,
+    policy: Option<&TrafficPolicySpec>,
+) -> Cluster {
     let mut cluster = Cluster {
         name: name.to_string(),
-        typed_extension_protocol_options: protocol_options(protocol),
+        typed_extension_protocol_options: protocol_options(
+            protocol,
+            resilience::idle_timeout(policy),
+        ),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
@@ -353,6 +368,7 @@ fn eds_cluster(name: &str, lb: &LoadBalancer, protocol: Protocol) -> Cluster {
         connect_timeout: connect_timeout(),
         ..Default::default()
     };
+    let policy_spec = policy;
     let (policy, config) = match lb.algorithm {
         Algorithm::RoundRobin | Algorithm::Weighted => (LbPolicy::RoundRobin, None),
         Algorithm::Random => (LbPolicy::Random, None),
@@ -387,6 +403,7 @@ fn eds_cluster(name: &str, lb: &LoadBalancer, protocol: Protocol) -> Cluster {
     };
     cluster.lb_policy = policy as i32;
     cluster.lb_config = config;
+    resilience::apply_to_cluster(&mut cluster, policy_spec);
     cluster
 }
 

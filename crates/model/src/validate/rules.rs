@@ -164,6 +164,7 @@ fn check_service(s: &ServiceResource, out: &mut Vec<Issue>) {
 
 fn check_policy(p: &TrafficPolicyResource, out: &mut Vec<Issue>) {
     label("spec.targetRef.name", &p.spec.target_ref.name, out);
+    super::resilience::check_policy(&p.spec, out);
     let lb = &p.spec.load_balancer;
     let alg = lb.algorithm;
     let hashing = matches!(alg, Algorithm::RingHash | Algorithm::Maglev);
@@ -239,6 +240,7 @@ fn check_route(h: &HttpRouteResource, out: &mut Vec<Issue>) {
     }
     for (r, rule) in spec.rules.iter().enumerate() {
         let here = format!("spec.rules[{r}]");
+        super::resilience::check_rule(&here, rule, out);
         for (m, mat) in rule.matches.iter().enumerate() {
             let at = format!("{here}.matches[{m}]");
             if let Some(path) = &mat.path {

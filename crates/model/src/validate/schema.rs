@@ -113,9 +113,142 @@ static LOAD_BALANCER: Shape = Shape::Obj(&[
     ),
 ]);
 
+const fn int(min: u64, max: u64) -> Shape {
+    Shape::Int { min, max }
+}
+
+static TIMEOUTS: Shape = Shape::Obj(&[
+    f("connect", &Shape::Str, Nullable),
+    f("request", &Shape::Str, Nullable),
+    f("backendRequest", &Shape::Str, Nullable),
+    f("idle", &Shape::Str, Nullable),
+]);
+
+static STATUS_CODES: Shape = Shape::List(&STATUS_CODE);
+static STATUS_CODE: Shape = int(100, 599);
+
+static BACKOFF: Shape = Shape::Obj(&[
+    f("baseInterval", &Shape::Str, Nullable),
+    f("maxInterval", &Shape::Str, Nullable),
+]);
+
+static BUDGET: Shape = Shape::Obj(&[
+    f("percent", &Shape::Int { min: 0, max: 100 }, Nullable),
+    f(
+        "minRetriesPerSecond",
+        &Shape::Int {
+            min: 0,
+            max: 10_000,
+        },
+        Nullable,
+    ),
+]);
+
+static RETRIES: Shape = Shape::Obj(&[
+    f("attempts", &Shape::Int { min: 0, max: 10 }, Nullable),
+    f(
+        "retryOn",
+        &Shape::List(&Shape::OneOf(crate::RETRY_ON)),
+        Optional,
+    ),
+    f("retriableStatusCodes", &STATUS_CODES, Optional),
+    f("backoff", &BACKOFF, Nullable),
+    f("budget", &BUDGET, Nullable),
+    f("retryNonIdempotent", &Shape::Bool, Optional),
+    f(
+        "maxBufferBytes",
+        &Shape::Int {
+            min: 0,
+            max: 16 * 1024 * 1024,
+        },
+        Nullable,
+    ),
+]);
+
+static SUCCESS_RATE: Shape = Shape::Obj(&[
+    f(
+        "minimumHosts",
+        &Shape::Int {
+            min: 1,
+            max: 10_000,
+        },
+        Nullable,
+    ),
+    f(
+        "requestVolume",
+        &Shape::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        Nullable,
+    ),
+    f(
+        "stdevFactor",
+        &Shape::Int {
+            min: 1,
+            max: 100_000,
+        },
+        Nullable,
+    ),
+]);
+
+static OUTLIER: Shape = Shape::Obj(&[
+    f(
+        "consecutive5xx",
+        &Shape::Int {
+            min: 0,
+            max: 10_000,
+        },
+        Nullable,
+    ),
+    f(
+        "consecutiveGatewayErrors",
+        &Shape::Int {
+            min: 0,
+            max: 10_000,
+        },
+        Nullable,
+    ),
+    f("interval", &Shape::Str, Nullable),
+    f("baseEjectionTime", &Shape::Str, Nullable),
+    f("maxEjectionTime", &Shape::Str, Nullable),
+    f(
+        "maxEjectionPercent",
+        &Shape::Int { min: 0, max: 100 },
+        Nullable,
+    ),
+    f("panicThreshold", &Shape::Int { min: 0, max: 100 }, Nullable),
+    f("successRate", &SUCCESS_RATE, Nullable),
+]);
+
+/// Circuit-breaker limits: at least 1 (0 would refuse everything), at most a billion.
+static BREAKER_LIMIT: Shape = int(1, 1_000_000_000);
+
+static BREAKERS: Shape = Shape::Obj(&[
+    f("maxConnections", &BREAKER_LIMIT, Nullable),
+    f("maxPendingRequests", &BREAKER_LIMIT, Nullable),
+    f("maxRequests", &BREAKER_LIMIT, Nullable),
+    f("maxRetries", &BREAKER_LIMIT, Nullable),
+]);
+
 static POLICY_SPEC: Shape = Shape::Obj(&[
     f("targetRef", &SERVICE_REF, Required),
     f("loadBalancer", &LOAD_BALANCER, Optional),
+    f("timeouts", &TIMEOUTS, Nullable),
+    f("retries", &RETRIES, Nullable),
+    f("outlierDetection", &OUTLIER, Nullable),
+    f("circuitBreakers", &BREAKERS, Nullable),
+]);
+
+static ROUTE_TIMEOUTS: Shape = Shape::Obj(&[
+    f("request", &Shape::Str, Nullable),
+    f("backendRequest", &Shape::Str, Nullable),
+]);
+
+static ROUTE_RETRY: Shape = Shape::Obj(&[
+    f("codes", &STATUS_CODES, Optional),
+    f("attempts", &Shape::Int { min: 0, max: 10 }, Nullable),
+    f("backoff", &Shape::Str, Nullable),
 ]);
 
 static PATH_MATCH: Shape = Shape::Obj(&[
@@ -159,6 +292,8 @@ static BACKEND_REF: Shape = Shape::Obj(&[
 static ROUTE_RULE: Shape = Shape::Obj(&[
     f("matches", &Shape::List(&ROUTE_MATCH), Optional),
     f("backendRefs", &Shape::List(&BACKEND_REF), Required),
+    f("timeouts", &ROUTE_TIMEOUTS, Nullable),
+    f("retry", &ROUTE_RETRY, Nullable),
 ]);
 
 static ROUTE_SPEC: Shape = Shape::Obj(&[

@@ -155,10 +155,43 @@ pub trait Balance: Send + Sync + std::fmt::Debug {
         let _ = now;
         self.pick(hash)
     }
+    /// [`Balance::pick_at`] avoiding the endpoints for which `skip(index)` holds (ejected by
+    /// outlier detection, or already tried by this request); `None` when no pick avoided them.
+    ///
+    /// The request path calls it only when something is to be skipped, so picks without
+    /// ejections cost what they did. The default draws again up to [`SKIP_TRIES`] times: each
+    /// pick of P2C is a fresh draw, and a hash-based balancer is asked with the hash moved by a
+    /// fixed step per try, so a key whose endpoint is ejected lands on the same alternative
+    /// every time, and keys of other endpoints do not move. Round robin takes fresh tickets
+    /// and random fresh draws (then scans), so the others keep even shares.
+    fn pick_excluding(
+        &self,
+        hash: Option<u64>,
+        now: Instant,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Option<Picked> {
+        let tries = (self.len() * 4).clamp(1, SKIP_TRIES);
+        for t in 0..tries as u64 {
+            let h = hash.map(|h| h.wrapping_add(t.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            let picked = self.pick_at(h, now)?;
+            if !skip(picked.index) {
+                return Some(picked);
+            }
+        }
+        None
+    }
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// How many draws [`Balance::pick_excluding`]'s default makes before giving up.
+pub const SKIP_TRIES: usize = 32;
+
+/// The first index at or after `start` (wrapping) that `skip` lets through.
+fn scan_from(start: usize, len: usize, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
+    (0..len).map(|k| (start + k) % len).find(|&i| !skip(i))
 }
 
 /// Builds the balancer for `algorithm` over `endpoints`.

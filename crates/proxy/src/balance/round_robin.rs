@@ -33,6 +33,26 @@ impl Balance for RoundRobin {
         })
     }
 
+    fn pick_excluding(
+        &self,
+        _hash: Option<u64>,
+        _now: std::time::Instant,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Option<Picked> {
+        if self.len == 0 {
+            return None;
+        }
+        // Fresh tickets, not a scan: the skipped endpoint's turns spread over all the others
+        // instead of doubling the next one's share.
+        (0..self.len).find_map(|_| {
+            let index = self.next.fetch_add(1, Ordering::Relaxed) % self.len;
+            (!skip(index)).then(|| Picked {
+                index,
+                load: LoadGuard::none(),
+            })
+        })
+    }
+
     fn len(&self) -> usize {
         self.len
     }

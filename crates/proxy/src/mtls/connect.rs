@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::body::ReqBody;
 use arc_swap::ArcSwapOption;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
@@ -92,7 +92,7 @@ pub(crate) struct MtlsEndpoint {
     /// Built at the first connect (it needs the identity, fixed for the process).
     config: OnceLock<Arc<ClientConfig>>,
     /// The shared HTTP/2 connection, if open.
-    h2: ArcSwapOption<SendRequest<Incoming>>,
+    h2: ArcSwapOption<SendRequest<ReqBody>>,
     /// Single-flight connects: concurrent first requests wait for one handshake.
     connecting: tokio::sync::Mutex<()>,
     /// Set once the peer answered `http/1.1` in ALPN.
@@ -169,7 +169,7 @@ impl MtlsError {
 }
 
 enum Conn {
-    H2(SendRequest<Incoming>),
+    H2(SendRequest<ReqBody>),
     H1(Arc<EndpointPool>),
 }
 
@@ -179,7 +179,7 @@ impl MtlsEndpoint {
     pub fn send(
         self: &Arc<Self>,
         tls: &Arc<Tls>,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         now: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, MtlsError>> + Send + 'static + use<>
     {
@@ -204,7 +204,7 @@ impl MtlsEndpoint {
     async fn send_slow(
         self: Arc<Self>,
         tls: Arc<Tls>,
-        mut req: Request<Incoming>,
+        mut req: Request<ReqBody>,
         now: Instant,
     ) -> Result<Response<UpstreamBody>, MtlsError> {
         let mut retried = false;
@@ -228,7 +228,7 @@ impl MtlsEndpoint {
         }
     }
 
-    fn open_h2(&self) -> Option<SendRequest<Incoming>> {
+    fn open_h2(&self) -> Option<SendRequest<ReqBody>> {
         self.h2
             .load()
             .as_deref()
@@ -419,10 +419,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AlertWatch<S> {
 /// Prepares a request for an mTLS endpoint: HTTP/2 (an HTTP/1.x request is marked with
 /// [`super::ORIG_PROTO`]), absolute URI whose authority is what the app named (its `Host`,
 /// moved to `:authority`), else the endpoint's address.
-pub(crate) fn prepare_h2(
-    req: &mut Request<Incoming>,
-    endpoint: &Authority,
-) -> Result<(), http::Error> {
+pub(crate) fn prepare_h2<B>(req: &mut Request<B>, endpoint: &Authority) -> Result<(), http::Error> {
     if req.version() != Version::HTTP_2 {
         mark_upgrade(req);
         *req.version_mut() = Version::HTTP_2;
@@ -442,7 +439,7 @@ pub(crate) fn prepare_h2(
 }
 
 /// Undoes [`prepare_h2`] for a peer that speaks HTTP/1.1 only: HTTP/1.x, `Host`, origin form.
-fn to_h1(req: &mut Request<Incoming>) {
+fn to_h1<B>(req: &mut Request<B>) {
     restore_orig_proto(req);
     if req.version() == Version::HTTP_2 {
         *req.version_mut() = Version::HTTP_11;

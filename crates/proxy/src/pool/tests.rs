@@ -56,7 +56,7 @@ async fn front(pool: Arc<EndpointPool>) -> SocketAddr {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let pool = pool.clone();
                     async move {
-                        let resp = match pool.send(req, Instant::now()).await {
+                        let resp = match pool.send(req.map(Into::into), Instant::now()).await {
                             Ok(r) => r.map(http_body_util::Either::Left),
                             Err(e) => {
                                 let mut r =
@@ -109,7 +109,7 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 #[tokio::test]
 async fn sequential_requests_reuse_one_connection() {
     let (addr, accepted) = backend(true).await;
-    let pools = H1Pools::new(Duration::from_secs(1));
+    let pools = H1Pools::new(Duration::from_secs(1), crate::pool::IDLE_TIMEOUT);
     let pool = pools.endpoint(addr);
     assert!(
         Arc::ptr_eq(&pool, &pools.endpoint(addr)),
@@ -132,7 +132,7 @@ async fn sequential_requests_reuse_one_connection() {
 #[tokio::test]
 async fn connections_the_server_closes_are_replaced() {
     let (addr, accepted) = backend(false).await;
-    let pool = H1Pools::new(Duration::from_secs(1)).endpoint(addr);
+    let pool = H1Pools::new(Duration::from_secs(1), crate::pool::IDLE_TIMEOUT).endpoint(addr);
     let f = front(pool.clone()).await;
     for _ in 0..3 {
         let (status, body) = get(f, "/x").await;
@@ -147,7 +147,7 @@ async fn connect_failures_are_connect_errors() {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         l.local_addr().expect("addr")
     };
-    let pool = H1Pools::new(Duration::from_secs(1)).endpoint(dead);
+    let pool = H1Pools::new(Duration::from_secs(1), crate::pool::IDLE_TIMEOUT).endpoint(dead);
     let f = front(pool).await;
     let (status, body) = get(f, "/").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
@@ -160,7 +160,7 @@ async fn connect_failures_are_connect_errors() {
 #[tokio::test]
 async fn a_response_abandoned_midway_does_not_return_its_connection() {
     let (addr, accepted) = backend(true).await;
-    let pool = H1Pools::new(Duration::from_secs(1)).endpoint(addr);
+    let pool = H1Pools::new(Duration::from_secs(1), crate::pool::IDLE_TIMEOUT).endpoint(addr);
     let f = front(pool.clone()).await;
     {
         // 4 MiB: far more than the socket buffers, so the body is still streaming when the

@@ -24,6 +24,7 @@ fn route(name: &str, path: PathMatch, headers: Vec<HeaderMatch>, cluster: &str) 
             }],
             total_weight: 1,
             hash: None,
+            policy: None,
         },
     }
 }
@@ -215,6 +216,7 @@ fn weighted_cluster_pick_follows_weights() {
         ],
         total_weight: 100,
         hash: None,
+        policy: None,
     };
     let mut counts = std::collections::HashMap::<&str, u32>::new();
     for r in 0..1000u32 {

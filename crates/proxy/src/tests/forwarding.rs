@@ -168,6 +168,7 @@ impl Harness {
                     }],
                     total_weight: 1,
                     hash: None,
+                    policy: None,
                 },
             }],
         };
@@ -417,7 +418,7 @@ async fn metrics_count_requests_by_service_and_status() {
     let metrics = text(h1(h.addrs.admin, req).await).await;
     for want in [
         r#"trellis_requests_total{direction="outbound",destination_service="catalog",status_code="200"} 2"#,
-        r#"trellis_requests_total{direction="outbound",destination_service="unknown",status_code="404"} 1"#,
+        r#"trellis_requests_total{direction="outbound",destination_service="unknown",status_code="404",reason="unknown_service"} 1"#,
         r#"trellis_requests_total{direction="inbound",destination_service="frontend",status_code="200"} 2"#,
         r#"trellis_request_duration_seconds_count{direction="outbound",destination_service="catalog"} 2"#,
     ] {

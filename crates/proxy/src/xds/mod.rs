@@ -4,6 +4,7 @@
 
 pub(crate) mod client;
 pub(crate) mod ratelimit;
+pub(crate) mod resilience;
 pub(crate) mod routes;
 pub(crate) mod security;
 pub(crate) mod state;

@@ -157,8 +157,23 @@ fn route(r: &Route) -> Result<routing::Route, String> {
             clusters,
             total_weight,
             hash,
+            policy: super::resilience::route_policy(action, buffer_limit(r))?.map(Arc::new),
         },
     })
+}
+
+/// `per_request_buffer_limit_bytes` (deprecated in Envoy for `request_body_buffer_limit`;
+/// either is read).
+#[allow(deprecated)]
+fn buffer_limit(r: &Route) -> Option<u32> {
+    r.per_request_buffer_limit_bytes
+        .as_ref()
+        .map(|v| v.value)
+        .or_else(|| {
+            r.request_body_buffer_limit
+                .as_ref()
+                .map(|v| u32::try_from(v.value).unwrap_or(u32::MAX))
+        })
 }
 
 fn header_name(name: &str) -> Result<HeaderName, String> {

@@ -123,8 +123,16 @@ impl XdsState {
                 EndpointSource::Eds(n) => self.assignments.get(n).map_or(&[], Vec::as_slice),
             };
             let algorithm = effective_algorithm(&cc.algorithm, eps);
+            let idle = cc.idle_timeout.unwrap_or(crate::pool::IDLE_TIMEOUT);
             if let Some(old) = previous.clusters.get(cc.name.as_str())
-                && old.same_config(&algorithm, cc.connect_timeout, eps, cc.tls.as_ref())
+                && old.same_config(
+                    &algorithm,
+                    cc.connect_timeout,
+                    eps,
+                    cc.tls.as_ref(),
+                    &cc.policy,
+                )
+                && old.clients.idle_timeout == idle
             {
                 return old.clone();
             }
@@ -136,9 +144,10 @@ impl XdsState {
                     cc.connect_timeout,
                     eps.to_vec(),
                     balancer,
-                    clients.get(cc.connect_timeout),
+                    clients.get_with_idle(cc.connect_timeout, idle),
                 )
-                .with_tls(cc.tls.clone()),
+                .with_tls(cc.tls.clone())
+                .with_policy(cc.policy.clone(), std::time::Instant::now()),
             )
         });
         let mut snapshot = Snapshot::new(routes, clusters.collect::<Vec<_>>());

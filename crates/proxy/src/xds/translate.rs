@@ -21,6 +21,7 @@ use trellis_model::wire;
 
 use super::security::{self, InboundConfig};
 use crate::balance::Algorithm;
+use crate::resilience::ClusterPolicy;
 use crate::security::TlsPolicy;
 
 /// Default `connect_timeout` when a Cluster does not set one.
@@ -39,6 +40,10 @@ pub(crate) struct ClusterConfig {
     pub endpoints: EndpointSource,
     /// Upstream mTLS for endpoints that serve it (docs/XDS.md, "Security"); `None`: plaintext.
     pub tls: Option<TlsPolicy>,
+    /// Circuit breakers, retry budget, outlier detection (docs/XDS.md, "Failure recovery").
+    pub policy: ClusterPolicy,
+    /// `common_http_protocol_options.idle_timeout`; `None`: the default (90s).
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +193,8 @@ pub(crate) fn cluster(c: &Cluster) -> Result<ClusterConfig, String> {
         connect_timeout,
         endpoints,
         tls: security::cluster_tls(c)?,
+        policy: super::resilience::cluster_policy(c)?,
+        idle_timeout: super::resilience::idle_timeout(c)?,
     })
 }
 

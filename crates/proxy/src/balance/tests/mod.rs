@@ -5,6 +5,7 @@ mod distribution;
 mod hashing;
 mod load;
 mod props;
+mod skipping;
 
 use std::net::SocketAddr;
 

@@ -209,6 +209,7 @@ impl Proxy {
                     }],
                     total_weight: 1,
                     hash: None,
+                    policy: None,
                 },
             }],
         }]);

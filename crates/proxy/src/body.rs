@@ -1,0 +1,124 @@
+//! The request body sent upstream: the downstream body streamed as it arrives, or (when a
+//! retry policy applies) a body buffered for replay. See [`crate::resilience`] for when bodies
+//! are buffered.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// A request body on its way upstream.
+#[derive(Debug)]
+pub(crate) enum ReqBody {
+    /// The downstream body, streamed.
+    Stream(Incoming),
+    /// A fully buffered body (and its trailers), replayable with [`Replay::clone`].
+    Replay(Replay),
+    /// A body too large to buffer: what was read already, then the rest of the stream.
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Incoming,
+    },
+}
+
+impl From<Incoming> for ReqBody {
+    fn from(b: Incoming) -> Self {
+        ReqBody::Stream(b)
+    }
+}
+
+/// A buffered body: data and trailers, sent as at most two frames.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Replay {
+    pub data: Bytes,
+    pub trailers: Option<HeaderMap>,
+    sent_data: bool,
+    sent_trailers: bool,
+}
+
+impl Replay {
+    pub fn new(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Replay {
+            data,
+            trailers,
+            sent_data: false,
+            sent_trailers: false,
+        }
+    }
+
+    /// The same body, from the start.
+    pub fn fresh(&self) -> Self {
+        Replay::new(self.data.clone(), self.trailers.clone())
+    }
+
+    fn done(&self) -> bool {
+        (self.sent_data || self.data.is_empty()) && (self.sent_trailers || self.trailers.is_none())
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut *self {
+            ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Replay(r) => {
+                if !r.sent_data && !r.data.is_empty() {
+                    r.sent_data = true;
+                    return Poll::Ready(Some(Ok(Frame::data(r.data.clone()))));
+                }
+                if !r.sent_trailers
+                    && let Some(t) = r.trailers.clone()
+                {
+                    r.sent_trailers = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Poll::Ready(None)
+            }
+            ReqBody::Prefixed { prefix, rest } => {
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                }
+                Pin::new(rest).poll_frame(cx)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Stream(b) => b.is_end_stream(),
+            ReqBody::Replay(r) => r.done(),
+            ReqBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Stream(b) => b.size_hint(),
+            ReqBody::Replay(r) => {
+                let left = if r.sent_data { 0 } else { r.data.len() as u64 };
+                SizeHint::with_exact(left)
+            }
+            ReqBody::Prefixed { prefix, rest } => {
+                let p = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let h = rest.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower().saturating_add(p));
+                if let Some(u) = h.upper() {
+                    out.set_upper(u.saturating_add(p));
+                }
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
