@@ -374,13 +374,30 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
                         PROXY_CPU, stdout=subprocess.PIPE)
         return p, read_ready(p)
 
+    # The same backend as service `backend-r`, whose callers apply every failure-recovery
+    # layer (timeouts, retries with a budget, outlier detection, circuit breakers).
+    api(control, "POST", "/v1/instances", {"service": "backend-r", "id": "backend-r-1",
+                                           "address": "127.0.0.1", "port": b1, "protocol": "http",
+                                           "ttl_ms": 3600000})
+    api(control, "POST", "/v1/resources", {"apiVersion": "trellis.dev/v1alpha1", "kind": "TrafficPolicy",
+                                          "metadata": {"name": "backend-r"},
+                                          "spec": {"targetRef": {"name": "backend-r"},
+                                                   "timeouts": {"request": "5s", "backendRequest": "2s"},
+                                                   "retries": {"attempts": 2},
+                                                   "outlierDetection": {"consecutive5xx": 5},
+                                                   "circuitBreakers": {"maxRequests": 1024}}})
     one, one_ready = sidecar("trellis-sidecar", "bench-client", b1)
     wait_proxy_knows(one_ready["admin"], "backend")
+    wait_proxy_knows(one_ready["admin"], "backend-r")
     port_of = lambda addr: int(addr.rsplit(":", 1)[1])  # noqa: E731
     t = Target("trellis", port_of(one_ready["outbound"]), host="backend", pids=[one.pid],
                features="routing + load balancing + metrics; no TLS")
     t.h2_host = "backend-h2"
     targets.append(t)
+    targets.append(Target("trellis resilience", port_of(one_ready["outbound"]), host="backend-r",
+                          pids=[one.pid],
+                          features="as trellis, plus request/per-try timeouts, 2 retries with a budget, "
+                                   "outlier detection, circuit breaker"))
 
     # Envoy, one hop.
     env_port, env_admin = free_port(), free_port()
@@ -713,7 +730,7 @@ def main() -> int:
                 r["rss_after"] = rss_mib(t.all_pids())
                 for rate in args.rates:
                     r[f"rate{rate}"] = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns))
-                if "pair" not in t.name:
+                if "pair" not in t.name and "resilience" not in t.name:
                     r["h2"] = measure(t, lambda: h2load_max(t, args.duration, args.conns))
                 if t.pids:
                     for key, v in r.items():
