@@ -226,13 +226,7 @@ impl Api {
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> CallError {
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
+        let msg = trellis_proxy::control_tls::error_chain(e);
         if msg.contains("certificate") || msg.contains("UnknownIssuer") {
             CallError::Other(format!(
                 "the control plane at {} is not trusted: {msg}\nhint: pass --control-ca (or TRELLIS_CONTROL_CA) with its trust bundle, `<data-dir>/trust-bundle.pem` of `trellis control --tls`",

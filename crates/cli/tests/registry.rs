@@ -177,17 +177,6 @@ async fn registrations_survive_a_control_plane_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to a process.
-async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
-    let status = tokio::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .await
-        .context("run kill")?;
-    ensure!(status.success(), "kill -{signal} {pid}: {status}");
-    Ok(())
-}
-
 /// `(unhealthy, held)` ids of `service` in the control plane's instance list.
 async fn registry_view(
     control: &ControlPlane,
@@ -244,7 +233,7 @@ async fn mass_heartbeat_loss_triggers_self_preservation() -> anyhow::Result<()> 
     wait_for_traffic_to(&client, SERVICE, &["b1", "b2", "b3", "b4"], DEADLINE).await?;
 
     for i in &mut instances {
-        signal(i.sidecar.process().pid(), "STOP").await?;
+        i.sidecar.process().signal("STOP").await?;
     }
     wait_until(DEADLINE, "two evicted and two held", || async {
         matches!(registry_view(&control, SERVICE).await,
@@ -274,7 +263,7 @@ async fn mass_heartbeat_loss_triggers_self_preservation() -> anyhow::Result<()> 
     .await?;
 
     for i in &mut instances {
-        signal(i.sidecar.process().pid(), "CONT").await?;
+        i.sidecar.process().signal("CONT").await?;
     }
     wait_until(
         DEADLINE,

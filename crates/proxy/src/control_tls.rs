@@ -166,5 +166,12 @@ impl ControlHttp {
 
 /// An error with its sources, `a: b: c` (TLS failures hide their reason in a source).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    crate::outbound::error_chain(e)
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -369,14 +369,4 @@ fn upstream_failure(
     }
 }
 
-/// An error with its sources, `a: b: c`.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub(crate) use crate::control_tls::error_chain;

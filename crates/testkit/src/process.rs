@@ -196,15 +196,7 @@ impl Process {
     /// Sends SIGTERM and waits up to `deadline` for the exit; sends SIGKILL and fails if the
     /// child outlives the deadline.
     pub async fn sigterm(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
-        self.log.line(&self.name, "test: SIGTERM");
-        let status = tokio::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await
-            .with_context(|| format!("{}: cannot run `kill -TERM {}`", self.name, self.pid))?;
-        if !status.success() {
-            bail!("{}: `kill -TERM {}` failed: {status}", self.name, self.pid);
-        }
+        self.signal("TERM").await?;
         match tokio::time::timeout(deadline, self.child.wait()).await {
             Ok(s) => s.with_context(|| format!("{}: cannot reap after SIGTERM", self.name)),
             Err(_) => {
@@ -216,6 +208,24 @@ impl Process {
                 )
             }
         }
+    }
+
+    /// Sends `SIG<name>` (`TERM`, `STOP`, `CONT`, ...) without waiting for any effect.
+    pub async fn signal(&self, name: &str) -> anyhow::Result<()> {
+        self.log.line(&self.name, &format!("test: SIG{name}"));
+        let status = tokio::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.pid.to_string()])
+            .status()
+            .await
+            .with_context(|| format!("{}: cannot run `kill -{name} {}`", self.name, self.pid))?;
+        if !status.success() {
+            bail!(
+                "{}: `kill -{name} {}` failed: {status}",
+                self.name,
+                self.pid
+            );
+        }
+        Ok(())
     }
 
     /// `Some(status)` once the child has exited.
