@@ -1,6 +1,6 @@
 //! End-to-end failure recovery on the outbound path: three echo backends behind their own
 //! sidecars (service `echo`) and a client sidecar, with a TrafficPolicy for `echo`; then a
-//! backend's sidecar is SIGKILLed, an app hangs, every app fails, or the backends are slow
+//! backend's sidecar is SIGKILLed or SIGSTOPped, an app hangs, every app fails, or the backends are slow
 //! under a circuit breaker. The assertions count requests and answers (at the client and at
 //! the backends) and read the client sidecar's metrics; none times anything.
 
@@ -235,6 +235,64 @@ async fn a_hanging_app_times_out_per_try_is_ejected_and_readmitted() -> anyhow::
             let out = mesh
                 .client
                 .run(30, 3, |i| Req::get(SERVICE, &format!("/back/{i}")))
+                .await;
+            out.failures().is_empty() && victim.received() > seen
+        },
+    )
+    .await?;
+    mesh.log.passed();
+    Ok(())
+}
+
+/// The whole host hangs: the victim's sidecar is SIGSTOPped, so its kernel still accepts
+/// connections but nothing answers, neither on pooled connections nor in new handshakes.
+#[tokio::test]
+async fn a_sigstopped_host_times_out_per_try_is_ejected_and_readmitted_after_sigcont()
+-> anyhow::Result<()> {
+    let mut mesh = Mesh::start("resilience_sigstop", Duration::ZERO).await?;
+    mesh.apply_policy(&format!(
+        "  timeouts: {{ connect: 300ms, backendRequest: 300ms }}\n{RETRY_TO_OTHERS}  outlierDetection: {{ consecutiveGatewayErrors: 2, baseEjectionTime: 2s, maxEjectionPercent: 34 }}\n"
+    ))
+    .await?;
+    mesh.log.note("SIGSTOP the victim's sidecar");
+    mesh.instances[2].sidecar.process().signal("STOP").await?;
+    let stopped_at = mesh.instances[2].backend.received();
+    let out = mesh
+        .client
+        .run(200, 4, |i| Req::get(SERVICE, &format!("/stopped/{i}")))
+        .await;
+    mesh.log
+        .note(&format!("with a stopped host: {:?}", tally(&out)));
+    ensure!(
+        out.failures().is_empty(),
+        "requests failed: {:?}",
+        tally(&out)
+    );
+    ensure!(
+        mesh.instances[2].backend.received() == stopped_at,
+        "a stopped sidecar forwarded requests"
+    );
+    ensure!(
+        mesh.metric("trellis_upstream_retries_total").await? >= 1.0,
+        "no try to the stopped host timed out and was retried"
+    );
+    ensure!(
+        mesh.metric("trellis_outlier_ejections_total").await? >= 1.0,
+        "the stopped host was not ejected"
+    );
+    let live: usize = mesh.instances[..2].iter().map(|i| i.backend.received()).sum();
+    ensure!(live >= 200, "the live hosts answered only {live} of 200");
+    mesh.log.note("SIGCONT the victim's sidecar");
+    mesh.instances[2].sidecar.process().signal("CONT").await?;
+    let victim = &mesh.instances[2].backend;
+    let seen = victim.received();
+    wait_until(
+        DEADLINE,
+        "the resumed host to receive requests again",
+        || async {
+            let out = mesh
+                .client
+                .run(30, 3, |i| Req::get(SERVICE, &format!("/resumed/{i}")))
                 .await;
             out.failures().is_empty() && victim.received() > seen
         },
