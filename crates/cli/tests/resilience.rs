@@ -26,17 +26,37 @@ struct Mesh {
 }
 
 impl Mesh {
+    /// The three backends and the client, with mTLS (HTTP/2 between the sidecars).
     async fn start(test: &str, latency: Duration) -> anyhow::Result<Self> {
+        Self::start_with(test, latency, &IDS, false).await
+    }
+
+    /// `ids` backends; `plaintext`: no sidecar has an identity (a PERMISSIVE `echo`), so the
+    /// client sidecar pools HTTP/1.1 connections to the backends' sidecars.
+    async fn start_with(
+        test: &str,
+        latency: Duration,
+        ids: &[&str],
+        plaintext: bool,
+    ) -> anyhow::Result<Self> {
         let log = TestLog::new(test)?;
         let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
+        let opts = |o: SidecarOpts| if plaintext { o.plaintext() } else { o };
+        if plaintext {
+            control
+                .apply_yaml(&format!(
+                    "apiVersion: trellis.dev/v1alpha1\nkind: Service\nmetadata:\n  name: {SERVICE}\n\
+                     spec:\n  mtls: {{ mode: PERMISSIVE }}\n"
+                ))
+                .await?;
+        }
         let mut instances = Vec::new();
-        for id in IDS {
+        for id in ids {
             // A long TTL: a dead sidecar stays registered, so only outlier detection can
             // take it out of the client's rotation during the test.
-            let opts = SidecarOpts::default().ttl("10m");
-            instances.push(
-                Instance::start(BIN, &log, &control.url(), SERVICE, id, latency, opts).await?,
-            );
+            let o = opts(SidecarOpts::default().ttl("10m"));
+            instances
+                .push(Instance::start(BIN, &log, &control.url(), SERVICE, id, latency, o).await?);
         }
         let client_app = EchoServer::start("client-app").await?;
         let client_sidecar = Sidecar::start(
@@ -45,11 +65,11 @@ impl Mesh {
             &control.url(),
             "client",
             client_app.port(),
-            SidecarOpts::default().id("client-1"),
+            opts(SidecarOpts::default().id("client-1")),
         )
         .await?;
         let client = Client::new(client_sidecar.outbound());
-        wait_for_traffic_to(&client, SERVICE, &IDS, DEADLINE).await?;
+        wait_for_traffic_to(&client, SERVICE, ids, DEADLINE).await?;
         Ok(Self {
             instances,
             client_sidecar,
@@ -280,7 +300,10 @@ async fn a_sigstopped_host_times_out_per_try_is_ejected_and_readmitted_after_sig
         mesh.metric("trellis_outlier_ejections_total").await? >= 1.0,
         "the stopped host was not ejected"
     );
-    let live: usize = mesh.instances[..2].iter().map(|i| i.backend.received()).sum();
+    let live: usize = mesh.instances[..2]
+        .iter()
+        .map(|i| i.backend.received())
+        .sum();
     ensure!(live >= 200, "the live hosts answered only {live} of 200");
     mesh.log.note("SIGCONT the victim's sidecar");
     mesh.instances[2].sidecar.process().signal("CONT").await?;
@@ -385,6 +408,67 @@ async fn the_circuit_breaker_refuses_only_over_its_limit() -> anyhow::Result<()>
             .await?
             == open as f64,
         "the request metric counts the refusals under reason=circuit_open"
+    );
+    mesh.log.passed();
+    Ok(())
+}
+
+/// HTTP/1.1 between the sidecars: a request needs a connection of its own. With two
+/// connections and two pending requests allowed, four concurrent requests are all served;
+/// sixteen overflow the pending queue, and the overflow is refused at once.
+#[tokio::test]
+async fn connection_and_pending_limits_queue_then_refuse_http1_requests() -> anyhow::Result<()> {
+    let mesh = Mesh::start_with(
+        "resilience_connections",
+        Duration::from_millis(200),
+        &IDS[..1],
+        true,
+    )
+    .await?;
+    // Retries and a hair-trigger outlier detector: an overflow counted as an upstream
+    // failure would be retried and would eject the only endpoint.
+    mesh.apply_policy(&format!(
+        "  circuitBreakers: {{ maxConnections: 2, maxPendingRequests: 2 }}\n{RETRY_TO_OTHERS}  outlierDetection: {{ consecutiveGatewayErrors: 1, consecutive5xx: 1 }}\n"
+    ))
+    .await?;
+    let out = mesh
+        .client
+        .run(16, 4, |i| Req::get(SERVICE, &format!("/within/{i}")))
+        .await;
+    mesh.log.note(&format!("4 concurrent: {:?}", tally(&out)));
+    ensure!(
+        out.failures().is_empty(),
+        "refused within the limits: {:?}",
+        tally(&out)
+    );
+    let out = mesh
+        .client
+        .run(48, 16, |i| Req::get(SERVICE, &format!("/over/{i}")))
+        .await;
+    let t = tally(&out);
+    mesh.log.note(&format!("16 concurrent: {t:?}"));
+    let open = t.get("503 circuit_open").copied().unwrap_or(0);
+    let ok = t.get("200 ").copied().unwrap_or(0);
+    ensure!(open > 0, "nothing refused over the pending limit: {t:?}");
+    ensure!(
+        ok > 0 && ok + open == 48,
+        "only circuit_open refusals expected: {t:?}"
+    );
+    let refusal = out
+        .results
+        .iter()
+        .flatten()
+        .find(|r| r.reason() == Some("circuit_open".into()))
+        .context("a refusal")?;
+    let text = String::from_utf8_lossy(&refusal.body);
+    ensure!(
+        text.contains("maxPendingRequests"),
+        "the refusal names the limit: {text}"
+    );
+    ensure!(
+        mesh.metric("trellis_outlier_ejections_total").await? == 0.0
+            && mesh.metric("trellis_upstream_retries_total").await? == 0.0,
+        "a local refusal is neither an upstream failure nor retried"
     );
     mesh.log.passed();
     Ok(())

@@ -250,7 +250,7 @@ fn forward(
             return FutEither::Right(FutEither::Left(std::future::ready(resp)));
         }
         // Boxed, so the plaintext path's future keeps its size.
-        let sent = mtls.send(tls, req.map(ReqBody::Stream), start);
+        let sent = mtls.send(tls, req.map(ReqBody::Stream), start, None);
         return FutEither::Right(FutEither::Right(Box::pin(sent.map(move |result| {
             finish(d, result.map_err(UpstreamError::Mtls), version, start)
         }))));
@@ -266,6 +266,7 @@ fn forward(
         pool: &endpoint.pool,
         authority: &endpoint.authority,
         h2: &d.cluster.clients.h2,
+        breaker: None,
     };
     FutEither::Left(
         crate::http::send(req, to, start).map(move |result| finish(d, result, version, start)),

@@ -12,11 +12,19 @@
 //! fresh one, as the legacy client does. Idle connections older than [`IDLE_TIMEOUT`] are
 //! closed when the pool is next used; a pool and its connections go away when no cluster refers
 //! to the endpoint any more.
+//!
+//! A cluster with circuit breakers sends through [`EndpointPool::send_limited`]: a new
+//! connection takes a `maxConnections` slot for its lifetime (counted against the cluster
+//! that opened it), and a request that finds no idle connection takes a `maxPendingRequests`
+//! slot while it waits, for a connect, or, when the cluster's connections are at their limit,
+//! for one of this endpoint's connections to be free. An endpoint with no connection at all
+//! always gets one, as in Envoy, so a limit below the number of endpoints starves none.
 
 use std::collections::HashMap;
 use std::future::{Future, ready};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,6 +43,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::ReqBody;
 use crate::metrics::{Direction, TlsMetrics};
+use crate::resilience::Breaker;
+use crate::resilience::breaker::Slot;
 
 /// Idle connections older than this are closed instead of reused, unless the cluster sets
 /// an idle timeout (`common_http_protocol_options.idle_timeout`).
@@ -74,6 +84,7 @@ impl H1Pools {
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
             idle: Mutex::new(Vec::new()),
+            live: Arc::default(),
             tls: None,
         });
         map.insert(addr, Arc::downgrade(&pool));
@@ -89,6 +100,8 @@ pub(crate) struct EndpointPool {
     /// Idle connections older than this are closed instead of reused.
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    /// Its open connections, and the requests waiting for one to be free.
+    live: Arc<Live>,
     /// mTLS for every new connection (an mTLS peer that speaks HTTP/1.1 only).
     tls: Option<PoolTls>,
 }
@@ -106,6 +119,40 @@ impl std::fmt::Debug for PoolTls {
         f.debug_struct("PoolTls")
             .field("sni", &self.sni)
             .finish_non_exhaustive()
+    }
+}
+
+/// The open connections of one pool, and a wake-up for requests waiting for one of them.
+#[derive(Debug, Default)]
+struct Live {
+    open: AtomicUsize,
+    /// Requests in [`EndpointPool::wait_for_free`]; zero (the common case) spares returning
+    /// a connection the notification.
+    waiting: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+/// Held by a connection's task: counts it open, and holds its `maxConnections` slot.
+struct LiveConn {
+    live: Arc<Live>,
+    _slot: Option<Slot>,
+}
+
+impl LiveConn {
+    fn new(live: &Arc<Live>, slot: Option<Slot>) -> Self {
+        live.open.fetch_add(1, Ordering::Relaxed);
+        LiveConn {
+            live: live.clone(),
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for LiveConn {
+    fn drop(&mut self) {
+        self.live.open.fetch_sub(1, Ordering::Relaxed);
+        // A waiter may now connect (this endpoint has a free connection slot).
+        self.live.freed.notify_waiters();
     }
 }
 
@@ -136,6 +183,10 @@ pub(crate) enum PoolError {
         reason: &'static str,
         source: std::io::Error,
     },
+    #[error(
+        "{addr}: {pending} requests already wait for a connection (circuitBreakers.maxPendingRequests)"
+    )]
+    PendingOverflow { addr: SocketAddr, pending: u32 },
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -143,7 +194,7 @@ pub(crate) enum PoolError {
 impl PoolError {
     /// The endpoint could not be reached at all (no request was sent).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, PoolError::Http(_))
+        !matches!(self, PoolError::Http(_) | PoolError::PendingOverflow { .. })
     }
 }
 
@@ -155,6 +206,7 @@ impl EndpointPool {
             connect_timeout,
             idle_timeout: IDLE_TIMEOUT,
             idle: Mutex::new(Vec::new()),
+            live: Arc::default(),
             tls: Some(tls),
         })
     }
@@ -208,7 +260,7 @@ impl EndpointPool {
             };
             let (mut tx, reused) = match pooled {
                 Some(tx) => (tx, true),
-                None => (self.connect().await?, false),
+                None => (self.connect(None).await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -222,6 +274,85 @@ impl EndpointPool {
                 },
             }
         }
+    }
+
+    /// [`Self::send`] under `breaker`'s `maxConnections` and `maxPendingRequests`.
+    pub fn send_limited(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+        now: Instant,
+        breaker: &Arc<Breaker>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, PoolError>> + Send + 'static + use<>
+    {
+        Box::pin(self.clone().send_slow_limited(req, now, breaker.clone()))
+    }
+
+    async fn send_slow_limited(
+        self: Arc<Self>,
+        mut req: Request<ReqBody>,
+        now: Instant,
+        breaker: Arc<Breaker>,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        let mut pending = None;
+        loop {
+            let (mut tx, reused) = match self.checkout(now).await {
+                Some(tx) => (tx, true),
+                None => {
+                    if pending.is_none() {
+                        pending =
+                            Some(breaker.try_pending().ok_or(PoolError::PendingOverflow {
+                                addr: self.addr,
+                                pending: breaker.limits.max_pending_requests,
+                            })?);
+                    }
+                    match breaker.try_connection() {
+                        Some(slot) => (self.connect(Some(slot)).await?, false),
+                        None if self.live.open.load(Ordering::Relaxed) == 0 => {
+                            (self.connect(None).await?, false)
+                        }
+                        None => {
+                            self.wait_for_free().await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            drop(pending.take());
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let pool = self.clone();
+                    return Ok(resp.map(|body| UpstreamBody::pooled(body, tx, pool, now)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) if reused => req = r,
+                    _ => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Returns once a connection was given back to this pool or one of its connections
+    /// closed (or at once if either already happened).
+    async fn wait_for_free(&self) {
+        struct Waiting<'a>(&'a Live);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let live = &*self.live;
+        live.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(live);
+        let notified = live.freed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Checked under the idle lock, after `waiting` was raised: a connection put back
+        // before this is seen here, one put back after it notifies (`put` reads `waiting`
+        // after taking the same lock).
+        if !self.lock().is_empty() || live.open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        notified.await;
     }
 
     /// The most recently used idle connection that is still open and not expired.
@@ -252,7 +383,9 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<ReqBody>, PoolError> {
+    /// A new connection; `slot` (the cluster's `maxConnections` slot, if any) is held until it
+    /// closes.
+    async fn connect(&self, slot: Option<Slot>) -> Result<SendRequest<ReqBody>, PoolError> {
         let addr = self.addr;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
@@ -263,7 +396,7 @@ impl EndpointPool {
             .map_err(|source| PoolError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            return h1_handshake(TokioIo::new(stream), addr).await;
+            return h1_handshake(TokioIo::new(stream), addr, LiveConn::new(&self.live, slot)).await;
         };
         let handshake = tls.connector.connect(tls.sni.clone(), stream);
         let stream = match tokio::time::timeout(crate::mtls::HANDSHAKE_TIMEOUT, handshake).await {
@@ -290,7 +423,7 @@ impl EndpointPool {
             }
         };
         tls.metrics.handshake(Direction::Outbound);
-        h1_handshake(TokioIo::new(stream), addr).await
+        h1_handshake(TokioIo::new(stream), addr, LiveConn::new(&self.live, slot)).await
     }
 
     fn put(&self, tx: SendRequest<ReqBody>, since: Instant) {
@@ -309,6 +442,10 @@ impl EndpointPool {
         if idle.len() < MAX_IDLE {
             idle.push(Idle { tx, since });
         }
+        drop(idle);
+        if self.live.waiting.load(Ordering::Relaxed) > 0 {
+            self.live.freed.notify_one();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -324,7 +461,11 @@ impl EndpointPool {
 }
 
 /// An HTTP/1.1 client handshake on a new connection, its task spawned.
-async fn h1_handshake<I>(io: I, addr: SocketAddr) -> Result<SendRequest<ReqBody>, PoolError>
+async fn h1_handshake<I>(
+    io: I,
+    addr: SocketAddr,
+    live: LiveConn,
+) -> Result<SendRequest<ReqBody>, PoolError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -333,6 +474,7 @@ where
         .await
         .map_err(|source| PoolError::Handshake { addr, source })?;
     tokio::spawn(async move {
+        let _live = live;
         if let Err(e) = conn.await {
             tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
         }

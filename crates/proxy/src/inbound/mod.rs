@@ -220,6 +220,7 @@ impl Inbound {
             pool: &self.pool,
             authority: &self.app,
             h2: &self.clients.h2,
+            breaker: None,
         };
         (downstream, crate::http::send(req, to, start))
     }

@@ -35,6 +35,7 @@ use super::{HANDSHAKE_TIMEOUT, Tls, handshake_failure_reason, mark_upgrade, rest
 use crate::identity::{ALPN_H2, ALPN_HTTP11, ExpectedIds, client_config};
 use crate::metrics::Direction;
 use crate::pool::{EndpointPool, PoolError, PoolTls, UpstreamBody};
+use crate::resilience::Breaker;
 use crate::security::TlsPolicy;
 
 type Key = (SocketAddr, String, Vec<String>);
@@ -139,6 +140,10 @@ pub(crate) enum MtlsError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error(
+        "{addr}: {pending} requests already wait for the connection (circuitBreakers.maxPendingRequests)"
+    )]
+    PendingOverflow { addr: SocketAddr, pending: u32 },
     #[error(transparent)]
     Http(hyper::Error),
     #[error(transparent)]
@@ -149,7 +154,7 @@ impl MtlsError {
     /// Nothing was sent: no connection could be made.
     pub fn is_connect(&self) -> bool {
         match self {
-            MtlsError::Http(_) => false,
+            MtlsError::Http(_) | MtlsError::PendingOverflow { .. } => false,
             MtlsError::H1(e) => e.is_connect(),
             _ => true,
         }
@@ -176,11 +181,15 @@ enum Conn {
 impl MtlsEndpoint {
     /// Sends `req`, already prepared with [`prepare_h2`], over the endpoint's HTTP/2
     /// connection; connects (one handshake for all waiting requests) when there is none.
+    /// With `breaker`, requests waiting for that connect count against `maxPendingRequests`
+    /// (`maxConnections` has no say over the one HTTP/2 connection per endpoint), and an
+    /// HTTP/1.1-only peer's pool is used under both limits.
     pub fn send(
         self: &Arc<Self>,
         tls: &Arc<Tls>,
         req: Request<ReqBody>,
         now: Instant,
+        breaker: Option<&Arc<Breaker>>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, MtlsError>> + Send + 'static + use<>
     {
         if let Some(tx) = &*self.h2.load()
@@ -189,16 +198,22 @@ impl MtlsEndpoint {
             let mut tx = SendRequest::clone(tx);
             let this = self.clone();
             let tls = tls.clone();
+            let breaker = breaker.cloned();
             return Either::Left(tx.try_send_request(req).then(move |sent| match sent {
                 Ok(resp) => Either::Left(ready(Ok(resp.map(UpstreamBody::plain)))),
                 Err(mut e) => match e.take_message() {
                     // The connection closed before the request was written: reconnect.
-                    Some(req) => Either::Right(Box::pin(this.send_slow(tls, req, now))),
+                    Some(req) => Either::Right(Box::pin(this.send_slow(tls, req, now, breaker))),
                     None => Either::Left(ready(Err(this.http_error(&tls, e.into_error())))),
                 },
             }));
         }
-        Either::Right(Box::pin(self.clone().send_slow(tls.clone(), req, now)))
+        Either::Right(Box::pin(self.clone().send_slow(
+            tls.clone(),
+            req,
+            now,
+            breaker.cloned(),
+        )))
     }
 
     async fn send_slow(
@@ -206,13 +221,29 @@ impl MtlsEndpoint {
         tls: Arc<Tls>,
         mut req: Request<ReqBody>,
         now: Instant,
+        breaker: Option<Arc<Breaker>>,
     ) -> Result<Response<UpstreamBody>, MtlsError> {
         let mut retried = false;
         loop {
-            match self.connection(&tls).await? {
+            let pending = match &breaker {
+                Some(b) if self.h1.get().is_none() && self.open_h2().is_none() => {
+                    Some(b.try_pending().ok_or(MtlsError::PendingOverflow {
+                        addr: self.addr,
+                        pending: b.limits.max_pending_requests,
+                    })?)
+                }
+                _ => None,
+            };
+            let conn = self.connection(&tls).await?;
+            drop(pending);
+            match conn {
                 Conn::H1(pool) => {
                     to_h1(&mut req);
-                    return pool.send(req, now).await.map_err(MtlsError::H1);
+                    let sent = match &breaker {
+                        Some(b) => Either::Left(pool.send_limited(req, now, b)),
+                        None => Either::Right(pool.send(req, now)),
+                    };
+                    return sent.await.map_err(MtlsError::H1);
                 }
                 Conn::H2(mut tx) => match tx.try_send_request(req).await {
                     Ok(resp) => return Ok(resp.map(UpstreamBody::plain)),

@@ -7,7 +7,8 @@
 //!    bodies over the limit are streamed and not retried);
 //! 4. the tries: per-try timeout, outcome fed to outlier detection, then the retry decision
 //!    (policy, attempts left, retry budget, retry breaker), backoff, and a pick that avoids
-//!    the endpoints already tried.
+//!    the endpoints already tried. A try that finds `max_pending_requests` already waiting
+//!    for a connection (see [`crate::pool`]) ends the request with 503 `circuit_open`.
 //!
 //! A response is passed downstream only once no retry follows, so no retry ever happens after
 //! response bytes went downstream. Every answer Trellis makes itself names its reason in
@@ -53,6 +54,8 @@ enum TryError {
     Upstream(UpstreamError),
     Timeout,
     NoIdentity,
+    /// A circuit breaker (`maxPendingRequests`) refused to let it wait for a connection.
+    Overflow(String),
 }
 
 async fn run(
@@ -244,17 +247,23 @@ async fn tries(
             Err(_) => Outcome::Reset,
         };
         let now = Instant::now();
-        if !matches!(
+        let local = matches!(
             result,
-            Err(TryError::NoIdentity) | Err(TryError::Upstream(UpstreamError::Uri(_)))
-        ) && let Some(o) = outlier
+            Err(TryError::NoIdentity)
+                | Err(TryError::Overflow(_))
+                | Err(TryError::Upstream(UpstreamError::Uri(_)))
+        );
+        if !local
+            && let Some(o) = outlier
             && o.record(index, outcome, now)
         {
             metrics.ejection();
             tracing::debug!(cluster = %cluster.name, endpoint = %cluster.endpoints[index].authority, "endpoint ejected by outlier detection");
         }
-        let wants_retry =
-            retry.is_some_and(|r| retry::retriable(r, outcome)) && attempt < retries_allowed;
+        // A local refusal is no upstream failure: neither ejected for nor retried.
+        let wants_retry = !local
+            && retry.is_some_and(|r| retry::retriable(r, outcome))
+            && attempt < retries_allowed;
         if !wants_retry {
             return finish(
                 result, &cluster, index, load, &metrics, version, start, grpc, None,
@@ -334,6 +343,14 @@ fn send_try(
     use futures_util::FutureExt;
     use futures_util::future::Either as FutEither;
     let endpoint = &cluster.endpoints[index];
+    let breaker = cluster.resilience.as_ref().and_then(|r| r.breaker.as_ref());
+    let refused = |e: UpstreamError| {
+        if e.is_overflow() {
+            TryError::Overflow(e.to_string())
+        } else {
+            TryError::Upstream(e)
+        }
+    };
     if let Some(mtls) = &endpoint.mtls {
         let Some(tls) = shared.tls.get() else {
             return FutEither::Left(FutEither::Left(std::future::ready(Err(
@@ -346,8 +363,8 @@ fn send_try(
             ))));
         }
         return FutEither::Left(FutEither::Right(
-            mtls.send(tls, req, start)
-                .map(|r| r.map_err(|e| TryError::Upstream(UpstreamError::Mtls(e)))),
+            mtls.send(tls, req, start, breaker)
+                .map(move |r| r.map_err(|e| refused(UpstreamError::Mtls(e)))),
         ));
     }
     if req.version() != Version::HTTP_2
@@ -361,8 +378,9 @@ fn send_try(
         pool: &endpoint.pool,
         authority: &endpoint.authority,
         h2: &cluster.clients.h2,
+        breaker,
     };
-    FutEither::Right(crate::http::send(req, to, start).map(|r| r.map_err(TryError::Upstream)))
+    FutEither::Right(crate::http::send(req, to, start).map(move |r| r.map_err(refused)))
 }
 
 /// The answer once no retry follows: the upstream's response as it is, or an error reply.
@@ -406,6 +424,11 @@ fn finish(
                 "trellis: {} (cluster `{}`) did not answer within the per-try timeout\n",
                 endpoint.authority, cluster.name
             ),
+        ),
+        Err(TryError::Overflow(text)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            reason::CIRCUIT_OPEN,
+            format!("trellis: cluster `{}`: {text}\n", cluster.name),
         ),
         Err(TryError::Upstream(e)) => upstream_failure(cluster, endpoint, &e, metrics),
     };

@@ -193,3 +193,108 @@ async fn a_response_abandoned_midway_does_not_return_its_connection() {
         "a fresh connection, not the half-read one"
     );
 }
+
+/// A backend that answers only once `open` is set, counting connections and requests.
+async fn gated_backend(
+    open: tokio::sync::watch::Receiver<bool>,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (conns, reqs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, r) = (conns.clone(), reqs.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let (r, open) = (r.clone(), open.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let mut open = open.clone();
+                    async move {
+                        let _ = open.wait_for(|o| *o).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns, reqs)
+}
+
+fn empty_get(path: &str) -> Request<crate::body::ReqBody> {
+    Request::builder()
+        .uri(path)
+        .header("host", "svc")
+        .body(crate::body::ReqBody::Replay(Default::default()))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn connection_and_pending_limits_queue_then_refuse() {
+    use crate::resilience::Breaker;
+    use crate::resilience::breaker::Limits;
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let (addr, conns, reqs) = gated_backend(open_rx).await;
+    let pools = H1Pools::new(Duration::from_secs(1), crate::pool::IDLE_TIMEOUT);
+    let pool = pools.endpoint(addr);
+    let breaker = Arc::new(Breaker::new(Limits {
+        max_connections: 1,
+        max_pending_requests: 1,
+        max_requests: 1024,
+        max_retries: 1024,
+    }));
+    let send = |path: &str| {
+        let sent = pool.send_limited(empty_get(path), Instant::now(), &breaker);
+        tokio::spawn(async move {
+            let resp = sent.await?;
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, anyhow::Error>(body)
+        })
+    };
+    let first = send("/1");
+    eventually("the first request at the backend", || {
+        reqs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(breaker.connections_and_pending(), (1, 0));
+    // The only connection is busy: the second waits for it.
+    let second = send("/2");
+    eventually("the second request to be pending", || {
+        breaker.connections_and_pending() == (1, 1)
+    })
+    .await;
+    // The pending slot is taken: the third is refused at once.
+    match pool
+        .send_limited(empty_get("/3"), Instant::now(), &breaker)
+        .await
+    {
+        Err(e @ super::PoolError::PendingOverflow { .. }) => {
+            assert!(!e.is_connect(), "an overflow is no connect failure");
+            assert!(e.to_string().contains("maxPendingRequests"), "{e}");
+        }
+        other => panic!("expected a pending overflow, got {other:?}"),
+    }
+    open_tx.send_replace(true);
+    assert_eq!(&first.await.expect("join").expect("first")[..], b"ok");
+    assert_eq!(&second.await.expect("join").expect("second")[..], b"ok");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "the waiting request reused the freed connection"
+    );
+    assert_eq!(
+        reqs.load(Ordering::SeqCst),
+        2,
+        "the refused one never reached the backend"
+    );
+    assert_eq!(
+        breaker.connections_and_pending(),
+        (1, 0),
+        "the open connection keeps its slot"
+    );
+    drop(pool);
+    drop(pools);
+}

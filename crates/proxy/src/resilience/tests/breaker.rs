@@ -23,3 +23,24 @@ fn slots_are_limited_and_given_back() {
     drop(c);
     assert_eq!(b.in_flight(), (0, 0));
 }
+
+#[test]
+fn connections_and_pending_requests_are_limited_and_given_back() {
+    let b = Arc::new(Breaker::new(Limits {
+        max_connections: 1,
+        max_pending_requests: 2,
+        max_requests: 1024,
+        max_retries: 1024,
+    }));
+    let c = b.try_connection().expect("first connection");
+    assert!(b.try_connection().is_none(), "second connection overflows");
+    let p1 = b.try_pending().expect("first pending");
+    let _p2 = b.try_pending().expect("second pending");
+    assert!(b.try_pending().is_none(), "third pending overflows");
+    assert_eq!(b.connections_and_pending(), (1, 2));
+    assert_eq!(b.in_flight(), (0, 0), "other counters untouched");
+    drop(c);
+    drop(p1);
+    assert!(b.try_connection().is_some());
+    assert!(b.try_pending().is_some());
+}
