@@ -13,7 +13,7 @@
 //! closed when the pool is next used; a pool and its connections go away when no cluster refers
 //! to the endpoint any more.
 //!
-//! A cluster with circuit breakers sends through [`EndpointPool::send_limited`]: a new
+//! A cluster with circuit breakers sends through [`EndpointPool::send`]: a new
 //! connection takes a `maxConnections` slot for its lifetime (counted against the cluster
 //! that opened it), and a request that finds no idle connection takes a `maxPendingRequests`
 //! slot while it waits, for a connect, or, when the cluster's connections are at their limit,
@@ -211,7 +211,8 @@ impl EndpointPool {
         })
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) over a pooled or new connection. `now` is the
+    /// Sends `req` (origin-form URI, `Host` set) over a pooled or new connection, under
+    /// `breaker`'s `maxConnections` and `maxPendingRequests` if there is one. `now` is the
     /// request's start, used as a coarse clock for idle expiry (no extra clock read).
     ///
     /// The common case — an idle connection that is ready — hands the request to it before
@@ -221,9 +222,11 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<ReqBody>,
         now: Instant,
+        breaker: Option<&Arc<Breaker>>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, PoolError>> + Send + 'static + use<>
     {
         let pool = self.clone();
+        let breaker = breaker.cloned();
         match self.pop_idle(now) {
             Some(mut tx) if tx.is_ready() => {
                 // Combinators, not an `async` block: a block would hold `sent` twice.
@@ -233,23 +236,28 @@ impl EndpointPool {
                     ))),
                     Err(mut e) => match e.take_message() {
                         // Closed before the request was written: safe to send it elsewhere.
-                        Some(req) => Either::Right(Box::pin(pool.send_slow(req, None, now))),
+                        Some(req) => {
+                            Either::Right(Box::pin(pool.send_slow(req, None, now, breaker)))
+                        }
                         None => Either::Left(ready(Err(PoolError::Http(e.into_error())))),
                     },
                 }))
             }
-            idle => Either::Right(Box::pin(pool.send_slow(req, idle, now))),
+            idle => Either::Right(Box::pin(pool.send_slow(req, idle, now, breaker))),
         }
     }
 
     /// [`Self::send`] when no idle connection was ready: wait for `first` (if any) to become
-    /// ready, else try the other idle ones, else connect.
+    /// ready, else try the other idle ones, else connect — under `breaker`, as a pending
+    /// request, and waiting for a free connection when the cluster's are at their limit.
     async fn send_slow(
         self: Arc<Self>,
         mut req: Request<ReqBody>,
         mut first: Option<SendRequest<ReqBody>>,
         now: Instant,
+        breaker: Option<Arc<Breaker>>,
     ) -> Result<Response<UpstreamBody>, PoolError> {
+        let mut pending = None;
         loop {
             let pooled = match first.take() {
                 Some(mut tx) => match tx.ready().await {
@@ -258,54 +266,17 @@ impl EndpointPool {
                 },
                 None => self.checkout(now).await,
             };
-            let (mut tx, reused) = match pooled {
-                Some(tx) => (tx, true),
-                None => (self.connect(None).await?, false),
-            };
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    let pool = self.clone();
-                    return Ok(resp.map(|body| UpstreamBody::pooled(body, tx, pool, now)));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Closed before the request was written: safe to send it elsewhere.
-                    Some(r) if reused => req = r,
-                    _ => return Err(PoolError::Http(e.into_error())),
-                },
-            }
-        }
-    }
-
-    /// [`Self::send`] under `breaker`'s `maxConnections` and `maxPendingRequests`.
-    pub fn send_limited(
-        self: &Arc<Self>,
-        req: Request<ReqBody>,
-        now: Instant,
-        breaker: &Arc<Breaker>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, PoolError>> + Send + 'static + use<>
-    {
-        Box::pin(self.clone().send_slow_limited(req, now, breaker.clone()))
-    }
-
-    async fn send_slow_limited(
-        self: Arc<Self>,
-        mut req: Request<ReqBody>,
-        now: Instant,
-        breaker: Arc<Breaker>,
-    ) -> Result<Response<UpstreamBody>, PoolError> {
-        let mut pending = None;
-        loop {
-            let (mut tx, reused) = match self.checkout(now).await {
-                Some(tx) => (tx, true),
-                None => {
+            let (mut tx, reused) = match (pooled, &breaker) {
+                (Some(tx), _) => (tx, true),
+                (None, None) => (self.connect(None).await?, false),
+                (None, Some(b)) => {
                     if pending.is_none() {
-                        pending =
-                            Some(breaker.try_pending().ok_or(PoolError::PendingOverflow {
-                                addr: self.addr,
-                                pending: breaker.limits.max_pending_requests,
-                            })?);
+                        pending = Some(b.try_pending().ok_or(PoolError::PendingOverflow {
+                            addr: self.addr,
+                            pending: b.limits.max_pending_requests,
+                        })?);
                     }
-                    match breaker.try_connection() {
+                    match b.try_connection() {
                         Some(slot) => (self.connect(Some(slot)).await?, false),
                         None if self.live.open.load(Ordering::Relaxed) == 0 => {
                             (self.connect(None).await?, false)
@@ -324,6 +295,7 @@ impl EndpointPool {
                     return Ok(resp.map(|body| UpstreamBody::pooled(body, tx, pool, now)));
                 }
                 Err(mut e) => match e.take_message() {
+                    // Closed before the request was written: safe to send it elsewhere.
                     Some(r) if reused => req = r,
                     _ => return Err(PoolError::Http(e.into_error())),
                 },

@@ -239,11 +239,10 @@ impl MtlsEndpoint {
             match conn {
                 Conn::H1(pool) => {
                     to_h1(&mut req);
-                    let sent = match &breaker {
-                        Some(b) => Either::Left(pool.send_limited(req, now, b)),
-                        None => Either::Right(pool.send(req, now)),
-                    };
-                    return sent.await.map_err(MtlsError::H1);
+                    return pool
+                        .send(req, now, breaker.as_ref())
+                        .await
+                        .map_err(MtlsError::H1);
                 }
                 Conn::H2(mut tx) => match tx.try_send_request(req).await {
                     Ok(resp) => return Ok(resp.map(UpstreamBody::plain)),

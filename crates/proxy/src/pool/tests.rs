@@ -56,7 +56,8 @@ async fn front(pool: Arc<EndpointPool>) -> SocketAddr {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let pool = pool.clone();
                     async move {
-                        let resp = match pool.send(req.map(Into::into), Instant::now()).await {
+                        let resp = match pool.send(req.map(Into::into), Instant::now(), None).await
+                        {
                             Ok(r) => r.map(http_body_util::Either::Left),
                             Err(e) => {
                                 let mut r =
@@ -247,7 +248,7 @@ async fn connection_and_pending_limits_queue_then_refuse() {
         max_retries: 1024,
     }));
     let send = |path: &str| {
-        let sent = pool.send_limited(empty_get(path), Instant::now(), &breaker);
+        let sent = pool.send(empty_get(path), Instant::now(), Some(&breaker));
         tokio::spawn(async move {
             let resp = sent.await?;
             let body = resp.into_body().collect().await?.to_bytes();
@@ -268,7 +269,7 @@ async fn connection_and_pending_limits_queue_then_refuse() {
     .await;
     // The pending slot is taken: the third is refused at once.
     match pool
-        .send_limited(empty_get("/3"), Instant::now(), &breaker)
+        .send(empty_get("/3"), Instant::now(), Some(&breaker))
         .await
     {
         Err(e @ super::PoolError::PendingOverflow { .. }) => {
