@@ -116,13 +116,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def rss_mib(pids: list[int]) -> float:
+def rss_mib(pids: list[int], field: str = "VmRSS") -> float:
+    """`field` of /proc/<pid>/status summed over `pids`: VmRSS, or RssAnon (private memory)."""
     total = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         total += int(line.split()[1])
         except FileNotFoundError:
             pass
@@ -388,14 +389,16 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
                                                    "circuitBreakers": {"maxRequests": 1024}}})
     one, one_ready = sidecar("trellis-sidecar", "bench-client", b1)
     wait_proxy_knows(one_ready["admin"], "backend")
-    wait_proxy_knows(one_ready["admin"], "backend-r")
     port_of = lambda addr: int(addr.rsplit(":", 1)[1])  # noqa: E731
     t = Target("trellis", port_of(one_ready["outbound"]), host="backend", pids=[one.pid],
                features="routing + load balancing + metrics; no TLS")
     t.h2_host = "backend-h2"
     targets.append(t)
-    targets.append(Target("trellis resilience", port_of(one_ready["outbound"]), host="backend-r",
-                          pids=[one.pid],
+    # Its own sidecar, so that each one's CPU and memory are its own.
+    res, res_ready = sidecar("trellis-sidecar-r", "bench-client-r", b1)
+    wait_proxy_knows(res_ready["admin"], "backend-r")
+    targets.append(Target("trellis resilience", port_of(res_ready["outbound"]), host="backend-r",
+                          pids=[res.pid],
                           features="as trellis, plus request/per-try timeouts, 2 retries with a budget, "
                                    "outlier detection, circuit breaker"))
 
@@ -608,17 +611,19 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
     lines.append("")
     lines.append("### Maximum throughput, HTTP/1.1 keep-alive (wrk, closed loop)")
     lines.append("")
-    lines.append("| target | req/s | vs direct | vs Envoy | proxy CPU per request | RSS idle -> after load | errors | features on |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append("| target | req/s | vs direct | vs Envoy | proxy CPU per request | RSS idle -> after load | private (RssAnon) after load | errors | features on |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for t in targets:
         rs = by[t.name]
         rps, lo, hi = med([r["max"]["rps"] for r in rs])
         cpu = med([r["max"]["proxy_cpu_s"] / max(r["max"]["requests"], 1) * 1e6 for r in rs])[0] if t.pids else None
         rss_after = med([r["rss_after"] for r in rs])[0] if t.pids else None
+        anon_after = med([r["anon_after"] for r in rs])[0] if t.pids else None
         errs = sum(r["max"]["errors"] for r in rs)
         base = med([r["max"]["rps"] for r in by[t.peer]])[0]
         lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, direct_rps)} | {ratio(rps, base)} | "
-                     f"{fmt(cpu, ' us', 1)} | {fmt(t.rss_idle, ' MiB', 1) if t.pids else '-'} -> {fmt(rss_after, ' MiB', 1)} | {errs} | {t.features or '-'} |")
+                     f"{fmt(cpu, ' us', 1)} | {fmt(t.rss_idle, ' MiB', 1) if t.pids else '-'} -> {fmt(rss_after, ' MiB', 1)} | "
+                     f"{fmt(anon_after, ' MiB', 1)} | {errs} | {t.features or '-'} |")
     for rate in args.rates:
         lines.append("")
         lines.append(f"### Latency at {rate:,} req/s (oha, open loop, latency-corrected), microseconds")
@@ -728,6 +733,7 @@ def main() -> int:
                 r = {}
                 r["max"] = measure(t, lambda: wrk_max(t, args.duration, args.conns))
                 r["rss_after"] = rss_mib(t.all_pids())
+                r["anon_after"] = rss_mib(t.all_pids(), "RssAnon")
                 for rate in args.rates:
                     r[f"rate{rate}"] = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns))
                 if "pair" not in t.name and "resilience" not in t.name:
