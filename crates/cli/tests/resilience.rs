@@ -130,6 +130,40 @@ impl Mesh {
     fn received(&self) -> usize {
         self.instances.iter().map(|i| i.backend.received()).sum()
     }
+
+    /// A circuit breaker's contract: `within` concurrent requests are all served; sixteen get
+    /// only answers from the backends and immediate `503 circuit_open` refusals, some of each.
+    /// Returns the second run and its number of refusals.
+    async fn refuses_only_over_the_limit(
+        &self,
+        within: usize,
+    ) -> anyhow::Result<(Outcomes, usize)> {
+        let out = self
+            .client
+            .run(24, within, |i| Req::get(SERVICE, &format!("/within/{i}")))
+            .await;
+        self.log
+            .note(&format!("{within} concurrent: {:?}", tally(&out)));
+        ensure!(
+            out.failures().is_empty(),
+            "refused within the limit: {:?}",
+            tally(&out)
+        );
+        let out = self
+            .client
+            .run(48, 16, |i| Req::get(SERVICE, &format!("/over/{i}")))
+            .await;
+        let t = tally(&out);
+        self.log.note(&format!("16 concurrent: {t:?}"));
+        let open = t.get("503 circuit_open").copied().unwrap_or(0);
+        let ok = t.get("200 ").copied().unwrap_or(0);
+        ensure!(open > 0, "nothing refused over the limit: {t:?}");
+        ensure!(
+            ok > 0 && ok + open == 48,
+            "only circuit_open refusals expected: {t:?}"
+        );
+        Ok((out, open))
+    }
 }
 
 /// Replies by (status, reason) for the log and assertions.
@@ -374,31 +408,7 @@ async fn the_circuit_breaker_refuses_only_over_its_limit() -> anyhow::Result<()>
     let mesh = Mesh::start("resilience_breaker", Duration::from_millis(200)).await?;
     mesh.apply_policy("  circuitBreakers: { maxRequests: 4 }\n")
         .await?;
-    // Below the limit: nothing is refused.
-    let out = mesh
-        .client
-        .run(24, 3, |i| Req::get(SERVICE, &format!("/below/{i}")))
-        .await;
-    mesh.log.note(&format!("3 in flight: {:?}", tally(&out)));
-    ensure!(
-        out.failures().is_empty(),
-        "refused below the limit: {:?}",
-        tally(&out)
-    );
-    // Far above it: the overflow is answered at once with 503 circuit_open, the rest served.
-    let out = mesh
-        .client
-        .run(48, 16, |i| Req::get(SERVICE, &format!("/above/{i}")))
-        .await;
-    let t = tally(&out);
-    mesh.log.note(&format!("16 in flight: {t:?}"));
-    let open = t.get("503 circuit_open").copied().unwrap_or(0);
-    let ok = t.get("200 ").copied().unwrap_or(0);
-    ensure!(open > 0, "nothing refused above the limit: {t:?}");
-    ensure!(
-        ok > 0 && ok + open == 48,
-        "only circuit_open refusals expected: {t:?}"
-    );
+    let (_, open) = mesh.refuses_only_over_the_limit(3).await?;
     ensure!(
         mesh.client_sidecar
             .metric_sum(
@@ -431,29 +441,7 @@ async fn connection_and_pending_limits_queue_then_refuse_http1_requests() -> any
         "  circuitBreakers: {{ maxConnections: 2, maxPendingRequests: 2 }}\n{RETRY_TO_OTHERS}  outlierDetection: {{ consecutiveGatewayErrors: 1, consecutive5xx: 1 }}\n"
     ))
     .await?;
-    let out = mesh
-        .client
-        .run(16, 4, |i| Req::get(SERVICE, &format!("/within/{i}")))
-        .await;
-    mesh.log.note(&format!("4 concurrent: {:?}", tally(&out)));
-    ensure!(
-        out.failures().is_empty(),
-        "refused within the limits: {:?}",
-        tally(&out)
-    );
-    let out = mesh
-        .client
-        .run(48, 16, |i| Req::get(SERVICE, &format!("/over/{i}")))
-        .await;
-    let t = tally(&out);
-    mesh.log.note(&format!("16 concurrent: {t:?}"));
-    let open = t.get("503 circuit_open").copied().unwrap_or(0);
-    let ok = t.get("200 ").copied().unwrap_or(0);
-    ensure!(open > 0, "nothing refused over the pending limit: {t:?}");
-    ensure!(
-        ok > 0 && ok + open == 48,
-        "only circuit_open refusals expected: {t:?}"
-    );
+    let (out, _) = mesh.refuses_only_over_the_limit(4).await?;
     let refusal = out
         .results
         .iter()
