@@ -49,6 +49,11 @@ pub(super) fn forward(
     Box::pin(run(d, extra, req, start, shared))
 }
 
+/// The policy of a route without one (its cluster has breakers, a budget or outlier
+/// detection, or the caller sent `grpc-timeout`).
+static NO_POLICY: std::sync::LazyLock<Arc<RoutePolicy>> =
+    std::sync::LazyLock::new(|| Arc::new(RoutePolicy::default()));
+
 /// How one try failed before a response head.
 enum TryError {
     Upstream(UpstreamError),
@@ -66,7 +71,7 @@ async fn run(
     shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
     let grpc = is_grpc(req.headers());
-    let policy: RoutePolicy = extra.policy.as_deref().cloned().unwrap_or_default();
+    let policy = extra.policy.unwrap_or_else(|| NO_POLICY.clone());
     let caller_deadline = if req.version() == Version::HTTP_2 {
         timeout::grpc_timeout(req.headers())
     } else {
@@ -171,7 +176,7 @@ async fn tries(
     req: Request<Incoming>,
     start: Instant,
     shared: &Shared,
-    policy: RoutePolicy,
+    policy: Arc<RoutePolicy>,
     grpc: bool,
 ) -> Response<ProxyBody> {
     let Decision {
@@ -184,10 +189,12 @@ async fn tries(
     let outlier = resilience.as_ref().and_then(|r| r.outlier.as_ref());
     let version = req.version();
     let (parts, body) = req.into_parts();
-    let retry: Option<&RetryPolicy> = policy
-        .retry
-        .as_ref()
-        .filter(|r| retry::method_retriable(r, &parts.method));
+    let mut parts = Some(parts);
+    let retry: Option<&RetryPolicy> = policy.retry.as_ref().filter(|r| {
+        parts
+            .as_ref()
+            .is_some_and(|p| retry::method_retriable(r, &p.method))
+    });
     let (replay, mut first) = match retry {
         None => (None, Some(ReqBody::Stream(body))),
         Some(r) => match buffer(body, r.buffer_limit).await {
@@ -230,7 +237,14 @@ async fn tries(
             (None, Some(b)) => b,
             (None, None) => break,
         };
-        let sent = send_try(shared, &cluster, index, rebuild(&parts, body), start);
+        // The last try the policy allows takes the head itself; earlier ones send a copy.
+        let req = if attempt >= retries_allowed {
+            parts.take().map(|p| Request::from_parts(p, body))
+        } else {
+            parts.as_ref().map(|p| rebuild(p, body))
+        };
+        let Some(req) = req else { break };
+        let sent = send_try(shared, &cluster, index, req, start);
         let result = match policy.per_try_timeout {
             None => sent.await,
             Some(t) => tokio::time::timeout(t, sent)
