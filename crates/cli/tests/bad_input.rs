@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, ensure};
-use trellis_testkit::{Client, ControlPlane, EchoServer, Req, Sidecar, SidecarOpts, TestLog};
+use trellis_testkit::{Caller, Client, ControlPlane, Req, SidecarOpts, TestLog};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
 
@@ -216,16 +216,8 @@ async fn registry_rejects_malformed_registrations() -> anyhow::Result<()> {
 async fn unknown_service_is_404_with_reason() -> anyhow::Result<()> {
     let log = TestLog::new("bad-unknown-service")?;
     let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
-    let app = EchoServer::start("client-app").await?;
-    let sidecar = Sidecar::start(
-        BIN,
-        &log,
-        &control.url(),
-        "client",
-        app.port(),
-        SidecarOpts::default().id("client-1"),
-    )
-    .await?;
+    let Caller { sidecar, app, .. } =
+        Caller::start(BIN, &log, &control.url(), SidecarOpts::default()).await?;
     for addressing in [
         trellis_testkit::Addressing::Proxy,
         trellis_testkit::Addressing::Host,

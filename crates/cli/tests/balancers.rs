@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TestLog,
-    dump_algorithm, dump_endpoints, wait_for_proxy_config, wait_for_traffic_to,
+    Caller, Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts,
+    TestLog, dump_algorithm, dump_endpoints, wait_for_proxy_config, wait_for_traffic_to,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -38,17 +38,11 @@ impl Mesh {
                 Instance::start(BIN, &log, &control.url(), SERVICE, id, latency, opts).await?,
             );
         }
-        let client_app = EchoServer::start("client-app").await?;
-        let client_sidecar = Sidecar::start(
-            BIN,
-            &log,
-            &control.url(),
-            "client",
-            client_app.port(),
-            SidecarOpts::default().id("client-1"),
-        )
-        .await?;
-        let client = Client::new(client_sidecar.outbound());
+        let Caller {
+            sidecar: client_sidecar,
+            client,
+            app: client_app,
+        } = Caller::start(BIN, &log, &control.url(), SidecarOpts::default()).await?;
         let ids: Vec<&str> = specs.iter().map(|s| s.0).collect();
         wait_for_traffic_to(&client, SERVICE, &ids, DEADLINE).await?;
         Ok(Self {

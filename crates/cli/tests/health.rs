@@ -9,7 +9,7 @@ use anyhow::{Context, ensure};
 use reqwest::Method;
 use tokio::net::TcpListener;
 use trellis_testkit::{
-    ControlPlane, DEADLINE, EchoServer, GrpcHealthServer, Instance, ServingStatus, Sidecar,
+    Caller, ControlPlane, DEADLINE, EchoServer, GrpcHealthServer, Instance, ServingStatus, Sidecar,
     SidecarOpts, TestLog, dump_endpoints, wait_for_proxy_config, wait_until,
 };
 
@@ -72,16 +72,11 @@ struct Mesh {
 async fn mesh(name: &str) -> anyhow::Result<Mesh> {
     let log = TestLog::new(name)?;
     let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
-    let client_app = EchoServer::start("client-app").await?;
-    let client = Sidecar::start(
-        BIN,
-        &log,
-        &control.url(),
-        "client",
-        client_app.port(),
-        SidecarOpts::default().id("client-1"),
-    )
-    .await?;
+    let Caller {
+        sidecar: client,
+        app: client_app,
+        ..
+    } = Caller::start(BIN, &log, &control.url(), SidecarOpts::default()).await?;
     Ok(Mesh {
         log,
         control,

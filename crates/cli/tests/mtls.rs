@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use trellis_proxy::identity::{ExpectedIds, Identity, client_config};
 use trellis_testkit::{
-    Client, ControlOpts, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts,
-    TestLog, dump_cluster, wait_for_traffic_to, wait_until,
+    Caller, Client, ControlOpts, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar,
+    SidecarOpts, TestLog, dump_cluster, wait_for_traffic_to, wait_until,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -38,16 +38,11 @@ async fn mesh(
         SidecarOpts::default(),
     )
     .await?;
-    let client_app = EchoServer::start("client-app").await?;
-    let client = Sidecar::start(
-        BIN,
-        log,
-        &url,
-        "client",
-        client_app.port(),
-        SidecarOpts::default().id("client-1"),
-    )
-    .await?;
+    let Caller {
+        sidecar: client,
+        app: _client_app,
+        ..
+    } = Caller::start(BIN, log, &url, SidecarOpts::default()).await?;
     wait_for_traffic_to(&Client::new(client.outbound()), SERVICE, &["b1"], DEADLINE).await?;
     Ok((control, b1, client))
 }
@@ -416,16 +411,11 @@ async fn trust_bundle_rotation_under_steady_load_fails_no_request() -> anyhow::R
         ..SidecarOpts::default()
     };
     let b1 = Instance::start(BIN, &log, &url, SERVICE, "b1", Duration::ZERO, fast()).await?;
-    let client_app = EchoServer::start("client-app").await?;
-    let client = Sidecar::start(
-        BIN,
-        &log,
-        &url,
-        "client",
-        client_app.port(),
-        fast().id("c1"),
-    )
-    .await?;
+    let Caller {
+        sidecar: client,
+        app: _client_app,
+        ..
+    } = Caller::start(BIN, &log, &url, fast().id("c1")).await?;
     wait_for_traffic_to(&Client::new(client.outbound()), SERVICE, &["b1"], DEADLINE).await?;
     let sidecars = [&b1.sidecar, &client];
     let mut first_serials = Vec::new();

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use trellis_testkit::grpc::{DETAIL_TRAILER, GrpcEchoServer, client_via, pb::EchoRequest};
 use trellis_testkit::{
-    Addressing, Client, ControlPlane, DEADLINE, EchoServer, Req, Sidecar, SidecarOpts, TestLog,
-    wait_for_traffic_to, wait_until,
+    Addressing, Caller, Client, ControlPlane, DEADLINE, EchoServer, Req, Sidecar, SidecarOpts,
+    TestLog, wait_for_traffic_to, wait_until,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -16,16 +16,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_trellis");
 /// The control plane and a client sidecar.
 async fn start_client(log: &TestLog) -> anyhow::Result<(ControlPlane, EchoServer, Sidecar)> {
     let control = ControlPlane::start(BIN, log, &log.dir().join("data")).await?;
-    let app = EchoServer::start("client-app").await?;
-    let sidecar = Sidecar::start(
-        BIN,
-        log,
-        &control.url(),
-        "client",
-        app.port(),
-        SidecarOpts::default().id("client-1"),
-    )
-    .await?;
+    let Caller { sidecar, app, .. } =
+        Caller::start(BIN, log, &control.url(), SidecarOpts::default()).await?;
     Ok((control, app, sidecar))
 }
 

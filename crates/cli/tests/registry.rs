@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TestLog,
-    dump_endpoints, wait_for_proxy_config, wait_for_traffic_to, wait_until,
+    Caller, ControlPlane, DEADLINE, Instance, Req, SidecarOpts, TestLog, dump_endpoints,
+    wait_for_proxy_config, wait_for_traffic_to, wait_until,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -21,17 +21,11 @@ async fn killed_instance_leaves_and_new_instance_joins() -> anyhow::Result<()> {
     let ttl = || SidecarOpts::default().ttl("1s");
     let mut b1 = Instance::start(BIN, &log, &url, SERVICE, "b1", Duration::ZERO, ttl()).await?;
     let mut b2 = Instance::start(BIN, &log, &url, SERVICE, "b2", Duration::ZERO, ttl()).await?;
-    let client_app = EchoServer::start("client-app").await?;
-    let mut client_sidecar = Sidecar::start(
-        BIN,
-        &log,
-        &url,
-        "client",
-        client_app.port(),
-        SidecarOpts::default().id("client-1"),
-    )
-    .await?;
-    let client = Client::new(client_sidecar.outbound());
+    let Caller {
+        sidecar: mut client_sidecar,
+        client,
+        app: client_app,
+    } = Caller::start(BIN, &log, &url, SidecarOpts::default()).await?;
     wait_for_traffic_to(&client, SERVICE, &["b1", "b2"], DEADLINE).await?;
     let pids = (
         control.process().pid(),
@@ -219,17 +213,11 @@ async fn mass_heartbeat_loss_triggers_self_preservation() -> anyhow::Result<()> 
     for id in ["b1", "b2", "b3", "b4"] {
         instances.push(Instance::start(BIN, &log, &url, SERVICE, id, Duration::ZERO, ttl()).await?);
     }
-    let client_app = EchoServer::start("client-app").await?;
-    let client_sidecar = Sidecar::start(
-        BIN,
-        &log,
-        &url,
-        "client",
-        client_app.port(),
-        SidecarOpts::default().id("client-1"),
-    )
-    .await?;
-    let client = Client::new(client_sidecar.outbound());
+    let Caller {
+        sidecar: client_sidecar,
+        client,
+        app: _client_app,
+    } = Caller::start(BIN, &log, &url, SidecarOpts::default()).await?;
     wait_for_traffic_to(&client, SERVICE, &["b1", "b2", "b3", "b4"], DEADLINE).await?;
 
     for i in &mut instances {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Outcomes, Req, Sidecar, SidecarOpts,
-    TestLog, dump_cluster, wait_for_proxy_config, wait_for_traffic_to, wait_until,
+    Caller, Client, ControlPlane, DEADLINE, EchoServer, Instance, Outcomes, Req, Sidecar,
+    SidecarOpts, TestLog, dump_cluster, wait_for_proxy_config, wait_for_traffic_to, wait_until,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -58,17 +58,11 @@ impl Mesh {
             instances
                 .push(Instance::start(BIN, &log, &control.url(), SERVICE, id, latency, o).await?);
         }
-        let client_app = EchoServer::start("client-app").await?;
-        let client_sidecar = Sidecar::start(
-            BIN,
-            &log,
-            &control.url(),
-            "client",
-            client_app.port(),
-            opts(SidecarOpts::default().id("client-1")),
-        )
-        .await?;
-        let client = Client::new(client_sidecar.outbound());
+        let Caller {
+            sidecar: client_sidecar,
+            client,
+            app: client_app,
+        } = Caller::start(BIN, &log, &control.url(), opts(SidecarOpts::default())).await?;
         wait_for_traffic_to(&client, SERVICE, ids, DEADLINE).await?;
         Ok(Self {
             instances,

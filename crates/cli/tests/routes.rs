@@ -3,8 +3,8 @@
 
 use anyhow::ensure;
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TestLog,
-    dump_endpoints, json_mentions, wait_for_proxy_config, wait_for_traffic_to,
+    Caller, Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts,
+    TestLog, dump_endpoints, json_mentions, wait_for_proxy_config, wait_for_traffic_to,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -75,17 +75,11 @@ async fn start(test: &str) -> anyhow::Result<Mesh> {
         SidecarOpts::default().label("version", "v2"),
     )
     .await?;
-    let client_app = EchoServer::start("client-app").await?;
-    let client_sidecar = Sidecar::start(
-        BIN,
-        &log,
-        &url,
-        "client",
-        client_app.port(),
-        SidecarOpts::default().id("client-1"),
-    )
-    .await?;
-    let client = Client::new(client_sidecar.outbound());
+    let Caller {
+        sidecar: client_sidecar,
+        client,
+        app: client_app,
+    } = Caller::start(BIN, &log, &url, SidecarOpts::default()).await?;
     wait_for_traffic_to(&client, "catalog", &["catalog-v1", "catalog-v2"], DEADLINE).await?;
 
     control.apply_yaml(MESH).await?;

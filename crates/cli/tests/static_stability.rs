@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TestLog,
+    Caller, Client, ControlPlane, DEADLINE, Instance, Req, SidecarOpts, TestLog,
     wait_for_traffic_to, wait_until,
 };
 
@@ -111,17 +111,11 @@ async fn traffic_survives_a_control_plane_outage() -> anyhow::Result<()> {
         SidecarOpts::default().label("version", "v2"),
     )
     .await?;
-    let client_app = EchoServer::start("client-app").await?;
-    let client_sidecar = Sidecar::start(
-        BIN,
-        &log,
-        &url,
-        "client",
-        client_app.port(),
-        SidecarOpts::default().id("client-1"),
-    )
-    .await?;
-    let client = Client::new(client_sidecar.outbound());
+    let Caller {
+        sidecar: client_sidecar,
+        client,
+        app: client_app,
+    } = Caller::start(BIN, &log, &url, SidecarOpts::default()).await?;
     wait_for_traffic_to(&client, SERVICE, &["b1", "b2"], DEADLINE).await?;
 
     let (traffic, task) = Traffic::spawn(client);

@@ -39,6 +39,38 @@ impl Instance {
     }
 }
 
+/// The calling side of a test mesh: service `client` (instance `client-1` unless `opts`
+/// names another), an echo app behind its sidecar, and an HTTP client to the sidecar's
+/// outbound listener.
+pub struct Caller {
+    pub sidecar: Sidecar,
+    pub client: Client,
+    pub app: EchoServer,
+}
+
+impl Caller {
+    pub async fn start(
+        bin: impl AsRef<Path>,
+        log: &TestLog,
+        control_url: &str,
+        opts: SidecarOpts,
+    ) -> anyhow::Result<Self> {
+        let app = EchoServer::start("client-app").await?;
+        let opts = if opts.instance_id.is_none() {
+            opts.id("client-1")
+        } else {
+            opts
+        };
+        let sidecar = Sidecar::start(bin, log, control_url, "client", app.port(), opts).await?;
+        let client = Client::new(sidecar.outbound());
+        Ok(Self {
+            sidecar,
+            client,
+            app,
+        })
+    }
+}
+
 /// Cluster `name` of a `/config_dump`.
 pub fn dump_cluster<'a>(dump: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
     dump.get("clusters")?
