@@ -2,16 +2,10 @@
 //! and `trellis_control::run` end to end.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use trellis_control::api::{ApiState, router};
-use trellis_control::metrics::Metrics;
-use trellis_control::registry::{Registry, RegistryConfig, RegistryTasks};
-use trellis_control::store::RedbStore;
-use trellis_control::xds::ProxyTable;
 use trellis_control::{BoundAddrs, ControlConfig, StartupError};
 
 const MESH: &str = "\
@@ -34,61 +28,14 @@ spec:
     - backendRefs: [{ name: catalog, subset: v1, weight: 90 }]
 ";
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    _tasks: RegistryTasks,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-async fn serve() -> Api {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(RedbStore::open(dir.path()).expect("store"));
-    let ca = trellis_control::ca::Ca::init(store.clone(), Default::default())
-        .await
-        .expect("ca");
-    let (registry, tasks) =
-        Registry::start(store, RegistryConfig::default(), Arc::new(Metrics::new()))
-            .await
-            .expect("registry");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = router(ApiState {
-        registry,
-        proxies: ProxyTable::default(),
-        xds_addr: "127.0.0.1:15010".parse().expect("addr"),
-        ca,
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Api {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
-        _tasks: tasks,
-        _dir: dir,
-    }
-}
+use common::{Api, serve};
 
 impl Api {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
     async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, body)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(self.http.get(self.url(path))).await
+        let (s, b, _) = self.call(req).await;
+        (s, b)
     }
 
     async fn post_raw(&self, path: &str, body: &str) -> (StatusCode, Value) {

@@ -1,76 +1,18 @@
 //! The identity endpoints over real HTTP: join tokens, CSR signing with the token as Bearer,
 //! the trust bundle and the roots API, on the router bound to 127.0.0.1:0.
 
-use std::sync::Arc;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use trellis_control::api::{ApiState, router};
-use trellis_control::ca::{Ca, CaConfig, verify};
-use trellis_control::metrics::Metrics;
-use trellis_control::registry::{Registry, RegistryConfig, RegistryTasks};
-use trellis_control::store::RedbStore;
-use trellis_control::xds::ProxyTable;
+use trellis_control::ca::verify;
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    _tasks: RegistryTasks,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-async fn serve() -> Api {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(RedbStore::open(dir.path()).expect("store"));
-    let ca = Ca::init(store.clone(), CaConfig::default())
-        .await
-        .expect("ca");
-    let (registry, tasks) =
-        Registry::start(store, RegistryConfig::default(), Arc::new(Metrics::new()))
-            .await
-            .expect("registry");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = router(ApiState {
-        registry,
-        proxies: ProxyTable::default(),
-        xds_addr: "127.0.0.1:15010".parse().expect("addr"),
-        ca,
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Api {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
-        _tasks: tasks,
-        _dir: dir,
-    }
-}
+use common::{Api, serve};
 
 impl Api {
-    async fn call(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, body, headers)
-    }
-
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let (s, b, _) = self
             .call(self.http.post(format!("{}{path}", self.base)).json(&body))
-            .await;
-        (s, b)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let (s, b, _) = self
-            .call(self.http.get(format!("{}{path}", self.base)))
             .await;
         (s, b)
     }
