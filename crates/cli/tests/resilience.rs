@@ -125,6 +125,46 @@ impl Mesh {
         self.instances.iter().map(|i| i.backend.received()).sum()
     }
 
+    /// 200 requests while instance `victim` is out of order (`what`): none fails, the victim
+    /// is ejected.
+    async fn all_served_and_ejected(&self, victim: usize, what: &str) -> anyhow::Result<()> {
+        let prefix = format!("/{what}");
+        let out = self
+            .client
+            .run(200, 4, move |i| Req::get(SERVICE, &format!("{prefix}/{i}")))
+            .await;
+        self.log.note(&format!("{what}: {:?}", tally(&out)));
+        ensure!(
+            out.failures().is_empty(),
+            "requests failed: {:?}",
+            tally(&out)
+        );
+        ensure!(
+            self.metric("trellis_outlier_ejections_total").await? >= 1.0,
+            "{} was not ejected",
+            self.instances[victim].id()
+        );
+        Ok(())
+    }
+
+    /// Waits until instance `victim`, in order again, receives requests and none fails.
+    async fn readmitted(&self, victim: usize) -> anyhow::Result<()> {
+        let backend = &self.instances[victim].backend;
+        let seen = backend.received();
+        wait_until(
+            DEADLINE,
+            "the readmitted endpoint to receive requests again",
+            || async {
+                let out = self
+                    .client
+                    .run(30, 3, |i| Req::get(SERVICE, &format!("/back/{i}")))
+                    .await;
+                out.failures().is_empty() && backend.received() > seen
+            },
+        )
+        .await
+    }
+
     /// A circuit breaker's contract: `within` concurrent requests are all served; sixteen get
     /// only answers from the backends and immediate `503 circuit_open` refusals, some of each.
     /// Returns the second run and its number of refusals.
@@ -257,37 +297,11 @@ async fn a_hanging_app_times_out_per_try_is_ejected_and_readmitted() -> anyhow::
     let victim = &mesh.instances[2].backend;
     mesh.log.note("hang the victim's app");
     victim.hang(true);
-    let out = mesh
-        .client
-        .run(200, 4, |i| Req::get(SERVICE, &format!("/hang/{i}")))
-        .await;
-    mesh.log
-        .note(&format!("with a hanging app: {:?}", tally(&out)));
-    ensure!(
-        out.failures().is_empty(),
-        "requests failed: {:?}",
-        tally(&out)
-    );
+    mesh.all_served_and_ejected(2, "hanging").await?;
     ensure!(victim.received() > 0, "the hanging app was never tried");
-    ensure!(
-        mesh.metric("trellis_outlier_ejections_total").await? >= 1.0,
-        "the hanging endpoint was not ejected"
-    );
     // Released, it gets requests again once its ejection time is over.
     victim.hang(false);
-    let seen = victim.received();
-    wait_until(
-        DEADLINE,
-        "the readmitted endpoint to receive requests again",
-        || async {
-            let out = mesh
-                .client
-                .run(30, 3, |i| Req::get(SERVICE, &format!("/back/{i}")))
-                .await;
-            out.failures().is_empty() && victim.received() > seen
-        },
-    )
-    .await?;
+    mesh.readmitted(2).await?;
     mesh.log.passed();
     Ok(())
 }
@@ -305,17 +319,7 @@ async fn a_sigstopped_host_times_out_per_try_is_ejected_and_readmitted_after_sig
     mesh.log.note("SIGSTOP the victim's sidecar");
     mesh.instances[2].sidecar.process().signal("STOP").await?;
     let stopped_at = mesh.instances[2].backend.received();
-    let out = mesh
-        .client
-        .run(200, 4, |i| Req::get(SERVICE, &format!("/stopped/{i}")))
-        .await;
-    mesh.log
-        .note(&format!("with a stopped host: {:?}", tally(&out)));
-    ensure!(
-        out.failures().is_empty(),
-        "requests failed: {:?}",
-        tally(&out)
-    );
+    mesh.all_served_and_ejected(2, "stopped").await?;
     ensure!(
         mesh.instances[2].backend.received() == stopped_at,
         "a stopped sidecar forwarded requests"
@@ -324,10 +328,6 @@ async fn a_sigstopped_host_times_out_per_try_is_ejected_and_readmitted_after_sig
         mesh.metric("trellis_upstream_retries_total").await? >= 1.0,
         "no try to the stopped host timed out and was retried"
     );
-    ensure!(
-        mesh.metric("trellis_outlier_ejections_total").await? >= 1.0,
-        "the stopped host was not ejected"
-    );
     let live: usize = mesh.instances[..2]
         .iter()
         .map(|i| i.backend.received())
@@ -335,20 +335,7 @@ async fn a_sigstopped_host_times_out_per_try_is_ejected_and_readmitted_after_sig
     ensure!(live >= 200, "the live hosts answered only {live} of 200");
     mesh.log.note("SIGCONT the victim's sidecar");
     mesh.instances[2].sidecar.process().signal("CONT").await?;
-    let victim = &mesh.instances[2].backend;
-    let seen = victim.received();
-    wait_until(
-        DEADLINE,
-        "the resumed host to receive requests again",
-        || async {
-            let out = mesh
-                .client
-                .run(30, 3, |i| Req::get(SERVICE, &format!("/resumed/{i}")))
-                .await;
-            out.failures().is_empty() && victim.received() > seen
-        },
-    )
-    .await?;
+    mesh.readmitted(2).await?;
     mesh.log.passed();
     Ok(())
 }
