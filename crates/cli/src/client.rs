@@ -72,7 +72,7 @@ pub struct GetArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct DescribeArgs {
-    /// Only `service` for now.
+    /// `service`, or `reason` (what an `x-trellis-reason` token means).
     pub kind: String,
     pub name: String,
     #[command(flatten)]
@@ -441,9 +441,12 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
+    if matches!(args.kind.as_str(), "reason" | "reasons") {
+        return Ok(describe_reason(&args.name, args.target.output));
+    }
     if Kind::parse(&args.kind) != Some(Kind::Service) {
         eprintln!(
-            "error: cannot describe `{}`: only `service` can be described (e.g. trellis describe service catalog)",
+            "error: cannot describe `{}`: only a `service` or a `reason` can be described (e.g. trellis describe service catalog, trellis describe reason circuit_open)",
             args.kind
         );
         return Ok(ExitCode::from(1));
@@ -479,4 +482,24 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
         print!("{}", table::describe_service(&body, table::now_ms()));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `trellis describe reason TOKEN`: what an `x-trellis-reason` means and what to do (offline).
+fn describe_reason(token: &str, output: Output) -> ExitCode {
+    let Some(r) = trellis_model::reason::explain(token) else {
+        let known: Vec<&str> = trellis_model::reason::ALL.iter().map(|r| r.token).collect();
+        eprintln!(
+            "error: `{token}` is not a reason Trellis answers with; the reasons are: {}",
+            known.join(", ")
+        );
+        return ExitCode::from(1);
+    };
+    if output == Output::Json {
+        print_json(&serde_json::json!({
+            "reason": r.token, "status": r.status, "what": r.what, "fix": r.fix,
+        }));
+    } else {
+        print!("{}", table::describe_reason(r));
+    }
+    ExitCode::SUCCESS
 }

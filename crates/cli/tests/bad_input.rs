@@ -1,6 +1,7 @@
 //! End-to-end: bad input is refused with a reason and changes nothing. `trellis apply` with
 //! broken files exits non-zero naming the file, document, field and reason; the registry API
-//! answers 400 to malformed registrations; a sidecar answers 404 `unknown_service` at once.
+//! answers 400 to malformed registrations; a sidecar answers 404 `unknown_service` at once,
+//! and `trellis describe reason` explains it.
 
 use std::path::Path;
 
@@ -19,19 +20,30 @@ spec:
       labels: { version: v1 }
 ";
 
-/// Runs `trellis apply -f file --control url`; returns (success, stderr).
-async fn apply(control: &ControlPlane, file: &Path) -> anyhow::Result<(bool, String)> {
+/// Runs `trellis ARGS`; returns (success, stdout, stderr).
+async fn trellis(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     let out = tokio::process::Command::new(BIN)
-        .args(["apply", "-f"])
-        .arg(file)
-        .args(["--control", &control.url()])
+        .args(args)
         .output()
         .await
-        .context("cannot run trellis apply")?;
+        .with_context(|| format!("cannot run trellis {}", args.join(" ")))?;
     Ok((
         out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
+}
+
+/// Runs `trellis apply -f file --control url`; returns (success, stderr).
+async fn apply(control: &ControlPlane, file: &Path) -> anyhow::Result<(bool, String)> {
+    let file = file.to_string_lossy();
+    let (ok, _, stderr) = trellis(&["apply", "-f", &file, "--control", &control.url()]).await?;
+    Ok((ok, stderr))
+}
+
+/// Runs `trellis describe reason TOKEN` (offline).
+async fn describe_reason(token: &str) -> anyhow::Result<(bool, String, String)> {
+    trellis(&["describe", "reason", token]).await
 }
 
 /// Writes `yaml` to `<dir>/<name>`, applies it, and checks it is refused with a message that
@@ -237,7 +249,19 @@ async fn unknown_service_is_404_with_reason() -> anyhow::Result<()> {
             "{addressing:?}: want x-trellis-reason unknown_service, got {:?}",
             reply.reason()
         );
+        // The CLI says what the reason means and what to do.
+        let reason = reply.reason().unwrap_or_default();
+        let (ok, stdout, _) = describe_reason(&reason).await?;
+        ensure!(
+            ok && stdout.contains("(HTTP 404)") && stdout.contains("trellis get services"),
+            "describe reason {reason}: {stdout}"
+        );
     }
+    let (ok, _, stderr) = describe_reason("made_up").await?;
+    ensure!(
+        !ok && stderr.contains("not a reason") && stderr.contains("circuit_open"),
+        "an unknown reason is refused with the list of reasons: {stderr}"
+    );
     drop((sidecar, app, control));
     log.passed();
     Ok(())

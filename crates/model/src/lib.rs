@@ -9,6 +9,7 @@
 mod duration;
 mod health;
 mod ratelimit;
+pub mod reason;
 mod registration;
 mod resilience;
 mod resource;

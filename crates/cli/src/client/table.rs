@@ -567,3 +567,11 @@ fn indent(out: &mut String, block: &str) {
         let _ = writeln!(out, "  {line}");
     }
 }
+
+/// The text of `trellis describe reason`.
+pub(super) fn describe_reason(r: &trellis_model::reason::Reason) -> String {
+    format!(
+        "Reason:  {} (HTTP {})\nWhat:    {}.\nFix:     {}.\n",
+        r.token, r.status, r.what, r.fix
+    )
+}

@@ -2,3 +2,4 @@
 //! inbound admission).
 mod forwarding;
 mod inbound_policy;
+mod reasons;
