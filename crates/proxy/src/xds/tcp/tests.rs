@@ -303,6 +303,7 @@ fn what_the_subset_does_not_define_is_refused() {
     assert!(
         connection_policy(&chain(vec![tcp_proxy()]))
             .expect("bare tcp_proxy")
+            .0
             .is_empty()
     );
 }
