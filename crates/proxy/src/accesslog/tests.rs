@@ -35,10 +35,10 @@ fn reasons_map_to_envoy_response_flags() {
 }
 
 fn sample() -> Record {
-    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("test setup");
     let mut r = Record::new(Direction::Outbound, "HTTP/1.1", peer);
     r.method = Some(Method::GET);
-    r.path = Some("/a?b=1".parse().unwrap());
+    r.path = Some("/a?b=1".parse().expect("test setup"));
     r.authority = Some(HeaderValue::from_static("catalog"));
     r.status = Some(503);
     r.reason = Some(HeaderValue::from_static("no_healthy_endpoints"));
@@ -48,7 +48,7 @@ fn sample() -> Record {
         host: None,
     });
     r.peer_id = Some(Arc::from("spiffe://cluster.local/ns/default/svc/web"));
-    r.user_agent = Some(HeaderValue::from_bytes(b"caf\xc3\xa9 \"q\"").unwrap());
+    r.user_agent = Some(HeaderValue::from_bytes(b"caf\xc3\xa9 \"q\"").expect("test setup"));
     r
 }
 
@@ -58,7 +58,7 @@ fn a_record_is_one_json_line_without_absent_fields() {
     write_line(&mut out, &sample());
     assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
     assert_eq!(out.last(), Some(&b'\n'));
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("test setup");
     assert_eq!(v["direction"], "outbound");
     assert_eq!(v["method"], "GET");
     assert_eq!(v["path"], "/a?b=1");
@@ -95,9 +95,9 @@ fn targets_parse() {
 
 #[test]
 fn an_unopenable_file_is_an_error_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let target = AccessLogTarget::File(dir.path().join("missing/dir/access.log"));
-    let e = AccessLog::open(&target, Counter::default()).unwrap_err();
+    let e = AccessLog::open(&target, Counter::default()).expect_err("must fail");
     assert!(
         e.contains("--access-log") && e.contains("missing/dir"),
         "{e}"
@@ -106,9 +106,10 @@ fn an_unopenable_file_is_an_error_naming_it() {
 
 #[test]
 fn records_reach_the_file() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = dir.path().join("access.log");
-    let log = AccessLog::open(&AccessLogTarget::File(path.clone()), Counter::default()).unwrap();
+    let log = AccessLog::open(&AccessLogTarget::File(path.clone()), Counter::default())
+        .expect("test setup");
     log.log(sample());
     log.log(sample());
     drop(log);

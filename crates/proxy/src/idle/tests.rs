@@ -10,10 +10,10 @@ async fn metered_counts_both_directions() {
     let (a, mut b) = tokio::io::duplex(64);
     let activity = Arc::new(Activity::default());
     let mut m = Metered::new(a, Some(activity.clone()));
-    m.write_all(b"hello").await.unwrap();
-    b.write_all(b"abc").await.unwrap();
+    m.write_all(b"hello").await.expect("test setup");
+    b.write_all(b"abc").await.expect("test setup");
     let mut buf = [0u8; 3];
-    m.read_exact(&mut buf).await.unwrap();
+    m.read_exact(&mut buf).await.expect("test setup");
     assert_eq!((activity.read(), activity.written()), (3, 5));
 }
 
@@ -35,7 +35,7 @@ async fn traffic_spaced_below_the_timeout_keeps_it_open() {
     let mut m = Metered::new(a, Some(activity.clone()));
     let writes = async {
         for _ in 0..10 {
-            m.write_all(b"x").await.unwrap();
+            m.write_all(b"x").await.expect("test setup");
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
     };
