@@ -301,27 +301,8 @@ async fn every_request_and_connection_is_one_json_line_with_its_reason() -> anyh
 async fn an_access_log_that_cannot_be_opened_exits_2_naming_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let bad = dir.path().join("no/such/dir/access.log");
-    let out = tokio::process::Command::new(BIN)
-        .args(["proxy", "--service", "web", "--app-port", "8080"])
-        .args(["--control", "http://127.0.0.1:1"])
-        .args([
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--outbound-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--inbound-addr", "127.0.0.1:0"])
-        .arg("--access-log")
-        .arg(&bad)
-        .output()
-        .await
-        .context("cannot run trellis proxy")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(2),
-        "exit {:?}, want 2; stderr: {stderr}",
-        out.status.code()
-    );
+    let bad = bad.display().to_string();
+    let stderr = trellis_testkit::proxy_startup_error(BIN, &["--access-log", &bad]).await?;
     ensure!(
         stderr.contains("--access-log") && stderr.contains("no/such/dir"),
         "stderr should name the flag and the path: {stderr}"

@@ -96,15 +96,19 @@ pub(super) fn write_line(out: &mut Vec<u8>, r: &Record) {
 pub(crate) fn response_flags(reason: Option<&str>) -> &'static str {
     match reason {
         None => "-",
-        Some("no_healthy_endpoints") => "UH",
-        Some("upstream_connect_failure" | "upstream_tls_failure" | "app_unavailable") => "UF",
+        Some("no_healthy_endpoints" | "no_endpoints") => "UH",
+        Some(
+            "upstream_connect_failure"
+            | "upstream_tls_failure"
+            | "app_unavailable"
+            | "connect_failed",
+        ) => "UF",
         Some("circuit_open") => "UO",
         Some("no_route" | "unknown_service" | "no_authority") => "NR",
         Some("upstream_timeout") => "UT",
         Some("retry_budget_exhausted") => "URX",
         Some("rate_limited") => "RL",
         Some("upstream_error" | "app_error") => "UR",
-        Some("unknown_cluster") => "NC",
         Some("idle_timeout") => "SI",
         Some("bad_path" | "bad_request") => "DPE",
         Some(_) => "-",
