@@ -83,6 +83,11 @@ pub struct Args {
     /// Consecutive failures before a passing app is critical (1..=100).
     #[arg(long, default_value_t = 3, requires = "health_check")]
     pub unhealthy_threshold: u32,
+    /// Write an access log: one JSON object per line for every inbound and outbound HTTP
+    /// request and every TCP connection, appended to FILE, or `-` for stdout (docs/API.md,
+    /// "Access log"). Off by default.
+    #[arg(long, env = "TRELLIS_ACCESS_LOG", value_name = "FILE|-", value_parser = parse_access_log)]
+    pub access_log: Option<trellis_proxy::AccessLogTarget>,
     /// Read the join token from this file (e.g. a mounted secret) instead.
     #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
     pub join_token_file: Option<std::path::PathBuf>,
@@ -97,6 +102,10 @@ pub enum AppProtocol {
 }
 
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    s.parse()
+}
+
+fn parse_access_log(s: &str) -> Result<trellis_proxy::AccessLogTarget, String> {
     s.parse()
 }
 
@@ -168,6 +177,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     unhealthy: args.unhealthy_threshold,
                 },
             }),
+        access_log: args.access_log,
     };
     let ready = move |bound: BoundAddrs| {
         let mut fields = serde_json::Map::new();

@@ -198,6 +198,13 @@ spec:
       retry: { codes: [503], attempts: 1, backoff: 20ms }
 ---
 apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: { name: web }
+spec:
+  targetRef: { name: web }
+  timeouts: { idle: 300s }   # the inbound HCM's common_http_protocol_options.idle_timeout
+---
+apiVersion: trellis.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: { name: web-no-delete }
 spec:
@@ -636,6 +643,13 @@ const TCP_WEB: &str = "apiVersion: trellis.dev/v1alpha1
 kind: Service
 metadata: { name: web }
 spec: { protocol: tcp, mtls: { mode: PERMISSIVE } }
+---
+apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: { name: web }
+spec:
+  targetRef: { name: web }
+  timeouts: { idle: 300s }   # tcp_proxy idle_timeout
 ";
 
 /// Every principal encoding (exact, prefix, suffix, any, notPrincipals, namespace regexes);

@@ -504,34 +504,7 @@ async fn bad_health_flags_exit_2_naming_the_flag() -> anyhow::Result<()> {
         ),
     ];
     for (args, expect) in cases {
-        let out = tokio::process::Command::new(BIN)
-            .args([
-                "proxy",
-                "--service",
-                "web",
-                "--app-port",
-                "8080",
-                "--control",
-                "http://127.0.0.1:1",
-            ])
-            .args([
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--outbound-addr",
-                "127.0.0.1:0",
-                "--inbound-addr",
-                "127.0.0.1:0",
-            ])
-            .args(*args)
-            .output()
-            .await
-            .context("cannot run trellis proxy")?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(
-            out.status.code() == Some(2),
-            "{args:?}: exit {:?}, want 2; stderr: {stderr}",
-            out.status.code()
-        );
+        let stderr = trellis_testkit::proxy_startup_error(BIN, args).await?;
         ensure!(
             stderr.contains(expect),
             "{args:?}: stderr should say {expect:?}: {stderr}"

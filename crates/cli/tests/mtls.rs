@@ -526,3 +526,98 @@ async fn trust_bundle_rotation_under_steady_load_fails_no_request() -> anyhow::R
     log.passed();
     Ok(())
 }
+
+const ECHO_IDLE: &str = "apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata:
+  name: echo
+spec:
+  targetRef: { name: echo }
+  timeouts: { idle: 500ms }
+";
+
+/// `timeouts.idle` governs the pooled HTTP/2 mTLS connection between sidecars: once it has
+/// carried no byte for the idle time it is closed (by the caller's pool, or by the server's
+/// inbound listener, whichever looks first: both take the value), and the next request opens
+/// a new one (a new handshake) and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_mtls_connections_close_and_the_next_request_reconnects() -> anyhow::Result<()>
+{
+    let log = TestLog::new("mtls_idle")?;
+    let (control, b1, client) = mesh(&log, ControlOpts::default()).await?;
+    control.apply_yaml(ECHO_IDLE).await?;
+    trellis_testkit::wait_for_proxy_config(
+        client.admin(),
+        DEADLINE,
+        "the client's echo cluster to take the 500ms idle timeout",
+        |d| dump_cluster(d, SERVICE).is_some_and(|c| c["idle_timeout_ms"] == 500),
+    )
+    .await?;
+    trellis_testkit::wait_for_proxy_config(
+        b1.sidecar.admin(),
+        DEADLINE,
+        "echo's inbound listener to take the 500ms idle timeout",
+        |d| d["inbound_idle_timeout_ms"] == 500,
+    )
+    .await?;
+    let c = Client::new(client.outbound());
+    let handshakes = || async {
+        client
+            .metric_sum("trellis_tls_handshakes_total", &[("direction", "outbound")])
+            .await
+    };
+    let idle_closes = || async {
+        let out = client
+            .metric_sum("trellis_idle_timeouts_total", &[("direction", "outbound")])
+            .await?;
+        let inb = b1
+            .sidecar
+            .metric_sum(
+                "trellis_idle_timeouts_total",
+                &[("direction", "inbound"), ("protocol", "http")],
+            )
+            .await?;
+        anyhow::Ok(out + inb)
+    };
+
+    let reply = c.send(&Req::get(SERVICE, "/first")).await?;
+    ensure!(reply.status == 200, "first request: {:?}", reply);
+    let (before, closes) = (handshakes().await?, idle_closes().await?);
+
+    log.note("no traffic: the pooled connection is closed after 500 ms");
+    wait_until(
+        DEADLINE,
+        "an idle timeout to close the pooled connection",
+        || async { idle_closes().await.is_ok_and(|n| n > closes) },
+    )
+    .await?;
+    wait_until(
+        DEADLINE,
+        "the client's pool to hold no open mTLS connection",
+        || async {
+            client
+                .metric_sum("trellis_mtls_upstream_connections", &[])
+                .await
+                .is_ok_and(|n| n == 0.0)
+        },
+    )
+    .await?;
+
+    log.note("the next request opens a new connection and succeeds");
+    let reply = c.send(&Req::get(SERVICE, "/after-idle")).await?;
+    ensure!(reply.status == 200, "after idle: {:?}", reply);
+    let after = handshakes().await?;
+    ensure!(
+        after == before + 1.0,
+        "handshakes went {before} -> {after}: want exactly one new connection"
+    );
+    ensure!(
+        client
+            .metric_sum("trellis_mtls_upstream_connections", &[])
+            .await?
+            == 1.0,
+        "the new connection is not counted as open"
+    );
+    log.passed();
+    Ok(())
+}

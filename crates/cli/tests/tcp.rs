@@ -73,35 +73,43 @@ async fn wait_for_echo(addr: SocketAddr, echoes: bool, what: &str) -> anyhow::Re
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_streams_cross_the_mesh_over_mtls_and_policies_close_them() -> anyhow::Result<()> {
-    let log = TestLog::new("tcp")?;
-    let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
-    let url = control.url();
-    control.apply_yaml(DB).await?;
+/// A TCP echo backend behind `db`'s sidecar, and a `web` sidecar with `--upstream db` (plus
+/// what `web_opts` adds).
+async fn db_and_web(
+    log: &TestLog,
+    url: &str,
+    web_opts: impl FnOnce(SidecarOpts) -> SidecarOpts,
+) -> anyhow::Result<(TcpEchoServer, Sidecar, EchoServer, Sidecar)> {
     let backend = TcpEchoServer::start().await?;
     let db = Sidecar::start(
         BIN,
-        &log,
-        &url,
+        log,
+        url,
         "db",
         backend.port(),
         SidecarOpts::default().id("db-1").protocol("tcp"),
     )
     .await?;
     let web_app = EchoServer::start("web-app").await?;
-    let mut web = Sidecar::start(
+    let web = Sidecar::start(
         BIN,
-        &log,
-        &url,
+        log,
+        url,
         "web",
         web_app.port(),
-        SidecarOpts::default()
-            .id("web-1")
-            .upstream("db")
-            .upstream("nope"),
+        web_opts(SidecarOpts::default().id("web-1").upstream("db")),
     )
     .await?;
+    Ok((backend, db, web_app, web))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_streams_cross_the_mesh_over_mtls_and_policies_close_them() -> anyhow::Result<()> {
+    let log = TestLog::new("tcp")?;
+    let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
+    let url = control.url();
+    control.apply_yaml(DB).await?;
+    let (backend, db, _web_app, mut web) = db_and_web(&log, &url, |o| o.upstream("nope")).await?;
     let upstream = web.upstream("db")?;
     ensure!(upstream.ip().is_loopback(), "upstream bound on {upstream}");
 
@@ -207,22 +215,86 @@ async fn a_malformed_upstream_flag_exits_2_naming_the_flag() -> anyhow::Result<(
         ("DB=5432", "the service name"),
         ("=5432", "the service name"),
     ] {
-        let out = tokio::process::Command::new(BIN)
-            .args(["proxy", "--service", "web", "--app-port", "8080"])
-            .args(["--control", "http://127.0.0.1:1", "--upstream", value])
-            .output()
-            .await
-            .context("cannot run trellis proxy")?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(
-            out.status.code() == Some(2),
-            "--upstream {value}: exit {:?}, want 2; stderr: {stderr}",
-            out.status.code()
-        );
+        let stderr = trellis_testkit::proxy_startup_error(BIN, &["--upstream", value]).await?;
         ensure!(
             stderr.contains("--upstream") && stderr.contains(expect),
             "--upstream {value}: stderr should name the flag and say {expect:?}: {stderr}"
         );
     }
+    Ok(())
+}
+
+const DB_IDLE: &str = "apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata:
+  name: db
+spec:
+  targetRef: { name: db }
+  timeouts: { idle: 1s }
+";
+
+/// Reads from `s` until EOF (or a reset); fails if the proxy keeps it open past the deadline.
+async fn until_closed(s: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    match tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf)).await {
+        Ok(_) => Ok(buf),
+        Err(_) => anyhow::bail!("the idle connection was not closed"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_idle_timeout_closes_quiet_connections_and_keeps_busy_ones() -> anyhow::Result<()> {
+    let log = TestLog::new("tcp_idle")?;
+    let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
+    let url = control.url();
+    control.apply_yaml(DB).await?;
+    control.apply_yaml(DB_IDLE).await?;
+    let (_backend, db, _web_app, web) = db_and_web(&log, &url, |o| o).await?;
+    trellis_testkit::wait_for_proxy_config(
+        db.admin(),
+        DEADLINE,
+        "db's sidecar to take the 1s idle timeout (tcp_proxy idle_timeout)",
+        |d| d["inbound_idle_timeout_ms"] == 1000,
+    )
+    .await?;
+    let upstream = web.upstream("db")?;
+    wait_for_echo(upstream, true, "bytes to echo through the db upstream").await?;
+
+    log.note("a connection that goes quiet is closed by db's sidecar: the app sees EOF");
+    let mut quiet = TcpStream::connect(upstream).await?;
+    quiet.write_all(b"hello").await?;
+    let mut echoed = [0u8; 5];
+    tokio::time::timeout(DEADLINE, quiet.read_exact(&mut echoed))
+        .await
+        .context("no echo")??;
+    ensure!(&echoed == b"hello", "echoed {echoed:?}");
+    let rest = until_closed(&mut quiet).await?;
+    ensure!(rest.is_empty(), "more bytes before the close: {rest:?}");
+    ensure!(
+        db.metric_sum(
+            "trellis_idle_timeouts_total",
+            &[("direction", "inbound"), ("protocol", "tcp")]
+        )
+        .await?
+            >= 1.0,
+        "db's sidecar counted no idle timeout"
+    );
+
+    log.note("a connection with a byte every 100 ms (well under 1s) stays open for 3 s");
+    let mut busy = TcpStream::connect(upstream).await?;
+    for i in 0..30u8 {
+        busy.write_all(&[i]).await?;
+        let mut b = [0u8; 1];
+        tokio::time::timeout(DEADLINE, busy.read_exact(&mut b))
+            .await
+            .with_context(|| format!("byte {i}: no echo"))?
+            .with_context(|| format!("byte {i}: the busy connection was closed"))?;
+        ensure!(b[0] == i, "byte {i} echoed as {}", b[0]);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    log.note("... and once it stops, it is closed too");
+    let rest = until_closed(&mut busy).await?;
+    ensure!(rest.is_empty(), "unexpected bytes: {rest:?}");
+    log.passed();
     Ok(())
 }

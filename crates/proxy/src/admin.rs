@@ -141,6 +141,7 @@ pub(crate) fn config_dump(shared: &Shared) -> Value {
                 "name": &*cl.name,
                 "algorithm": format!("{:?}", cl.algorithm),
                 "connect_timeout_ms": cl.connect_timeout.as_millis() as u64,
+                "idle_timeout_ms": cl.clients.idle_timeout.as_millis() as u64,
                 "tls": cl.tls.as_ref().map(|t| json!({"sni": t.sni, "expected_ids": t.expected_ids})),
                 "resilience": (!cl.policy.is_empty()).then(|| format!("{:?}", cl.policy)),
                 "ejected": cl.resilience.as_ref().and_then(|r| r.outlier.as_ref()).map(|o| {
@@ -195,6 +196,10 @@ pub(crate) fn config_dump(shared: &Shared) -> Value {
         "status": shared.status.get(),
         "identity": identity_json(shared),
         "inbound_mode": snap.inbound.as_ref().map(|i| i.mode.as_str()),
+        // Callers' idle connections are closed after this (null: never).
+        "inbound_idle_timeout_ms": snap.inbound.as_ref().map(|i| {
+            crate::idle::effective(i.idle_timeout).map(|d| d.as_millis() as u64)
+        }),
         "rate_limits": snap.inbound.as_ref().and_then(|i| i.ratelimit.as_ref()).map(|r| r.dump()),
         "clusters": clusters,
         "routes": routes,

@@ -43,6 +43,8 @@ pub struct ProxyConfig {
     pub upstreams: Vec<Upstream>,
     /// The sidecar's check of its app (`--health-check`); `None`: passing while heartbeating.
     pub health_check: Option<crate::health::HealthCheckConfig>,
+    /// Where the JSON access log goes (`--access-log`); `None`: no access log.
+    pub access_log: Option<crate::accesslog::AccessLogTarget>,
 }
 
 /// One `--upstream <service>=<port>`: a TCP service the app reaches on a local port.

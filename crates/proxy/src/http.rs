@@ -56,7 +56,7 @@ impl HttpClients {
             idle_timeout,
             h1: Arc::new(H1Pools::new(connect_timeout, idle_timeout)),
             h2,
-            mtls: Arc::new(MtlsPools::new(connect_timeout)),
+            mtls: Arc::new(MtlsPools::new(connect_timeout, idle_timeout)),
         }
     }
 }

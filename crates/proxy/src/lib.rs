@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 mod admin;
 pub mod authn;
 pub mod authz;
@@ -28,6 +29,7 @@ pub mod control_tls;
 pub mod health;
 mod http;
 pub mod identity;
+mod idle;
 mod inbound;
 mod metrics;
 mod mtls;
@@ -58,6 +60,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub use accesslog::AccessLogTarget;
 pub use config::{BoundAddrs, JoinToken, ProxyConfig, Upstream};
 
 /// A startup problem the operator must fix (invalid flags, a listener port in use); the CLI
@@ -66,6 +69,7 @@ pub use config::{BoundAddrs, JoinToken, ProxyConfig, Upstream};
 #[error("{0}")]
 pub struct StartupError(pub String);
 
+use metrics::Direction;
 use shared::Shared;
 
 /// Runs a sidecar until `shutdown` completes, then drains and deregisters.
@@ -124,7 +128,13 @@ pub async fn run(
     config.outbound_addr = bound.outbound;
     config.inbound_addr = bound.inbound;
 
-    let shared = Arc::new(Shared::new(config));
+    let mut shared = Shared::new(config);
+    if let Some(target) = &shared.config.access_log {
+        let dropped = shared.metrics.conn.access_log_dropped.clone();
+        let log = accesslog::AccessLog::open(target, dropped).map_err(StartupError)?;
+        shared.access_log = Some(Arc::new(log));
+    }
+    let shared = Arc::new(shared);
     let mut listeners = Listeners::start(&shared, admin, outbound, inbound);
     listeners.start_upstreams(&shared, upstreams);
 
@@ -204,27 +214,29 @@ impl Listeners {
     ) -> Self {
         let (stop, rx) = watch::channel(false);
         let drain = shared.config.drain_timeout;
+        let log = |d| shared.access_log.clone().map(|l| (l, d));
+        let serving = |name, log, inbound| server::Serving { name, log, inbound };
         let tasks = vec![
             tokio::spawn(server::serve(
-                "admin",
+                serving("admin", None, None),
                 admin,
                 Arc::new(admin::Admin::new(shared.clone())),
                 rx.clone(),
                 drain,
             )),
             tokio::spawn(server::serve(
-                "outbound",
+                serving("outbound", log(Direction::Outbound), None),
                 outbound,
                 Arc::new(outbound::Outbound::new(shared.clone())),
                 rx.clone(),
                 drain,
             )),
-            tokio::spawn(server::serve_inbound(
+            tokio::spawn(server::serve(
+                serving("inbound", log(Direction::Inbound), Some(shared.clone())),
                 inbound,
                 Arc::new(inbound::Inbound::new(shared)),
                 rx,
                 drain,
-                shared.clone(),
             )),
         ];
         Listeners { stop, tasks }

@@ -14,8 +14,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+mod conn;
 mod tcp;
 
+pub(crate) use conn::ConnMetrics;
 pub(crate) use tcp::{TcpMetrics, TcpResult};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -25,7 +27,7 @@ pub(crate) enum Direction {
 }
 
 impl Direction {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
@@ -116,6 +118,8 @@ pub(crate) struct Metrics {
     pub tls: TlsMetrics,
     /// Raw TCP connections (services with `protocol: tcp`).
     pub tcp: TcpMetrics,
+    /// Idle timeouts, open mTLS upstream connections, dropped access log records.
+    pub conn: ConnMetrics,
     /// Inbound requests refused by a RateLimitPolicy (`trellis_rate_limited_total`).
     pub rate_limited: RateLimitedFamily,
     /// Config-time cache of per-service handles (never touched per request).
@@ -167,7 +171,8 @@ impl Metrics {
             "Inbound requests refused by a local rate limit (429), by service and rule",
             rate_limited.clone(),
         );
-        let tls = TlsMetrics::register(&mut registry);
+        let conn = ConnMetrics::register(&mut registry);
+        let tls = TlsMetrics::register(&mut registry, conn.clone());
         let tcp = TcpMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -179,6 +184,7 @@ impl Metrics {
             xds_updates,
             tls,
             tcp,
+            conn,
             rate_limited,
             services: Mutex::new(HashMap::new()),
         }
@@ -273,10 +279,12 @@ pub(crate) struct TlsMetrics {
     plaintext: Family<ResultLabels, Counter>,
     mode: Family<ModeLabels, Gauge>,
     renewals: Counter,
+    /// For the pooled mTLS connections' gauge and idle timeouts.
+    pub conn: ConnMetrics,
 }
 
 impl TlsMetrics {
-    fn register(registry: &mut Registry) -> Self {
+    fn register(registry: &mut Registry, conn: ConnMetrics) -> Self {
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         let errors = Family::<HandshakeErrorLabels, Counter>::default();
         let plaintext = Family::<ResultLabels, Counter>::default();
@@ -320,6 +328,7 @@ impl TlsMetrics {
             plaintext,
             mode,
             renewals,
+            conn,
         };
         m.set_inbound_mode(None);
         m

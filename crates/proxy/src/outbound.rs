@@ -18,6 +18,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use crate::accesslog;
 use crate::balance::LoadGuard;
 use crate::body::ReqBody;
 use crate::http::{ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
@@ -113,6 +114,7 @@ fn decide<B>(
         .as_ref()
         .and_then(|p| routing::hash_key(p, req.headers(), peer));
     let Some(picked) = cluster.pick(hash, now, 0) else {
+        accesslog::note(req, &cluster.name, None);
         return Err(Rejection::NoEndpoints(
             metrics.clone(),
             format!("cluster `{cluster_name}` has no healthy endpoints"),
@@ -238,6 +240,7 @@ fn forward(
     shared: &Shared,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
     let endpoint = &d.cluster.endpoints[d.index];
+    accesslog::note(&req, &d.cluster.name, Some(&endpoint.authority));
     let version = req.version();
     strip_hop_by_hop(req.headers_mut());
     if let Some(mtls) = &endpoint.mtls {

@@ -200,11 +200,16 @@ impl PoolError {
 
 impl EndpointPool {
     /// A pool (not shared through [`H1Pools`]) whose connections use mTLS.
-    pub fn with_tls(addr: SocketAddr, connect_timeout: Duration, tls: PoolTls) -> Arc<Self> {
+    pub fn with_tls(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        tls: PoolTls,
+    ) -> Arc<Self> {
         Arc::new(EndpointPool {
             addr,
             connect_timeout,
-            idle_timeout: IDLE_TIMEOUT,
+            idle_timeout,
             idle: Mutex::new(Vec::new()),
             live: Arc::default(),
             tls: Some(tls),

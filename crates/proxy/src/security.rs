@@ -39,6 +39,9 @@ pub(crate) struct InboundSecurity {
     pub tcp: Option<ConnectionPolicy>,
     /// Local rate limits (RateLimitPolicy); `None`: no limit, nothing to check.
     pub ratelimit: Option<crate::ratelimit::RateLimiter>,
+    /// Callers' connections with no byte either way for this long are closed (HTTP:
+    /// gracefully); `None`: the default, 1h ([`crate::idle::effective`]); zero: never.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for InboundSecurity {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for InboundSecurity {
             .field("authn_rules", &!self.authn.is_empty())
             .field("tcp", &self.tcp)
             .field("ratelimit", &self.ratelimit.is_some())
+            .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
     }
 }

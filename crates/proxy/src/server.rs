@@ -3,11 +3,16 @@
 //! The inbound listener first passes each connection through [`mtls::accept`] (mTLS, or
 //! plaintext in PERMISSIVE mode only) and serves the TLS stream with the caller's identity,
 //! as HTTP, or as a raw byte stream ([`crate::tcp::inbound`]) when the caller asked for one
-//! (ALPN `trellis-tcp`) or this sidecar's service is TCP.
+//! (ALPN `trellis-tcp`) or this sidecar's service is TCP. Its HTTP connections are shut
+//! down gracefully after the inbound config's idle timeout ([`crate::idle`]).
+//!
+//! With the access log on, a listener serves through a second service function that starts
+//! a record per request ([`crate::accesslog::Pending`]); without it nothing is added.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +21,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::accesslog::{AccessLog, Pending};
 use crate::http::ProxyBody;
+use crate::idle::{Activity, Metered};
+use crate::metrics::Direction;
 use crate::mtls::{self, accept::Accepted};
 use crate::shared::Shared;
 use crate::tcp;
@@ -42,38 +50,25 @@ pub(crate) trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<Self>;
 }
 
+/// How one listener serves its connections.
+#[derive(Clone)]
+pub(crate) struct Serving {
+    pub name: &'static str,
+    /// `Some`: every request is logged (crate::accesslog) under this direction.
+    pub log: Option<(Arc<AccessLog>, Direction)>,
+    /// The inbound listener: mTLS accept, raw TCP, and the config's idle timeout.
+    pub inbound: Option<Arc<Shared>>,
+}
+
 /// Serves `listener` until `stop` turns true, then drains for at most `drain`.
 pub(crate) async fn serve<H: Handler>(
-    name: &'static str,
-    listener: TcpListener,
-    handler: Arc<H>,
-    stop: watch::Receiver<bool>,
-    drain: Duration,
-) {
-    serve_with(name, listener, handler, stop, drain, None).await;
-}
-
-/// The inbound listener: like [`serve`], but each connection first goes through
-/// [`mtls::accept`] (mTLS, or plaintext only in PERMISSIVE mode), and requests another sidecar
-/// upgraded to HTTP/2 are turned back into HTTP/1.x.
-pub(crate) async fn serve_inbound<H: Handler>(
-    listener: TcpListener,
-    handler: Arc<H>,
-    stop: watch::Receiver<bool>,
-    drain: Duration,
-    shared: Arc<Shared>,
-) {
-    serve_with("inbound", listener, handler, stop, drain, Some(shared)).await;
-}
-
-async fn serve_with<H: Handler>(
-    name: &'static str,
+    serving: Serving,
     listener: TcpListener,
     handler: Arc<H>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
-    inbound: Option<Arc<Shared>>,
 ) {
+    let name = serving.name;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -81,7 +76,8 @@ async fn serve_with<H: Handler>(
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a clone; draining waits until every clone is gone.
+    let (open, mut closed) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -95,38 +91,20 @@ async fn serve_with<H: Handler>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let watcher = graceful.watcher();
+                let conn = Conn {
+                    builder: builder.clone(),
+                    stop: stop.clone(),
+                    _open: open.clone(),
+                    log: serving.log.clone(),
+                };
                 let h = handler.clone();
-                let b = builder.clone();
-                match &inbound {
+                match &serving.inbound {
                     None => {
                         let info = ConnInfo { peer, peer_id: None };
-                        tokio::spawn(serve_conn(name, b, watcher, TokioIo::new(stream), info, h, false));
+                        tokio::spawn(conn.serve(name, TokioIo::new(stream), info, h, false, None));
                     }
                     Some(shared) => {
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            match mtls::accept::accept(stream, peer, &shared).await {
-                                Some(Accepted::Tls { stream, peer_id }) => {
-                                    // A raw TCP stream: asked for (ALPN), or the service is TCP.
-                                    let raw = stream.get_ref().1.alpn_protocol() == Some(tcp::ALPN_TCP);
-                                    if raw || tcp::inbound::serves_tcp(&shared) {
-                                        tcp::inbound::serve(stream, peer, peer_id, shared).await;
-                                        return;
-                                    }
-                                    let info = ConnInfo { peer, peer_id };
-                                    serve_conn(name, b, watcher, TokioIo::new(stream), info, h, true).await;
-                                }
-                                Some(Accepted::Plain(stream)) if tcp::inbound::serves_tcp(&shared) => {
-                                    tcp::inbound::serve(stream, peer, None, shared).await;
-                                }
-                                Some(Accepted::Plain(stream)) => {
-                                    let info = ConnInfo { peer, peer_id: None };
-                                    serve_conn(name, b, watcher, TokioIo::new(stream), info, h, true).await;
-                                }
-                                None => {}
-                            }
-                        });
+                        tokio::spawn(serve_inbound(stream, peer, conn, h, shared.clone()));
                     }
                 }
             }
@@ -138,38 +116,183 @@ async fn serve_with<H: Handler>(
         }
     }
     drop(listener);
+    drop(open);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!(listener = name, "drained"),
+        _ = closed.recv() => tracing::debug!(listener = name, "drained"),
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(listener = name, ?drain, "drain timeout: closing remaining connections");
         }
     }
 }
 
-/// Serves HTTP/1.1 or h2 (detected from the preface) on one accepted connection.
-/// `restore`: turn requests marked by a peer sidecar's upgrade back into HTTP/1.x.
-async fn serve_conn<H, I>(
-    name: &'static str,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-    io: I,
-    info: ConnInfo,
+/// One inbound connection: [`mtls::accept`] (mTLS, or plaintext only in PERMISSIVE mode),
+/// then raw TCP or HTTP with the caller's identity; requests another sidecar upgraded to
+/// HTTP/2 are turned back into HTTP/1.x. Idle HTTP connections are closed after the inbound
+/// config's idle timeout.
+async fn serve_inbound<H: Handler>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    conn: Conn,
     h: Arc<H>,
-    restore: bool,
-) where
-    H: Handler,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let peer = info.peer;
-    // `map`, not an `async` block that would hold the handler's future twice.
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        if restore {
-            mtls::restore_orig_proto(&mut req);
+    shared: Arc<Shared>,
+) {
+    let Some(accepted) = mtls::accept::accept(stream, peer, &shared).await else {
+        return;
+    };
+    let (tcp, idle) = {
+        let snap = shared.live.load();
+        let security = snap.inbound.as_deref();
+        (
+            security.is_some_and(|s| s.tcp.is_some()),
+            crate::idle::effective(security.and_then(|s| s.idle_timeout)),
+        )
+    };
+    match accepted {
+        Accepted::Tls { stream, peer_id } => {
+            // A raw TCP stream: asked for (ALPN), or the service is TCP.
+            let raw = stream.get_ref().1.alpn_protocol() == Some(tcp::ALPN_TCP);
+            if raw || tcp {
+                drop(conn);
+                tcp::inbound::serve(stream, peer, peer_id, shared).await;
+                return;
+            }
+            let info = ConnInfo { peer, peer_id };
+            if conn
+                .serve("inbound", TokioIo::new(stream), info, h, true, idle)
+                .await
+            {
+                shared.metrics.conn.idle_timeout(Direction::Inbound, "http");
+            }
         }
-        h.clone().call(req, &info).map(Ok::<_, Infallible>)
-    });
-    let conn = builder.serve_connection(io, svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+        Accepted::Plain(stream) if tcp => {
+            drop(conn);
+            tcp::inbound::serve(stream, peer, None, shared).await;
+        }
+        Accepted::Plain(stream) => {
+            let info = ConnInfo {
+                peer,
+                peer_id: None,
+            };
+            if conn
+                .serve("inbound", TokioIo::new(stream), info, h, true, idle)
+                .await
+            {
+                shared.metrics.conn.idle_timeout(Direction::Inbound, "http");
+            }
+        }
+    }
+}
+
+/// What serving one accepted connection needs from its listener.
+struct Conn {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Turns true when the listener drains: the connection shuts down gracefully.
+    stop: watch::Receiver<bool>,
+    /// Held while the connection is open (the listener's drain waits for it).
+    _open: mpsc::Sender<()>,
+    log: Option<(Arc<AccessLog>, Direction)>,
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 or h2 (detected from the preface) on one accepted connection.
+    /// `restore`: turn requests marked by a peer sidecar's upgrade back into HTTP/1.x.
+    /// `idle`: shut the connection down gracefully once no byte moved for that long.
+    async fn serve<H, S>(
+        self,
+        name: &'static str,
+        io: TokioIo<S>,
+        info: ConnInfo,
+        h: Arc<H>,
+        restore: bool,
+        idle: Option<Duration>,
+    ) -> bool
+    where
+        H: Handler,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = info.peer;
+        let activity = idle.map(|_| Arc::new(Activity::default()));
+        let io = TokioIo::new(Metered::new(io.into_inner(), activity.clone()));
+        let (builder, stop) = (self.builder, self.stop);
+        let ended = match self.log {
+            None => {
+                // `map`, not an `async` block that would hold the handler's future twice.
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    if restore {
+                        mtls::restore_orig_proto(&mut req);
+                    }
+                    h.clone().call(req, &info).map(Ok::<_, Infallible>)
+                });
+                let conn = builder.serve_connection(io, svc).into_owned();
+                drive(conn, |c| c.graceful_shutdown(), stop, activity, idle).await
+            }
+            Some((log, direction)) => {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    if restore {
+                        mtls::restore_orig_proto(&mut req);
+                    }
+                    let pending = Pending::start(&mut req, &info, direction, &log);
+                    h.clone()
+                        .call(req, &info)
+                        .map(move |resp| Ok::<_, Infallible>(pending.respond(resp)))
+                });
+                let conn = builder.serve_connection(io, svc).into_owned();
+                drive(conn, |c| c.graceful_shutdown(), stop, activity, idle).await
+            }
+        };
+        match ended {
+            (Err(e), _) => {
+                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+            }
+            (Ok(()), true) => {
+                tracing::debug!(listener = name, %peer, ?idle, "idle connection closed");
+            }
+            (Ok(()), false) => {}
+        }
+        ended.1
+    }
+}
+
+/// Drives `conn` to its end, shutting it down gracefully (in-flight requests finish) when the
+/// listener drains or, with `idle`, once no byte moved through `activity` for that long.
+/// Returns the connection's result and whether the idle timeout closed it.
+async fn drive<F, E>(
+    conn: F,
+    shutdown: impl Fn(Pin<&mut F>),
+    mut stop: watch::Receiver<bool>,
+    activity: Option<Arc<Activity>>,
+    idle: Option<Duration>,
+) -> (Result<(), E>, bool)
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let mut conn = pin!(conn);
+    let mut shutting = *stop.borrow();
+    if shutting {
+        shutdown(conn.as_mut());
+    }
+    let quiet = async {
+        match (activity.as_deref(), idle) {
+            (Some(a), Some(t)) => crate::idle::quiet(a, t).await,
+            _ => std::future::pending().await,
+        }
+    };
+    let mut quiet = pin!(quiet);
+    let mut timed_out = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => return (ended, timed_out),
+            changed = stop.changed(), if !shutting => {
+                if changed.is_err() || *stop.borrow() {
+                    shutting = true;
+                    shutdown(conn.as_mut());
+                }
+            }
+            () = quiet.as_mut(), if !shutting => {
+                shutting = true;
+                timed_out = true;
+                shutdown(conn.as_mut());
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
+use crate::accesslog::AccessLog;
 use crate::config::ProxyConfig;
 use crate::control_tls::ControlTrust;
 use crate::metrics::Metrics;
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     pub tls: OnceLock<Arc<Tls>>,
     /// How the control plane is reached and verified.
     pub control: ControlTrust,
+    /// The access log's writer, when `--access-log` is given.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Shared {
@@ -37,6 +40,7 @@ impl Shared {
             status: Status::default(),
             clients: ClientCache::default(),
             tls: OnceLock::new(),
+            access_log: None,
         }
     }
 }

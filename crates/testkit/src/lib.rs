@@ -28,7 +28,7 @@ pub use log::TestLog;
 pub use process::Process;
 pub use sidecar::{
     Sidecar, SidecarOpts, control_client, create_join_token, create_join_token_with, json_mentions,
-    metric_sum, wait_for_proxy_config,
+    metric_sum, proxy_startup_error, wait_for_proxy_config,
 };
 pub use wait::{wait_for, wait_until};
 

@@ -406,3 +406,30 @@ pub fn json_mentions(v: &serde_json::Value, needle: &str) -> bool {
     }
     walk(v, &norm(needle))
 }
+
+/// Runs `trellis proxy` for service `web` (control plane unreachable, listeners on port 0) with
+/// the extra `args`, expects it to refuse to start with exit code 2 and returns its stderr.
+pub async fn proxy_startup_error(bin: impl AsRef<Path>, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(bin.as_ref())
+        .args(["proxy", "--service", "web", "--app-port", "8080"])
+        .args(["--control", "http://127.0.0.1:1"])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--outbound-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--inbound-addr", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .await
+        .context("cannot run trellis proxy")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.code() != Some(2) {
+        bail!(
+            "{args:?}: exit {:?}, want 2; stderr: {stderr}",
+            out.status.code()
+        );
+    }
+    Ok(stderr)
+}

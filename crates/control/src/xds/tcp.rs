@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 use trellis_model::{
     AuthorizationAction, AuthorizationPolicyResource, AuthorizationRule, RequestSource, wire,
@@ -27,8 +28,12 @@ use trellis_model::{
 
 /// The network filters of a TCP service's inbound chain: a DENY RBAC filter (when a DENY
 /// policy applies), an ALLOW RBAC filter (when an ALLOW policy applies), then tcp_proxy to
-/// the app's cluster.
-pub fn inbound_filters(policies: &[AuthorizationPolicyResource], app_cluster: &str) -> Vec<Filter> {
+/// the app's cluster, with the service's idle timeout (`None`: Envoy's default, 1h).
+pub fn inbound_filters(
+    policies: &[AuthorizationPolicyResource],
+    app_cluster: &str,
+    idle_timeout: Option<Duration>,
+) -> Vec<Filter> {
     let mut out = Vec::with_capacity(3);
     for action in [AuthorizationAction::Deny, AuthorizationAction::Allow] {
         if let Some(rbac) = rbac(policies, action) {
@@ -41,6 +46,7 @@ pub fn inbound_filters(policies: &[AuthorizationPolicyResource], app_cluster: &s
     let proxy = TcpProxy {
         stat_prefix: wire::TCP_STAT_PREFIX.to_string(),
         cluster_specifier: Some(ClusterSpecifier::Cluster(app_cluster.to_string())),
+        idle_timeout,
         ..Default::default()
     };
     out.push(Filter {

@@ -229,7 +229,14 @@ fn ads_config_source() -> ConfigSource {
 }
 
 /// The HttpConnectionManager network filter: `http_filters` then the router.
-fn hcm_filter(name: &str, route: RouteSpecifier, mut http_filters: Vec<HttpFilter>) -> Filter {
+/// `idle_timeout`: the downstream connections' (`common_http_protocol_options.idle_timeout`);
+/// `None` leaves Envoy's default (1h).
+fn hcm_filter(
+    name: &str,
+    route: RouteSpecifier,
+    mut http_filters: Vec<HttpFilter>,
+    idle_timeout: Option<Duration>,
+) -> Filter {
     http_filters.push(HttpFilter {
         name: ROUTER_FILTER.to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
@@ -242,6 +249,10 @@ fn hcm_filter(name: &str, route: RouteSpecifier, mut http_filters: Vec<HttpFilte
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(route),
         http_filters,
+        common_http_protocol_options: idle_timeout.map(|idle| CommonHttpProtocolOptions {
+            idle_timeout: Some(idle),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     Filter {
@@ -262,7 +273,7 @@ fn outbound_listener(node: &NodeInfo) -> Listener {
             node.outbound_port,
         )),
         filter_chains: vec![FilterChain {
-            filters: vec![hcm_filter(wire::OUTBOUND, route, Vec::new())],
+            filters: vec![hcm_filter(wire::OUTBOUND, route, Vec::new(), None)],
             ..Default::default()
         }],
         ..Default::default()
@@ -277,7 +288,11 @@ fn inbound_listener(node: &NodeInfo, app_port: u16, own: Option<&ServiceView>) -
     let has_identity = node.identity.is_some();
     let (filters, alpn) = match own {
         Some(view) if upstream_protocol(view) == Protocol::Tcp => (
-            tcp::inbound_filters(&view.authorization, &wire::inbound_cluster_name(app_port)),
+            tcp::inbound_filters(
+                &view.authorization,
+                &wire::inbound_cluster_name(app_port),
+                resilience::idle_timeout(view.policy.as_ref()),
+            ),
             &[wire::MTLS_TCP_ALPN][..],
         ),
         _ => (vec![inbound_hcm(app_port, own)], wire::MTLS_SERVER_ALPN),
@@ -310,7 +325,13 @@ fn inbound_hcm(app_port: u16, own: Option<&ServiceView>) -> Filter {
     };
     let mut filters = security::policy_filters(own);
     filters.extend(ratelimit::rate_limit_filter(own));
-    hcm_filter(wire::INBOUND, RouteSpecifier::RouteConfig(route), filters)
+    let idle = resilience::idle_timeout(own.and_then(|v| v.policy.as_ref()));
+    hcm_filter(
+        wire::INBOUND,
+        RouteSpecifier::RouteConfig(route),
+        filters,
+        idle,
+    )
 }
 
 fn connect_timeout() -> Option<Duration> {

@@ -56,6 +56,8 @@ pub(crate) struct Inbound {
     /// For the live snapshot's inbound security config.
     shared: Arc<Shared>,
     app: Authority,
+    /// `inbound|<app-port>`, for the access log.
+    app_cluster: Arc<str>,
     app_h2: bool,
     clients: HttpClients,
     /// HTTP/1.1 connections to the app.
@@ -72,6 +74,7 @@ impl Inbound {
         Inbound {
             app: Authority::try_from(app.to_string().as_str())
                 .unwrap_or_else(|_| Authority::from_static("127.0.0.1:80")),
+            app_cluster: Arc::from(trellis_model::wire::inbound_cluster_name(c.app_port)),
             app_h2: matches!(c.app_protocol, Protocol::Http2 | Protocol::Grpc),
             pool: shared.clients.get(APP_CONNECT_TIMEOUT).h1.endpoint(app),
             clients: shared.clients.get(APP_CONNECT_TIMEOUT),
@@ -207,6 +210,7 @@ impl Inbound {
         impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'static + use<>,
     ) {
         let downstream = req.version();
+        crate::accesslog::note(&req, &self.app_cluster, Some(&self.app));
         strip_hop_by_hop(req.headers_mut());
         if self.app_h2 {
             *req.version_mut() = Version::HTTP_2;

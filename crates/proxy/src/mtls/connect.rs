@@ -33,6 +33,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{HANDSHAKE_TIMEOUT, Tls, handshake_failure_reason, mark_upgrade, restore_orig_proto};
 use crate::identity::{ALPN_H2, ALPN_HTTP11, ExpectedIds, client_config};
+use crate::idle::{Activity, Metered};
 use crate::metrics::Direction;
 use crate::pool::{EndpointPool, PoolError, PoolTls, UpstreamBody};
 use crate::resilience::Breaker;
@@ -40,17 +41,19 @@ use crate::security::TlsPolicy;
 
 type Key = (SocketAddr, String, Vec<String>);
 
-/// The process-wide mTLS endpoints for one connect timeout.
+/// The process-wide mTLS endpoints for one connect timeout and idle timeout.
 #[derive(Debug)]
 pub(crate) struct MtlsPools {
     connect_timeout: Duration,
+    idle_timeout: Duration,
     by_key: Mutex<HashMap<Key, Weak<MtlsEndpoint>>>,
 }
 
 impl MtlsPools {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
         MtlsPools {
             connect_timeout,
+            idle_timeout,
             by_key: Mutex::new(HashMap::new()),
         }
     }
@@ -71,6 +74,7 @@ impl MtlsPools {
         let e = Arc::new(MtlsEndpoint {
             addr,
             connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
             sni,
             expected: ExpectedIds::new(policy.expected_ids.iter().cloned()),
             config: OnceLock::new(),
@@ -88,6 +92,9 @@ impl MtlsPools {
 pub(crate) struct MtlsEndpoint {
     addr: SocketAddr,
     connect_timeout: Duration,
+    /// The HTTP/2 connection is let go after this long without a byte either way; it closes
+    /// once its last in-flight request is done, and the next request opens a new one.
+    idle_timeout: Duration,
     sni: ServerName<'static>,
     expected: ExpectedIds,
     /// Built at the first connect (it needs the identity, fixed for the process).
@@ -266,7 +273,7 @@ impl MtlsEndpoint {
             .cloned()
     }
 
-    async fn connection(&self, tls: &Tls) -> Result<Conn, MtlsError> {
+    async fn connection(self: &Arc<Self>, tls: &Tls) -> Result<Conn, MtlsError> {
         if let Some(pool) = self.h1.get() {
             return Ok(Conn::H1(pool.clone()));
         }
@@ -323,6 +330,7 @@ impl MtlsEndpoint {
             let pool = EndpointPool::with_tls(
                 addr,
                 self.connect_timeout,
+                self.idle_timeout,
                 PoolTls {
                     connector: TlsConnector::from(Arc::new(h1_config)),
                     sni: self.sni.clone(),
@@ -332,13 +340,14 @@ impl MtlsEndpoint {
             let pool = self.h1.get_or_init(|| pool).clone();
             return Ok(Conn::H1(pool));
         }
+        let activity = Arc::new(Activity::default());
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(AlertWatch {
-                inner: stream,
+                inner: Metered::new(stream, Some(activity.clone())),
                 alert: self.alert.clone(),
             }))
             .await
@@ -346,13 +355,48 @@ impl MtlsEndpoint {
                 Some(_) => self.refused(tls, source),
                 None => MtlsError::H2Handshake { addr, source },
             })?;
+        let tx = Arc::new(tx);
+        self.h2.store(Some(tx.clone()));
+        let (endpoint, idle, metrics) = (
+            Arc::downgrade(self),
+            self.idle_timeout,
+            tls.metrics.conn.clone(),
+        );
+        let shared = Arc::downgrade(&tx);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            metrics.mtls_upstream_open.inc();
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = crate::idle::quiet(&activity, idle) => {
+                    // Let go of it: new requests open another connection; this one closes
+                    // as soon as no request holds it (hyper ends it with the last handle).
+                    if let Some(e) = endpoint.upgrade() {
+                        e.forget(&shared);
+                    }
+                    drop(endpoint);
+                    drop(shared);
+                    metrics.idle_timeout(Direction::Outbound, "http");
+                    tracing::debug!(endpoint = %addr, ?idle, "idle mTLS HTTP/2 connection released");
+                    conn.await
+                }
+            };
+            metrics.mtls_upstream_open.dec();
+            if let Err(e) = ended {
                 tracing::debug!(endpoint = %addr, error = %e, "mTLS HTTP/2 connection ended with an error");
             }
         });
-        self.h2.store(Some(Arc::new(tx.clone())));
-        Ok(Conn::H2(tx))
+        Ok(Conn::H2(SendRequest::clone(&tx)))
+    }
+
+    /// Stops handing out `conn` (if it is still the endpoint's connection).
+    fn forget(&self, conn: &Weak<SendRequest<ReqBody>>) {
+        let current = self.h2.load();
+        if let (Some(cur), Some(conn)) = (current.as_ref(), conn.upgrade())
+            && Arc::ptr_eq(cur, &conn)
+        {
+            self.h2.compare_and_swap(&current, None);
+        }
     }
 
     /// Classifies an HTTP/2 error: after a TLS alert from the peer it means the peer refused

@@ -28,6 +28,7 @@ use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 
 use super::{Decision, Extra, record_local, upstream_failure};
+use crate::accesslog;
 use crate::body::{Replay, ReqBody};
 use crate::http::{ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
 use crate::mtls::connect::prepare_h2;
@@ -80,6 +81,7 @@ async fn run(
     let deadline = timeout::effective(policy.request_timeout, caller_deadline);
     let metrics = d.metrics.clone();
     let cluster = d.cluster.clone();
+    accesslog::note(&req, &cluster.name, None);
     // The breaker first: an overflowing request costs nothing upstream.
     let _slot = match cluster.resilience.as_ref().and_then(|r| r.breaker.as_ref()) {
         Some(b) => match b.try_request() {
@@ -167,6 +169,7 @@ fn rebuild(parts: &Parts, body: ReqBody) -> Request<ReqBody> {
     *r.uri_mut() = parts.uri.clone();
     *r.version_mut() = parts.version;
     *r.headers_mut() = parts.headers.clone();
+    accesslog::carry_slot(&parts.extensions, r.extensions_mut());
     r
 }
 
@@ -365,6 +368,7 @@ fn send_try(
             TryError::Upstream(e)
         }
     };
+    accesslog::note(&req, &cluster.name, Some(&endpoint.authority));
     if let Some(mtls) = &endpoint.mtls {
         let Some(tls) = shared.tls.get() else {
             return FutEither::Left(FutEither::Left(std::future::ready(Err(

@@ -9,7 +9,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use http::uri::Authority;
+
 use super::relay;
+use crate::accesslog::ConnLog;
 use crate::authz::Decision;
 use crate::metrics::{Direction, TcpResult};
 use crate::security::InboundSecurity;
@@ -43,16 +46,6 @@ pub(crate) fn decide(security: Option<&InboundSecurity>, peer_id: Option<&str>) 
     }
 }
 
-/// True when this sidecar's service is served as raw TCP (its inbound config says so).
-pub(crate) fn serves_tcp(shared: &Shared) -> bool {
-    shared
-        .live
-        .load()
-        .inbound
-        .as_ref()
-        .is_some_and(|s| s.tcp.is_some())
-}
-
 /// Serves one accepted (and, for mTLS, handshaken) connection.
 pub(crate) async fn serve<S>(
     stream: S,
@@ -64,12 +57,28 @@ pub(crate) async fn serve<S>(
 {
     let service: Arc<str> = Arc::from(shared.config.service.as_str());
     let metrics = &shared.metrics.tcp;
-    let verdict = {
+    let mut log = ConnLog::start(
+        shared.access_log.as_ref(),
+        Direction::Inbound,
+        peer,
+        peer_id.as_ref(),
+    );
+    let (verdict, idle) = {
         let snap = shared.live.load();
-        decide(snap.inbound.as_deref(), peer_id.as_deref())
+        let security = snap.inbound.as_deref();
+        (
+            decide(security, peer_id.as_deref()),
+            crate::idle::effective(security.and_then(|s| s.idle_timeout)),
+        )
+    };
+    let refused = |result: TcpResult, log: Option<ConnLog>| {
+        metrics.connection(Direction::Inbound, &service, result);
+        if let Some(log) = log {
+            log.finish(Some(result.as_str()), 0, 0);
+        }
     };
     if let Verdict::Refuse(result, reason, policy) = verdict {
-        metrics.connection(Direction::Inbound, &service, result);
+        refused(result, log);
         tracing::debug!(
             %peer,
             peer_id = peer_id.as_deref().unwrap_or("-"),
@@ -81,20 +90,45 @@ pub(crate) async fn serve<S>(
         return;
     }
     let app = SocketAddr::from((Ipv4Addr::LOCALHOST, shared.config.app_port));
+    if let Some(log) = &mut log {
+        log.upstream(
+            &inbound_cluster(&shared),
+            Authority::try_from(app.to_string()).ok().as_ref(),
+        );
+    }
     let upstream = match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            metrics.connection(Direction::Inbound, &service, TcpResult::ConnectFailed);
+            refused(TcpResult::ConnectFailed, log);
             tracing::debug!(%peer, %app, error = %e, "tcp: the local app is unavailable");
             return;
         }
         Err(_) => {
-            metrics.connection(Direction::Inbound, &service, TcpResult::ConnectFailed);
+            refused(TcpResult::ConnectFailed, log);
             tracing::debug!(%peer, %app, "tcp: connecting to the local app timed out");
             return;
         }
     };
     let _ = upstream.set_nodelay(true);
     metrics.connection(Direction::Inbound, &service, TcpResult::Forwarded);
-    relay(stream, upstream, metrics, Direction::Inbound, &service).await;
+    let relayed = relay(
+        stream,
+        upstream,
+        idle,
+        &shared.metrics,
+        Direction::Inbound,
+        &service,
+    )
+    .await;
+    if let Some(log) = log {
+        let reason = relayed.idle.then_some(super::IDLE_TIMEOUT_REASON);
+        log.finish(reason, relayed.up, relayed.down);
+    }
+}
+
+/// The name of the local app's cluster, `inbound|<app-port>` (as in the xDS config).
+fn inbound_cluster(shared: &Shared) -> Arc<str> {
+    Arc::from(trellis_model::wire::inbound_cluster_name(
+        shared.config.app_port,
+    ))
 }

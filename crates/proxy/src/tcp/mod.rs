@@ -13,7 +13,9 @@
 //!
 //! Copies are [`tokio::io::copy_bidirectional`]: when one side ends its writes (EOF), the
 //! other side's write half is shut down (TLS: `close_notify`) and the other direction keeps
-//! flowing until it ends too (half-close).
+//! flowing until it ends too (half-close). On the inbound side a connection with no byte in
+//! either direction for the service's idle timeout (tcp_proxy `idle_timeout`, default 1h) is
+//! shut down and closed on both sides ([`crate::idle`]).
 
 pub(crate) mod inbound;
 pub(crate) mod outbound;
@@ -22,35 +24,78 @@ pub(crate) mod outbound;
 mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::metrics::{Direction, TcpMetrics};
+use crate::idle::{Activity, Metered};
+use crate::metrics::{Direction, Metrics};
 
 /// ALPN of a raw stream between sidecars (bytes).
 pub(crate) const ALPN_TCP: &[u8] = trellis_model::wire::MTLS_TCP_ALPN.as_bytes();
 
+/// The access log's reason for a connection the idle timeout closed.
+pub(crate) const IDLE_TIMEOUT_REASON: &str = "idle_timeout";
+
 /// Endpoints tried per accepted outbound connection before it is closed.
 pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 3;
 
-/// Copies both ways until both directions ended, then records the bytes.
+/// How a relayed connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Relayed {
+    /// Bytes from the downstream side to the upstream.
+    pub up: u64,
+    /// Bytes from the upstream side to the downstream.
+    pub down: u64,
+    /// Closed by the idle timeout (no byte either way for that long).
+    pub idle: bool,
+}
+
+/// Copies both ways until both directions ended, or until no byte moved either way for
+/// `idle` (then both sides are shut down and closed), and records the bytes.
 pub(crate) async fn relay<D, U>(
-    mut downstream: D,
+    downstream: D,
     mut upstream: U,
-    metrics: &TcpMetrics,
+    idle: Option<Duration>,
+    metrics: &Metrics,
     direction: Direction,
     service: &Arc<str>,
-) where
+) -> Relayed
+where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        Ok((up, down)) => {
-            metrics.copied(direction, service, up, down);
-            tracing::trace!(%service, ?direction, up, down, "tcp connection done");
+    let activity = Arc::new(Activity::default());
+    let mut downstream = Metered::new(downstream, Some(activity.clone()));
+    let copy = tokio::io::copy_bidirectional(&mut downstream, &mut upstream);
+    let quiet = async {
+        match idle {
+            Some(timeout) => crate::idle::quiet(&activity, timeout).await,
+            None => std::future::pending().await,
         }
-        Err(e) => {
-            tracing::debug!(%service, ?direction, error = %e, "tcp connection ended with an error");
+    };
+    let timed_out = tokio::select! {
+        copied = copy => {
+            if let Err(e) = copied {
+                tracing::debug!(%service, ?direction, error = %e, "tcp connection ended with an error");
+            }
+            false
         }
+        () = quiet => true,
+    };
+    if timed_out {
+        metrics.conn.idle_timeout(direction, "tcp");
+        tracing::debug!(%service, ?direction, ?idle, "tcp connection idle: closing both sides");
+        let _ = tokio::join!(downstream.shutdown(), upstream.shutdown());
     }
+    let relayed = Relayed {
+        up: activity.read(),
+        down: activity.written(),
+        idle: timed_out,
+    };
+    metrics
+        .tcp
+        .copied(direction, service, relayed.up, relayed.down);
+    tracing::trace!(%service, ?direction, up = relayed.up, down = relayed.down, "tcp connection done");
+    relayed
 }

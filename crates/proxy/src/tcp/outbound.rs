@@ -18,6 +18,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{ALPN_TCP, MAX_CONNECT_ATTEMPTS, relay};
+use crate::accesslog::ConnLog;
 use crate::balance::LoadGuard;
 use crate::identity::{ExpectedIds, client_config};
 use crate::metrics::{Direction, TcpResult};
@@ -106,9 +107,18 @@ impl Upstream {
     async fn connection(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let metrics = &self.shared.metrics.tcp;
         let service = &self.service;
+        let mut log = ConnLog::start(
+            self.shared.access_log.as_ref(),
+            Direction::Outbound,
+            peer,
+            None,
+        );
         let cluster = self.shared.live.load().clusters.get(&**service).cloned();
         let Some(cluster) = cluster else {
             metrics.connection(Direction::Outbound, service, TcpResult::UnknownService);
+            if let Some(log) = log {
+                log.finish(Some(TcpResult::UnknownService.as_str()), 0, 0);
+            }
             tracing::warn!(upstream = %service, %peer, "tcp upstream: no service named \"{service}\" is known to this proxy (yet); closing the connection");
             return;
         };
@@ -135,15 +145,20 @@ impl Upstream {
                 Ok(conn) => {
                     metrics.connection(Direction::Outbound, service, TcpResult::Forwarded);
                     tracing::trace!(upstream = %service, endpoint = %endpoint.authority, "tcp upstream connected");
-                    match conn {
+                    let all = &self.shared.metrics;
+                    let relayed = match conn {
                         Conn::Plain(s) => {
-                            relay(client, s, metrics, Direction::Outbound, service).await
+                            relay(client, s, None, all, Direction::Outbound, service).await
                         }
                         Conn::Tls(s) => {
-                            relay(client, s, metrics, Direction::Outbound, service).await
+                            relay(client, s, None, all, Direction::Outbound, service).await
                         }
-                    }
+                    };
                     load.complete();
+                    if let Some(mut log) = log {
+                        log.upstream(&cluster.name, Some(&endpoint.authority));
+                        log.finish(None, relayed.up, relayed.down);
+                    }
                     return;
                 }
                 Err(e) => {
@@ -160,6 +175,10 @@ impl Upstream {
             TcpResult::ConnectFailed
         };
         metrics.connection(Direction::Outbound, service, result);
+        if let Some(mut log) = log.take() {
+            log.upstream(&cluster.name, None);
+            log.finish(Some(result.as_str()), 0, 0);
+        }
         tracing::info!(upstream = %service, %peer, attempts = tried.len(), result = result.as_str(), "tcp upstream: no endpoint of \"{service}\" could be connected; closing the connection");
     }
 

@@ -119,6 +119,7 @@ fn config(app_port: u16, app_protocol: Protocol) -> ProxyConfig {
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
         health_check: None,
+        access_log: None,
     }
 }
 

@@ -108,6 +108,7 @@ fn config(app_port: u16) -> ProxyConfig {
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
         health_check: None,
+        access_log: None,
     }
 }
 
@@ -152,6 +153,7 @@ impl Harness {
             authn,
             tcp: None,
             ratelimit: None,
+            idle_timeout: None,
         };
         let snapshot = Snapshot {
             inbound: Some(Arc::new(security)),

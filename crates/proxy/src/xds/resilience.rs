@@ -45,7 +45,10 @@ pub(crate) fn duration(field: &str, d: &PbDuration) -> Result<Duration, String> 
     Ok(out)
 }
 
-fn opt_duration(field: &str, d: Option<&PbDuration>) -> Result<Option<Duration>, String> {
+pub(crate) fn opt_duration(
+    field: &str,
+    d: Option<&PbDuration>,
+) -> Result<Option<Duration>, String> {
     d.map(|d| duration(field, d)).transpose()
 }
 

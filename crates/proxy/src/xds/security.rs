@@ -58,6 +58,10 @@ pub(crate) struct InboundConfig {
     pub tcp: Option<ConnectionPolicy>,
     /// Local rate limits, in rule order ([`super::ratelimit`]); empty: none.
     pub ratelimit: Vec<crate::ratelimit::RuleConfig>,
+    /// Downstream idle timeout: the HttpConnectionManager's
+    /// `common_http_protocol_options.idle_timeout`, or tcp_proxy's `idle_timeout`; `None`:
+    /// Envoy's default (1h), zero: none.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// True when the endpoint's metadata marks it as serving mTLS.
@@ -236,6 +240,12 @@ pub(crate) fn inbound_config(l: &Listener) -> Result<InboundConfig, String> {
     if let Some(hcm) = hcms.first() {
         policies(hcm, &mut out)?;
         out.ratelimit = super::ratelimit::rules(hcm)?;
+        out.idle_timeout = super::resilience::opt_duration(
+            "HttpConnectionManager.common_http_protocol_options.idle_timeout",
+            hcm.common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.idle_timeout.as_ref()),
+        )?;
     }
     Ok(out)
 }
@@ -251,11 +261,15 @@ fn tcp_inbound(l: &Listener, mode: InboundMode) -> Result<InboundConfig, String>
         .map(tcp::connection_policy)
         .collect::<Result<Vec<_>, String>>()?;
     if policies.windows(2).any(|w| w[0] != w[1]) {
-        return Err("the filter chains hold different RBAC filters".into());
+        return Err(
+            "the filter chains hold different RBAC filters or tcp_proxy idle timeouts".into(),
+        );
     }
+    let (tcp, idle_timeout) = policies.into_iter().next().unzip();
     Ok(InboundConfig {
         mode,
-        tcp: policies.into_iter().next(),
+        tcp,
+        idle_timeout: idle_timeout.flatten(),
         ..InboundConfig::default()
     })
 }

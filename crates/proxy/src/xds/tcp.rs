@@ -4,6 +4,7 @@
 //! the subset the control plane emits is an error (the listener is NACKed).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter};
 use envoy_types::pb::envoy::config::rbac::v3::{
@@ -36,8 +37,11 @@ pub(crate) fn is_tcp_chain(c: &FilterChain) -> bool {
         .is_some_and(|f| f.name == wire::TCP_PROXY_FILTER)
 }
 
-/// The chain's RBAC filters, checking the tcp_proxy at its end.
-pub(crate) fn connection_policy(c: &FilterChain) -> Result<ConnectionPolicy, String> {
+/// The chain's RBAC filters and the idle timeout of the tcp_proxy at its end (`None`:
+/// Envoy's default).
+pub(crate) fn connection_policy(
+    c: &FilterChain,
+) -> Result<(ConnectionPolicy, Option<Duration>), String> {
     let here = |e: String| format!("chain `{}`: {e}", c.name);
     let Some((proxy, rbacs)) = c.filters.split_last() else {
         return Err(here("no filters".into()));
@@ -52,6 +56,11 @@ pub(crate) fn connection_policy(c: &FilterChain) -> Result<ConnectionPolicy, Str
             )));
         }
     }
+    let idle = super::resilience::opt_duration(
+        &format!("{}.idle_timeout", wire::TCP_PROXY_FILTER),
+        proxy.idle_timeout.as_ref(),
+    )
+    .map_err(here)?;
     let mut policy = ConnectionPolicy::default();
     for (i, f) in rbacs.iter().enumerate() {
         if f.name != wire::RBAC_NETWORK_FILTER {
@@ -66,7 +75,7 @@ pub(crate) fn connection_policy(c: &FilterChain) -> Result<ConnectionPolicy, Str
             .filters
             .push(rbac_filter(&cfg).map_err(|e| here(format!("filter {i} (rbac): {e}")))?);
     }
-    Ok(policy)
+    Ok((policy, idle))
 }
 
 fn typed(f: &Filter) -> Result<&Any, String> {

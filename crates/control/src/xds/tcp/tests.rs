@@ -278,3 +278,66 @@ fn namespace_patterns_become_anchored_spiffe_regexes() {
         assert_eq!(r.regex, want, "{pattern}");
     }
 }
+
+fn idle_policy(idle: &str) -> trellis_model::TrafficPolicySpec {
+    let text = format!(
+        "apiVersion: trellis.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{ name: p }}\nspec:\n  targetRef: {{ name: web }}\n  timeouts: {{ idle: {idle} }}\n"
+    );
+    match trellis_model::parse_documents("t", &text)
+        .expect("valid")
+        .remove(0)
+    {
+        trellis_model::Resource::TrafficPolicy(p) => p.spec,
+        other => panic!("not a policy: {other:?}"),
+    }
+}
+
+#[test]
+fn the_services_idle_timeout_goes_on_tcp_proxy_and_the_inbound_hcm() {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let two_s = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 2,
+        nanos: 0,
+    });
+    let tcp_proxy_idle = |mesh: &crate::snapshot::MeshSnapshot| {
+        let l: Listener = decode(
+            &resources_for(mesh, &node(Some(5432))),
+            LISTENER_TYPE,
+            "inbound",
+        );
+        let f = l.filter_chains[0].filters.last().expect("tcp_proxy");
+        typed::<TcpProxy>(f).idle_timeout
+    };
+    let mut mesh = tcp_mesh(vec![]);
+    assert_eq!(tcp_proxy_idle(&mesh), None, "no policy: Envoy's default");
+    if let Some(web) = mesh.services.get_mut("web") {
+        web.policy = Some(idle_policy("2s"));
+    }
+    assert_eq!(tcp_proxy_idle(&mesh), two_s);
+
+    // The same service over HTTP: the inbound HttpConnectionManager carries it.
+    if let Some(web) = mesh.services.get_mut("web") {
+        web.declared = None;
+    }
+    let l: Listener = decode(
+        &resources_for(&mesh, &node(Some(8080))),
+        LISTENER_TYPE,
+        "inbound",
+    );
+    let hcm: HttpConnectionManager = typed(&l.filter_chains[0].filters[0]);
+    assert_eq!(
+        hcm.common_http_protocol_options
+            .and_then(|o| o.idle_timeout),
+        two_s
+    );
+    let out: Listener = decode(
+        &resources_for(&mesh, &node(Some(8080))),
+        LISTENER_TYPE,
+        "outbound",
+    );
+    let hcm: HttpConnectionManager = typed(&out.filter_chains[0].filters[0]);
+    assert!(
+        hcm.common_http_protocol_options.is_none(),
+        "outbound: untouched"
+    );
+}

@@ -153,6 +153,7 @@ fn config(service: &str, app_port: u16) -> ProxyConfig {
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
         health_check: None,
+        access_log: None,
     }
 }
 

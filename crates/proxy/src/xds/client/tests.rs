@@ -91,6 +91,7 @@ fn config() -> crate::config::ProxyConfig {
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
         health_check: None,
+        access_log: None,
     }
 }
 

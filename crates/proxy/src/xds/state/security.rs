@@ -56,6 +56,7 @@ impl SecurityBuilder {
             tcp: config.tcp.clone(),
             ratelimit: (!config.ratelimit.is_empty())
                 .then(|| crate::ratelimit::RateLimiter::new(config.ratelimit.clone())),
+            idle_timeout: config.idle_timeout,
         });
         self.last = Some((config.clone(), built.clone()));
         Ok(built)

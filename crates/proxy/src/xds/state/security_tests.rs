@@ -213,6 +213,13 @@ fn the_control_planes_security_config_is_accepted_end_to_end() {
     if let trellis_model::Resource::RequestAuthentication(a) = resource(jwt_rule("jwt")) {
         web.authentication = vec![a];
     }
+    if let trellis_model::Resource::TrafficPolicy(p) = resource(serde_json::json!({
+        "apiVersion": "trellis.dev/v1alpha1", "kind": "TrafficPolicy",
+        "metadata": { "name": "web" },
+        "spec": { "targetRef": { "name": "web" }, "timeouts": { "idle": "2s" } },
+    })) {
+        web.policy = Some(p.spec);
+    }
     let snapshot = MeshSnapshot {
         version: 1,
         services: [("catalog".to_string(), catalog), ("web".to_string(), web)].into(),
@@ -272,4 +279,6 @@ fn the_control_planes_security_config_is_accepted_end_to_end() {
     assert_eq!(sec.mode, InboundMode::Permissive);
     assert!(!sec.authn.is_empty());
     assert!(!decide(&sec, "DELETE") && decide(&sec, "GET"));
+    // The service's own timeouts.idle, from the inbound HttpConnectionManager.
+    assert_eq!(sec.idle_timeout, Some(std::time::Duration::from_secs(2)));
 }

@@ -303,6 +303,40 @@ fn what_the_subset_does_not_define_is_refused() {
     assert!(
         connection_policy(&chain(vec![tcp_proxy()]))
             .expect("bare tcp_proxy")
+            .0
             .is_empty()
     );
+}
+
+#[test]
+fn tcp_proxy_idle_timeout_is_read_and_a_negative_one_refused() {
+    let chain = |filters: Vec<Filter>| FilterChain {
+        name: "mtls".into(),
+        filters,
+        ..Default::default()
+    };
+    let with_idle = |seconds| {
+        filter(
+            wire::TCP_PROXY_FILTER,
+            pack_any(TcpProxy {
+                stat_prefix: "t".into(),
+                cluster_specifier: Some(ClusterSpecifier::Cluster("inbound|1".into())),
+                idle_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        )
+    };
+    let (_, idle) = connection_policy(&chain(vec![with_idle(7)])).expect("valid");
+    assert_eq!(idle, Some(std::time::Duration::from_secs(7)));
+    assert_eq!(
+        connection_policy(&chain(vec![tcp_proxy()]))
+            .expect("valid")
+            .1,
+        None
+    );
+    let err = connection_policy(&chain(vec![with_idle(-1)])).expect_err("negative");
+    assert!(err.contains("idle_timeout"), "{err}");
 }
