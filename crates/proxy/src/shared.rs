@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::ProxyConfig;
 use crate::control_tls::ControlTrust;
+use crate::health::upstream::Prober;
 use crate::metrics::Metrics;
 use crate::mtls::Tls;
 use crate::snapshot::Snapshot;
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     pub tls: OnceLock<Arc<Tls>>,
     /// How the control plane is reached and verified.
     pub control: ControlTrust,
+    /// The active health checks of upstream endpoints (none without a configured check).
+    pub prober: Prober,
 }
 
 impl Shared {
@@ -37,6 +40,7 @@ impl Shared {
             status: Status::default(),
             clients: ClientCache::default(),
             tls: OnceLock::new(),
+            prober: Prober::default(),
         }
     }
 }

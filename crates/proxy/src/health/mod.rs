@@ -7,6 +7,7 @@
 
 mod probe;
 mod state;
+pub(crate) mod upstream;
 
 #[cfg(test)]
 mod tests;
@@ -22,8 +23,13 @@ pub use state::Thresholds;
 /// What is probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    /// `GET <path>`: 2xx/3xx passing, 429 warning, anything else critical.
-    Http { path: String },
+    /// `GET <path>`: without `expected`, 2xx/3xx passing, 429 warning, anything else
+    /// critical (the app check); with it, a status in one of its inclusive ranges passing,
+    /// anything else critical (Envoy's `expected_statuses`, for upstream checks).
+    Http {
+        path: String,
+        expected: Option<Vec<(u16, u16)>>,
+    },
     /// A TCP connect to the app port.
     Tcp,
     /// `grpc.health.v1.Health/Check` for `service` (empty: the server as a whole).
@@ -53,6 +59,7 @@ impl std::str::FromStr for Probe {
                 }
                 Ok(Probe::Http {
                     path: path.to_string(),
+                    expected: None,
                 })
             }
             ("http", None) => Err(format!("`{s}`: the HTTP check needs a path; {hint}")),
@@ -122,7 +129,7 @@ impl HealthCheckConfig {
     /// `http /healthz every 1s (2/3)`: shown with the instance.
     pub fn describe(&self) -> String {
         let what = match &self.probe {
-            Probe::Http { path } => format!("http {path}"),
+            Probe::Http { path, .. } => format!("http {path}"),
             Probe::Tcp => "tcp".to_string(),
             Probe::Grpc { service } if service.is_empty() => "grpc".to_string(),
             Probe::Grpc { service } => format!("grpc {service}"),

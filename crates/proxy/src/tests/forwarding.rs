@@ -187,6 +187,7 @@ impl Harness {
                     weight: 1,
                     id: addr.to_string(),
                     zone: None,
+                    priority: 0,
                     mtls: false,
                 })
                 .collect();
