@@ -9,7 +9,7 @@
 use anyhow::ensure;
 use trellis_testkit::{
     Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TestLog,
-    dump_cluster, dump_endpoints, wait_for_proxy_config, wait_for_traffic_to,
+    dump_cluster, dump_endpoints, traffic_policy, wait_for_proxy_config, wait_for_traffic_to,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -82,10 +82,7 @@ impl Mesh {
     }
 
     async fn apply_policy(&self, spec: &str) -> anyhow::Result<()> {
-        let yaml = format!(
-            "apiVersion: trellis.dev/v1alpha1\nkind: TrafficPolicy\nmetadata:\n  name: {SERVICE}\n\
-             spec:\n  targetRef: {{ name: {SERVICE} }}\n{spec}"
-        );
+        let yaml = traffic_policy(SERVICE, spec);
         self.log.note(&format!("apply TrafficPolicy:\n{yaml}"));
         self.control.apply_yaml(&yaml).await?;
         Ok(())
@@ -109,6 +106,34 @@ impl Mesh {
                 })
         })
         .await
+    }
+
+    /// Sends `n` requests; all must succeed and none reach `unhealthy`. Returns the
+    /// answers per instance.
+    async fn run_avoiding(
+        &self,
+        n: usize,
+        what: &str,
+        unhealthy: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+        let prefix = format!("/{what}/");
+        let out = self
+            .client
+            .run(n, 4, move |i| Req::get(SERVICE, &format!("{prefix}{i}")))
+            .await;
+        ensure!(
+            out.failures().is_empty(),
+            "requests failed: {}",
+            out.summary()
+        );
+        let per = out.per_instance();
+        self.log
+            .note(&format!("{what}, {unhealthy} unhealthy: {per:?}"));
+        ensure!(
+            !per.contains_key(unhealthy),
+            "the unhealthy endpoint got traffic: {per:?}"
+        );
+        Ok(per)
     }
 
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
@@ -176,23 +201,7 @@ async fn the_caller_stops_sending_to_an_endpoint_that_fails_its_check_and_readmi
         "no failed check counted"
     );
     let before = mesh.backend(victim).received();
-    let out = mesh
-        .client
-        .run(150, 4, |i| {
-            Req::get(SERVICE, &format!("/while-unhealthy/{i}"))
-        })
-        .await;
-    ensure!(
-        out.failures().is_empty(),
-        "requests failed: {}",
-        out.summary()
-    );
-    let per = out.per_instance();
-    mesh.log.note(&format!("while unhealthy: {per:?}"));
-    ensure!(
-        !per.contains_key(victim),
-        "the unhealthy endpoint got traffic: {per:?}"
-    );
+    let per = mesh.run_avoiding(150, "while-unhealthy", victim).await?;
     ensure!(per.len() == 2, "both healthy endpoints serve: {per:?}");
     ensure!(
         mesh.backend(victim).received() == before,
@@ -269,21 +278,7 @@ async fn traffic_stays_in_the_callers_zone_and_spills_when_too_few_are_healthy()
     })
     .await?;
     let n = 600;
-    let out = mesh
-        .client
-        .run(n, 4, |i| Req::get(SERVICE, &format!("/spill/{i}")))
-        .await;
-    ensure!(
-        out.failures().is_empty(),
-        "requests failed: {}",
-        out.summary()
-    );
-    let per = out.per_instance();
-    mesh.log.note(&format!("with za-1 unhealthy: {per:?}"));
-    ensure!(
-        !per.contains_key("za-1"),
-        "the unhealthy endpoint got traffic: {per:?}"
-    );
+    let per = mesh.run_avoiding(n, "spill", "za-1").await?;
     let remote = per.get("zb-1").copied().unwrap_or(0) + per.get("zb-2").copied().unwrap_or(0);
     let share = remote as f64 / n as f64;
     // Expected 28.5%; binomial spread at n = 600 is about ±2%, so ±8% is a wide margin.

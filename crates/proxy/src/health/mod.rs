@@ -159,6 +159,22 @@ pub(crate) fn initial_report(config: &HealthCheckConfig) -> CheckReport {
     }
 }
 
+/// The check's outcome, or critical when it takes longer than `timeout`.
+pub(crate) async fn within(
+    timeout: Duration,
+    check: impl std::future::Future<Output = Outcome>,
+) -> Outcome {
+    tokio::time::timeout(timeout, check)
+        .await
+        .unwrap_or_else(|_| Outcome {
+            status: CheckStatus::Critical,
+            output: format!(
+                "timed out after {}",
+                trellis_model::format_duration(timeout)
+            ),
+        })
+}
+
 /// Checks the app every interval forever, publishing the thresholded verdict on `tx`.
 pub(crate) async fn run(
     config: HealthCheckConfig,
@@ -172,21 +188,11 @@ pub(crate) async fn run(
     let kind = config.describe();
     loop {
         tick.tick().await;
-        let outcome = match tokio::time::timeout(
+        let outcome = within(
             config.timeout,
             probe::probe(&config.probe, app_port, app_protocol),
         )
-        .await
-        {
-            Ok(o) => o,
-            Err(_) => Outcome {
-                status: CheckStatus::Critical,
-                output: format!(
-                    "timed out after {}",
-                    trellis_model::format_duration(config.timeout)
-                ),
-            },
-        };
+        .await;
         let output = trellis_model::sanitize_output(&outcome.output);
         if let Some(status) = state.observe(outcome.status) {
             tracing::info!(%status, output = %output, "app health check changed");

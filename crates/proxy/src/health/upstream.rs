@@ -25,7 +25,7 @@ use tokio::task::AbortHandle;
 use trellis_model::CheckStatus;
 
 use super::probe::{grpc_outcome, grpc_request, http_outcome, http_request};
-use super::{CheckState, Outcome, Probe};
+use super::{CheckState, Outcome, Probe, within};
 use crate::body::{Replay, ReqBody};
 use crate::http::{Target, UpstreamError};
 use crate::mtls::connect::prepare_h2;
@@ -159,10 +159,13 @@ impl ClusterHealth {
     }
 }
 
+/// A probe task's identity: the cluster and the endpoint's address.
+type TaskId = (Arc<str>, SocketAddr);
+
 /// The running probe tasks, by (cluster, endpoint address).
 #[derive(Debug, Default)]
 pub(crate) struct Prober {
-    tasks: Mutex<HashMap<(Arc<str>, SocketAddr), Running>>,
+    tasks: Mutex<HashMap<TaskId, Running>>,
 }
 
 #[derive(Debug)]
@@ -205,8 +208,7 @@ impl Drop for Prober {
 impl Prober {
     /// Makes the probe tasks match the health-checked endpoints of `snap`.
     pub fn sync(&self, snap: &Snapshot, shared: &Arc<Shared>) {
-        let mut wanted: HashMap<(Arc<str>, SocketAddr), (&Arc<UpstreamCluster>, usize)> =
-            HashMap::new();
+        let mut wanted: HashMap<TaskId, (&Arc<UpstreamCluster>, usize)> = HashMap::new();
         for c in snap.clusters.values() {
             if c.health.is_some() {
                 for (i, e) in c.endpoints.iter().enumerate() {
@@ -294,19 +296,7 @@ async fn run(check: ActiveCheck, target: ProbeTarget, host: Arc<HostHealth>, sha
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let outcome =
-            match tokio::time::timeout(check.config.timeout, probe_once(&check, &target, &shared))
-                .await
-            {
-                Ok(o) => o,
-                Err(_) => Outcome {
-                    status: CheckStatus::Critical,
-                    output: format!(
-                        "timed out after {}",
-                        trellis_model::format_duration(check.config.timeout)
-                    ),
-                },
-            };
+        let outcome = within(check.config.timeout, probe_once(&check, &target, &shared)).await;
         let passed = outcome.status == CheckStatus::Passing;
         shared.metrics.health_check(&target.cluster, passed);
         *host.output.lock().unwrap_or_else(|p| p.into_inner()) =
