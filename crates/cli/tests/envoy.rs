@@ -131,7 +131,7 @@ spec: { targetRef: { name: s-random }, loadBalancer: { algorithm: Random } }
 apiVersion: trellis.dev/v1alpha1
 kind: TrafficPolicy
 metadata: { name: s-weighted }
-spec: { targetRef: { name: s-weighted }, loadBalancer: { algorithm: Weighted } }
+spec: { targetRef: { name: s-weighted }, loadBalancer: { algorithm: Weighted, localityFailover: {} } }
 ---
 apiVersion: trellis.dev/v1alpha1
 kind: TrafficPolicy
@@ -155,6 +155,12 @@ spec:
     panicThreshold: 40
     successRate: { minimumHosts: 3, requestVolume: 20, stdevFactor: 1500 }
   circuitBreakers: { maxConnections: 100, maxPendingRequests: 50, maxRequests: 200, maxRetries: 10 }
+  healthCheck:
+    http: { path: /healthz, expectedStatuses: [200, 204] }
+    interval: 1s
+    timeout: 500ms
+    healthyThreshold: 1
+    unhealthyThreshold: 2
 ---
 apiVersion: trellis.dev/v1alpha1
 kind: TrafficPolicy
@@ -507,6 +513,10 @@ async fn coverage(control: &ControlPlane, envoy: &Envoy) -> anyhow::Result<()> {
         "max_pending_requests",
         "healthy_panic_threshold",
         "idle_timeout",
+        "health_checks",
+        "http_health_check",
+        "expected_statuses",
+        "no_traffic_interval",
     ] {
         ensure!(
             least_text.contains(field),
@@ -526,6 +536,12 @@ async fn coverage(control: &ControlPlane, envoy: &Envoy) -> anyhow::Result<()> {
             "the routes must keep `{field}` in Envoy"
         );
     }
+    // Locality failover: Envoy (in zone z1) keeps the overprovisioning factor of s-weighted's
+    // endpoints, whose only host is in its zone (priority 0).
+    ensure!(
+        text.contains("\"overprovisioning_factor\":143"),
+        "Envoy must keep s-weighted's overprovisioning_factor 143"
+    );
     let hosts = envoy.cluster_host_details("s-weighted").await?;
     ensure!(
         hosts.len() == 1

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use trellis_testkit::{
     Caller, Client, ControlPlane, DEADLINE, EchoServer, Instance, Outcomes, Req, Sidecar,
-    SidecarOpts, TestLog, dump_cluster, wait_for_proxy_config, wait_for_traffic_to, wait_until,
+    SidecarOpts, TestLog, dump_cluster, traffic_policy, wait_for_proxy_config, wait_for_traffic_to,
+    wait_until,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -77,10 +78,7 @@ impl Mesh {
     /// Applies `spec` (indented under `spec:`) for `echo` and waits until the client sidecar
     /// has the resilience policy on its cluster and its default route.
     async fn apply_policy(&self, spec: &str) -> anyhow::Result<()> {
-        let yaml = format!(
-            "apiVersion: trellis.dev/v1alpha1\nkind: TrafficPolicy\nmetadata:\n  name: {SERVICE}\n\
-             spec:\n  targetRef: {{ name: {SERVICE} }}\n{spec}"
-        );
+        let yaml = traffic_policy(SERVICE, spec);
         self.log.note(&format!("apply TrafficPolicy:\n{yaml}"));
         self.control.apply_yaml(&yaml).await?;
         let route_policy = spec.contains("retries") || spec.contains("timeouts");

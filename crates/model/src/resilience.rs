@@ -186,3 +186,95 @@ pub struct RouteRetry {
 pub fn duration_or(s: Option<&str>, default: Duration) -> Duration {
     s.and_then(|s| parse_duration(s).ok()).unwrap_or(default)
 }
+
+/// `healthCheck.interval` default.
+pub const DEFAULT_HC_INTERVAL: Duration = Duration::from_secs(5);
+/// `healthCheck.timeout` default.
+pub const DEFAULT_HC_TIMEOUT: Duration = Duration::from_secs(1);
+/// `healthCheck.healthyThreshold` default (the sidecar's app check uses the same).
+pub const DEFAULT_HC_HEALTHY_THRESHOLD: u32 = 2;
+/// `healthCheck.unhealthyThreshold` default.
+pub const DEFAULT_HC_UNHEALTHY_THRESHOLD: u32 = 3;
+/// `healthCheck.http.expectedStatuses` default: every 2xx.
+pub const DEFAULT_HC_EXPECTED: std::ops::RangeInclusive<u16> = 200..=299;
+
+/// Active health checking of a service's endpoints by every calling sidecar (Envoy's
+/// `Cluster.health_checks`). Exactly one of `http`, `tcp`, `grpc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActiveHealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    /// A connection (and, to an mTLS endpoint, the mTLS handshake) is a pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcHealthCheck>,
+    /// Time between two checks of one endpoint (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// One check's limit (default 1s; at most `interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Consecutive passes that readmit an unhealthy endpoint (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures that take an endpoint out (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    /// The request path, e.g. `/healthz`.
+    pub path: String,
+    /// Statuses that pass (default: any 2xx).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcHealthCheck {
+    /// The `grpc.health.v1` service name asked about (default: the server as a whole).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+}
+
+/// `loadBalancer.localityFailover` default spillover threshold (percent).
+pub const DEFAULT_SPILLOVER_THRESHOLD: u32 = 70;
+
+/// Prefer endpoints in the caller's zone; spill to other zones when the share of available
+/// endpoints in the caller's zone falls below `spilloverThreshold` percent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityFailover {
+    /// Default true (the block's presence turns it on).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// 1..=100, default 70.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spillover_threshold: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl LocalityFailover {
+    /// Envoy's `overprovisioning_factor` for the threshold: a priority gets
+    /// min(100, healthy% × factor / 100) of the traffic, so it starts to spill below
+    /// 10000 / factor percent.
+    pub fn overprovisioning_factor(&self) -> u32 {
+        let t = self
+            .spillover_threshold
+            .unwrap_or(DEFAULT_SPILLOVER_THRESHOLD)
+            .clamp(1, 100);
+        (10_000 + t / 2) / t
+    }
+}

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AuthorizationPolicyResource, CircuitBreakers, OutlierDetection, Protocol,
-    RateLimitPolicyResource, RequestAuthenticationResource, RetryPolicy, RouteRetry, RouteTimeouts,
-    Timeouts,
+    ActiveHealthCheck, AuthorizationPolicyResource, CircuitBreakers, LocalityFailover,
+    OutlierDetection, Protocol, RateLimitPolicyResource, RequestAuthenticationResource,
+    RetryPolicy, RouteRetry, RouteTimeouts, Timeouts,
 };
 
 /// The only apiVersion this release understands.
@@ -151,6 +151,9 @@ pub struct TrafficPolicySpec {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
+    /// Active health checks of the service's endpoints by the calling sidecars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<ActiveHealthCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +173,9 @@ pub struct LoadBalancer {
     pub ring_size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u64>,
+    /// Zone-aware balancing (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_failover: Option<LocalityFailover>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

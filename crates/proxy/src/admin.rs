@@ -148,13 +148,26 @@ pub(crate) fn config_dump(shared: &Shared) -> Value {
                     let now = std::time::Instant::now();
                     (0..o.len()).filter(|i| o.is_ejected(*i, now)).map(|i| cl.endpoints[i].endpoint.id.clone()).collect::<Vec<_>>()
                 }),
-                "endpoints": cl.endpoints.iter().map(|e| json!({
-                    "address": e.endpoint.addr.to_string(),
-                    "weight": e.endpoint.weight,
-                    "instance_id": e.endpoint.id,
-                    "zone": e.endpoint.zone,
-                    "mtls": e.mtls.is_some(),
-                })).collect::<Vec<_>>(),
+                "health_check": cl.lb.health_check.as_ref().map(|h| h.config.describe()),
+                "panic_threshold": cl.lb.panic_threshold,
+                "overprovisioning_factor": cl.lb.overprovisioning,
+                "priorities": cl.priorities.as_ref().map(|p| p.levels.iter().map(|l| json!({
+                    "priority": l.priority,
+                    "endpoints": l.indexes.len(),
+                })).collect::<Vec<_>>()),
+                "endpoints": cl.endpoints.iter().enumerate().map(|(i, e)| {
+                    let health = cl.health.as_ref().and_then(|h| h.hosts.get(i));
+                    json!({
+                        "address": e.endpoint.addr.to_string(),
+                        "weight": e.endpoint.weight,
+                        "instance_id": e.endpoint.id,
+                        "zone": e.endpoint.zone,
+                        "priority": e.endpoint.priority,
+                        "mtls": e.mtls.is_some(),
+                        "health": health.map(|h| h.state()),
+                        "health_output": health.map(|h| h.output()),
+                    })
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();

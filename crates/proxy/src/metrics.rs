@@ -95,6 +95,17 @@ struct XdsLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthCheckLabels {
+    cluster: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
 /// Service name used for requests that matched no known service (bounded cardinality).
 pub(crate) const UNKNOWN_SERVICE: &str = "unknown";
 
@@ -114,6 +125,8 @@ pub(crate) struct Metrics {
     retries: Family<ServiceLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
     xds_updates: Family<XdsLabels, Counter>,
+    health_checks: Family<HealthCheckLabels, Counter>,
+    unhealthy_endpoints: Family<ClusterLabels, Gauge>,
     /// mTLS handshakes, plaintext inbound connections, the inbound mode, certificate renewals.
     pub tls: TlsMetrics,
     /// Raw TCP connections (services with `protocol: tcp`).
@@ -165,6 +178,18 @@ impl Metrics {
             "xDS responses processed, by type and result (ack or nack)",
             xds_updates.clone(),
         );
+        let health_checks = Family::<HealthCheckLabels, Counter>::default();
+        registry.register(
+            "trellis_upstream_health_checks",
+            "Active health checks of upstream endpoints by this sidecar, by cluster and result",
+            health_checks.clone(),
+        );
+        let unhealthy_endpoints = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "trellis_upstream_unhealthy_endpoints",
+            "Endpoints of a cluster that this sidecar's active health check holds unhealthy",
+            unhealthy_endpoints.clone(),
+        );
         let rate_limited = RateLimitedFamily::default();
         registry.register(
             "trellis_rate_limited",
@@ -182,6 +207,8 @@ impl Metrics {
             retries,
             ejections,
             xds_updates,
+            health_checks,
+            unhealthy_endpoints,
             tls,
             tcp,
             conn,
@@ -227,6 +254,28 @@ impl Metrics {
             result: if accepted { "ack" } else { "nack" },
         };
         self.xds_updates.get_or_create(&labels).inc();
+    }
+
+    /// One active health check of an endpoint of `cluster` (a background task, not the
+    /// request path).
+    pub fn health_check(&self, cluster: &str, passed: bool) {
+        self.health_checks
+            .get_or_create(&HealthCheckLabels {
+                cluster: cluster.to_string(),
+                result: if passed { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// The number of actively unhealthy endpoints of each `(cluster, count)`.
+    pub fn set_unhealthy_endpoints<'a>(&self, counts: impl IntoIterator<Item = (&'a str, usize)>) {
+        for (cluster, n) in counts {
+            self.unhealthy_endpoints
+                .get_or_create(&ClusterLabels {
+                    cluster: cluster.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use crate::accesslog::AccessLog;
 use crate::config::ProxyConfig;
 use crate::control_tls::ControlTrust;
+use crate::health::upstream::Prober;
 use crate::metrics::Metrics;
 use crate::mtls::Tls;
 use crate::snapshot::Snapshot;
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     pub control: ControlTrust,
     /// The access log's writer, when `--access-log` is given.
     pub access_log: Option<Arc<AccessLog>>,
+    /// The active health checks of upstream endpoints (none without a configured check).
+    pub prober: Prober,
 }
 
 impl Shared {
@@ -41,6 +44,7 @@ impl Shared {
             clients: ClientCache::default(),
             tls: OnceLock::new(),
             access_log: None,
+            prober: Prober::default(),
         }
     }
 }

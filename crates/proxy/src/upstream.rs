@@ -10,12 +10,18 @@ use std::time::{Duration, Instant};
 use http::uri::Authority;
 
 use crate::balance::{Algorithm, Balance, EndpointMeta, Picked};
+use crate::health::upstream::ClusterHealth;
 use crate::http::HttpClients;
 use crate::mtls::connect::MtlsEndpoint;
 use crate::pool::EndpointPool;
 use crate::resilience::{Breaker, ClusterPolicy, OutlierDetector, RetryBudget};
 use crate::security::TlsPolicy;
-use crate::xds::translate::Endpoint;
+use crate::xds::health::{ActiveCheck, DEFAULT_PANIC_THRESHOLD};
+use crate::xds::translate::{DEFAULT_OVERPROVISIONING, Endpoint};
+
+mod priority;
+
+use priority::Level;
 
 /// Builds a balancer; `balance::build` in production.
 pub(crate) type BalancerFactory = fn(&Algorithm, &[EndpointMeta]) -> Arc<dyn Balance>;
@@ -34,6 +40,97 @@ pub(crate) struct UpstreamCluster {
     pub policy: ClusterPolicy,
     /// Their live state; `None` when `policy` is empty (requests then skip these layers).
     pub resilience: Option<Arc<ClusterResilience>>,
+    /// The active health check, panic threshold and overprovisioning factor.
+    pub lb: LbSettings,
+    /// One balancer per priority level, when the endpoints have more than one level.
+    pub priorities: Option<Priorities>,
+    /// The endpoints' active health; `None` without a health check.
+    pub health: Option<ClusterHealth>,
+}
+
+/// How availability shapes picks (docs/XDS.md, "Active health checks", "Locality failover").
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LbSettings {
+    pub health_check: Option<ActiveCheck>,
+    /// Below this percentage of available endpoints, availability is ignored.
+    pub panic_threshold: u32,
+    pub overprovisioning: u32,
+}
+
+impl Default for LbSettings {
+    fn default() -> Self {
+        LbSettings {
+            health_check: None,
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            overprovisioning: DEFAULT_OVERPROVISIONING,
+        }
+    }
+}
+
+/// The priority levels of a cluster, most preferred first.
+#[derive(Debug)]
+pub(crate) struct Priorities {
+    pub levels: Vec<PriorityLevel>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PriorityLevel {
+    pub priority: u32,
+    /// Indexes into the cluster's endpoints.
+    pub indexes: Box<[usize]>,
+    /// Over those endpoints (its indexes are positions in `indexes`).
+    pub balancer: Arc<dyn Balance>,
+}
+
+impl PriorityLevel {
+    fn pick_excluding(
+        &self,
+        hash: Option<u64>,
+        now: Instant,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Option<Picked> {
+        let picked = self
+            .balancer
+            .pick_excluding(hash, now, &|local| skip(self.indexes[local]))?;
+        Some(Picked {
+            index: self.indexes[picked.index],
+            load: picked.load,
+        })
+    }
+}
+
+impl Priorities {
+    /// The levels of `endpoints` (each balanced by `build`); `None` with a single level.
+    pub fn build(
+        endpoints: &[Endpoint],
+        algorithm: &Algorithm,
+        build: BalancerFactory,
+    ) -> Option<Priorities> {
+        let mut levels: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        if levels.len() < 2 {
+            return None;
+        }
+        let levels = levels
+            .into_iter()
+            .map(|priority| {
+                let indexes: Box<[usize]> = endpoints
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.priority == priority)
+                    .map(|(i, _)| i)
+                    .collect();
+                let metas: Vec<Endpoint> = indexes.iter().map(|i| endpoints[*i].clone()).collect();
+                PriorityLevel {
+                    priority,
+                    balancer: build(algorithm, &endpoint_metas(&metas)),
+                    indexes,
+                }
+            })
+            .collect();
+        Some(Priorities { levels })
+    }
 }
 
 /// The live state of a cluster's resilience layers (rebuilt with the cluster).
@@ -98,7 +195,27 @@ impl UpstreamCluster {
             tls: None,
             policy: ClusterPolicy::default(),
             resilience: None,
+            lb: LbSettings::default(),
+            priorities: None,
+            health: None,
         }
+    }
+
+    /// The same cluster with its priority levels, health check and thresholds; health state
+    /// is carried over from `previous` (the cluster's last build) for endpoints it had.
+    pub fn with_lb(
+        mut self,
+        lb: LbSettings,
+        priorities: Option<Priorities>,
+        previous: Option<&UpstreamCluster>,
+    ) -> Self {
+        self.health = lb.health_check.clone().map(|check| {
+            let prev = previous.and_then(|p| Some((p.health.as_ref()?, p.endpoints.as_slice())));
+            ClusterHealth::new(check, &self.endpoints, prev)
+        });
+        self.priorities = priorities;
+        self.lb = lb;
+        self
     }
 
     /// The same cluster with circuit breakers, a retry budget and outlier detection.
@@ -108,20 +225,79 @@ impl UpstreamCluster {
         self
     }
 
-    /// Picks an endpoint, avoiding ejected ones (unless the cluster is in panic) and, when
-    /// possible, those in `tried` (bit `i` = endpoint `i`, for retries). Without ejections and
-    /// retries this is the balancer's plain pick.
+    /// Picks an endpoint, avoiding ejected and actively unhealthy ones (unless too few are
+    /// left: the panic threshold) and, when possible, those in `tried` (bit `i` = endpoint
+    /// `i`, for retries); with priority levels, the level is drawn by the priority loads first.
+    /// With every endpoint available and nothing tried this is the balancer's plain pick (of
+    /// the first level).
     pub fn pick(&self, hash: Option<u64>, now: Instant, tried: u64) -> Option<Picked> {
-        let outlier = self.resilience.as_ref().and_then(|r| r.outlier.as_ref());
-        let ejecting = outlier.filter(|o| o.any_ejected() && !o.in_panic());
-        if ejecting.is_none() && tried == 0 {
-            return self.balancer.pick_at(hash, now);
+        let outlier = self
+            .resilience
+            .as_ref()
+            .and_then(|r| r.outlier.as_ref())
+            .filter(|o| o.any_ejected());
+        let health = self.health.as_ref().filter(|h| h.any_unhealthy());
+        if outlier.is_none() && health.is_none() && tried == 0 {
+            return match &self.priorities {
+                None => self.balancer.pick_at(hash, now),
+                Some(p) => p.levels[0].pick_excluding(hash, now, &|_| false),
+            };
         }
-        let ejected = |i: usize| ejecting.is_some_and(|o| o.is_ejected(i, now));
+        let unavailable = |i: usize| {
+            health.is_some_and(|h| h.is_unhealthy(i))
+                || outlier.is_some_and(|o| o.is_ejected(i, now))
+        };
         let was_tried = |i: usize| i < 64 && tried & (1 << i) != 0;
-        self.balancer
-            .pick_excluding(hash, now, &|i| was_tried(i) || ejected(i))
-            .or_else(|| ejecting.and_then(|_| self.balancer.pick_excluding(hash, now, &ejected)))
+        let whole = PriorityLevel {
+            priority: 0,
+            indexes: Box::default(),
+            balancer: self.balancer.clone(),
+        };
+        let levels: &[PriorityLevel] = match &self.priorities {
+            Some(p) => &p.levels,
+            None => std::slice::from_ref(&whole),
+        };
+        let counts: Vec<Level> = levels
+            .iter()
+            .map(|l| {
+                let total = if l.indexes.is_empty() {
+                    self.endpoints.len()
+                } else {
+                    l.indexes.len()
+                };
+                let down = if l.indexes.is_empty() {
+                    (0..total).filter(|i| unavailable(*i)).count()
+                } else {
+                    l.indexes.iter().filter(|i| unavailable(**i)).count()
+                };
+                Level {
+                    available: total - down,
+                    total,
+                }
+            })
+            .collect();
+        let available: usize = counts.iter().map(|c| c.available).sum();
+        let total: usize = counts.iter().map(|c| c.total).sum();
+        let panic = available * 100 < total * self.lb.panic_threshold as usize || available == 0;
+        let pick_in = |level: &PriorityLevel, skip: &dyn Fn(usize) -> bool| {
+            if level.indexes.is_empty() {
+                self.balancer.pick_excluding(hash, now, skip)
+            } else {
+                level.pick_excluding(hash, now, skip)
+            }
+        };
+        if panic {
+            // Too few available: balance over every endpoint, avoiding only the tried ones.
+            return self
+                .balancer
+                .pick_excluding(hash, now, &was_tried)
+                .or_else(|| self.balancer.pick_at(hash, now));
+        }
+        let loads = priority::priority_loads(&counts, self.lb.overprovisioning);
+        let level = &levels[priority::choose(&loads, crate::balance::random_f64())];
+        pick_in(level, &|i| was_tried(i) || unavailable(i))
+            .or_else(|| pick_in(level, &unavailable))
+            .or_else(|| self.balancer.pick_excluding(hash, now, &unavailable))
             // Everything avoided: any endpoint rather than none (as the panic threshold does).
             .or_else(|| self.balancer.pick_at(hash, now))
     }
@@ -153,9 +329,11 @@ impl UpstreamCluster {
         endpoints: &[Endpoint],
         tls: Option<&TlsPolicy>,
         policy: &ClusterPolicy,
+        lb: &LbSettings,
     ) -> bool {
         self.tls.as_ref() == tls
             && self.policy == *policy
+            && self.lb == *lb
             && self.algorithm == *algorithm
             && self.connect_timeout == connect_timeout
             && self.endpoints.len() == endpoints.len()

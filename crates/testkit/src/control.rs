@@ -217,3 +217,12 @@ async fn spawn(
     }
     Process::spawn(bin, &args, "control", log, DEADLINE).await
 }
+
+/// A TrafficPolicy for `service` whose spec holds `spec` (lines indented under `spec:`)
+/// besides its `targetRef`.
+pub fn traffic_policy(service: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1alpha1\nkind: TrafficPolicy\nmetadata:\n  name: {service}\n\
+         spec:\n  targetRef: {{ name: {service} }}\n{spec}"
+    )
+}

@@ -18,7 +18,7 @@ pub mod wait;
 
 pub use backend::{EchoServer, TcpEchoServer};
 pub use client::{Addressing, Client, Outcomes, Reply, Req};
-pub use control::{ControlOpts, ControlPlane};
+pub use control::{ControlOpts, ControlPlane, traffic_policy};
 pub use fixture::{
     Caller, Instance, dump_algorithm, dump_cluster, dump_endpoints, wait_for_traffic_to,
 };

@@ -48,6 +48,12 @@ impl SidecarOpts {
         self
     }
 
+    /// `--zone`: the instance's zone (and, for a caller, the zone it prefers).
+    pub fn zone(mut self, zone: &str) -> Self {
+        self.zone = Some(zone.to_string());
+        self
+    }
+
     pub fn ttl(mut self, ttl: &str) -> Self {
         self.ttl = Some(ttl.to_string());
         self

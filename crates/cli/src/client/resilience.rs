@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use trellis_model::{
     DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_BREAKER_LIMIT,
-    DEFAULT_BUDGET_MIN_PER_SECOND, DEFAULT_BUDGET_PERCENT, DEFAULT_MAX_BUFFER_BYTES,
-    DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON, HttpRouteResource, TrafficPolicySpec, duration_or,
+    DEFAULT_BUDGET_MIN_PER_SECOND, DEFAULT_BUDGET_PERCENT, DEFAULT_HC_HEALTHY_THRESHOLD,
+    DEFAULT_HC_INTERVAL, DEFAULT_HC_TIMEOUT, DEFAULT_HC_UNHEALTHY_THRESHOLD,
+    DEFAULT_MAX_BUFFER_BYTES, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON,
+    DEFAULT_SPILLOVER_THRESHOLD, HttpRouteResource, TrafficPolicySpec, duration_or,
     format_duration,
 };
 
@@ -134,6 +136,49 @@ pub(super) fn describe(
                 l(c.max_connections),
                 l(c.max_pending_requests),
             );
+        }
+    }
+    match policy.and_then(|p| p.health_check.as_ref()) {
+        None => {
+            let _ = writeln!(out, "  Checks:    no active health checks by callers");
+        }
+        Some(h) => {
+            let what = match (&h.http, &h.grpc) {
+                (Some(http), _) => {
+                    let statuses = if http.expected_statuses.is_empty() {
+                        "any 2xx".to_string()
+                    } else {
+                        let c: Vec<String> =
+                            http.expected_statuses.iter().map(u16::to_string).collect();
+                        c.join(", ")
+                    };
+                    format!("GET {} expecting {statuses}", http.path)
+                }
+                (None, Some(g)) if g.service.is_empty() => "gRPC health".to_string(),
+                (None, Some(g)) => format!("gRPC health of {}", g.service),
+                (None, None) => "TCP connect".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  Checks:    {what} every {} (timeout {}); out after {} failures, back after {} passes",
+                dur(h.interval.as_deref(), Some(DEFAULT_HC_INTERVAL)),
+                dur(h.timeout.as_deref(), Some(DEFAULT_HC_TIMEOUT)),
+                h.unhealthy_threshold
+                    .unwrap_or(DEFAULT_HC_UNHEALTHY_THRESHOLD),
+                h.healthy_threshold.unwrap_or(DEFAULT_HC_HEALTHY_THRESHOLD),
+            );
+        }
+    }
+    match policy.and_then(|p| p.load_balancer.locality_failover.as_ref()) {
+        Some(l) if l.enabled => {
+            let _ = writeln!(
+                out,
+                "  Locality:  the caller's zone first; spill below {}% available there",
+                l.spillover_threshold.unwrap_or(DEFAULT_SPILLOVER_THRESHOLD)
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "  Locality:  every zone alike");
         }
     }
     for r in routes {

@@ -201,6 +201,11 @@ fn describe_has_every_section() {
         "{bare}"
     );
     assert!(bare.contains("Outliers:  no outlier detection"), "{bare}");
+    assert!(
+        bare.contains("Checks:    no active health checks"),
+        "{bare}"
+    );
+    assert!(bare.contains("Locality:  every zone alike"), "{bare}");
 }
 
 #[test]
@@ -214,6 +219,8 @@ spec:
   retries: { retriableStatusCodes: [429] }
   outlierDetection: { consecutive5xx: 0 }
   circuitBreakers: { maxRequests: 10 }
+  healthCheck: { http: { path: /healthz }, unhealthyThreshold: 4 }
+  loadBalancer: { localityFailover: {} }
 ";
     let resources = trellis_model::parse_documents("m", text).expect("valid");
     let Resource::TrafficPolicy(p) = &resources[0] else {
@@ -227,6 +234,8 @@ spec:
         "Retries:   up to 2 on connect-failure, reset, gateway-error, unavailable and status 429; idempotent methods only; backoff 25ms..250ms (full jitter); budget 20% of requests + 3/s",
         "Outliers:  eject after 5 consecutive gateway errors for 30s × times ejected (at most 300s); at most 10% ejected (at least one); below 50% available",
         "Breakers:  10 requests, 1024 retries in flight",
+        "Checks:    GET /healthz expecting any 2xx every 5s (timeout 1s); out after 4 failures, back after 2 passes",
+        "Locality:  the caller's zone first; spill below 70% available there",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }

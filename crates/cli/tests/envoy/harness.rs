@@ -242,6 +242,8 @@ fn bootstrap(
         "node": {
             "id": format!("{ENVOY_SERVICE}~{ENVOY_INSTANCE}"),
             "cluster": ENVOY_SERVICE,
+            // Its zone: services with `localityFailover` get it at priority 0.
+            "locality": { "zone": "z1" },
             "metadata": {
                 "TRELLIS_SERVICE": ENVOY_SERVICE,
                 "TRELLIS_INSTANCE_ID": ENVOY_INSTANCE,

@@ -33,6 +33,7 @@ pub(crate) fn node(app_port: Option<u16>) -> NodeInfo {
         outbound_port: 15001,
         inbound_port: 15006,
         identity: Some(spiffe("web")),
+        zone: None,
     }
 }
 

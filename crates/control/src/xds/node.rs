@@ -27,6 +27,8 @@ pub struct NodeInfo {
     /// `TRELLIS_IDENTITY`: the SPIFFE ID of the proxy's mesh certificate. `None`: the proxy
     /// holds no certificate (a stock Envoy), so it gets plaintext-only config.
     pub identity: Option<String>,
+    /// `node.locality.zone`: the proxy's zone, for locality failover; `None` when empty.
+    pub zone: Option<String>,
 }
 
 /// A node metadata value that is present but unusable.
@@ -66,6 +68,7 @@ impl NodeInfo {
             inbound_port: port_field(meta, wire::NODE_INBOUND_PORT)?
                 .unwrap_or(DEFAULT_INBOUND_PORT),
             identity: identity_field(meta)?,
+            zone: node.locality.as_ref().and_then(|l| non_empty(&l.zone)),
         })
     }
 }

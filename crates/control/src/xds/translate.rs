@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
-    lb_endpoint::HostIdentifier,
+    cluster_load_assignment::Policy as ClaPolicy, lb_endpoint::HostIdentifier,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, Listener, filter::ConfigType,
@@ -43,8 +43,9 @@ use envoy_types::pb::google::protobuf::{
     Any, Duration, Struct, UInt32Value, UInt64Value, Value, value::Kind,
 };
 use envoy_types::util::pack_any;
-use trellis_model::{Algorithm, LoadBalancer, Protocol, TrafficPolicySpec, wire};
+use trellis_model::{Algorithm, LoadBalancer, LocalityFailover, Protocol, TrafficPolicySpec, wire};
 
+use super::health;
 pub use super::node::NodeInfo;
 use super::ratelimit;
 use super::resilience;
@@ -98,6 +99,9 @@ pub fn resources_for(snapshot: &MeshSnapshot, node: &NodeInfo) -> Resources {
         let lb = policy.map(|p| p.load_balancer.clone()).unwrap_or_default();
         let protocol = view.map(upstream_protocol).unwrap_or_default();
         let mut cluster = eds_cluster(&name, &lb, protocol, policy);
+        let mtls = node.identity.is_some();
+        cluster.health_checks =
+            health::health_checks(policy, health::checks_over_h2(protocol, mtls));
         if node.identity.is_some() {
             let alpn = match protocol {
                 Protocol::Tcp => &[wire::MTLS_TCP_ALPN][..],
@@ -113,7 +117,14 @@ pub fn resources_for(snapshot: &MeshSnapshot, node: &NodeInfo) -> Resources {
         out.insert(
             ENDPOINT_TYPE,
             name.clone(),
-            pack_any(load_assignment(&name, &endpoints, lb.algorithm)),
+            pack_any(load_assignment(
+                &name,
+                &endpoints,
+                lb.algorithm,
+                node.zone
+                    .as_deref()
+                    .zip(health::locality(policy, node.zone.as_deref())),
+            )),
         );
     }
 
@@ -474,11 +485,15 @@ fn peak_ewma_policy() -> LoadBalancingPolicy {
 }
 
 /// One `LocalityLbEndpoints` per zone (instances without a zone share the empty zone), in
-/// zone order; endpoints keep the snapshot's instance-id order.
+/// zone order; endpoints keep the snapshot's instance-id order. With `locality` (the caller's
+/// zone and its failover settings), the caller's zone is priority 0 and the others priority
+/// 1, and `policy.overprovisioning_factor` says when traffic spills; when the caller's zone
+/// has no endpoint, every zone is priority 0 (priorities stay contiguous, as Envoy wants).
 fn load_assignment(
     name: &str,
     endpoints: &[&Endpoint],
     algorithm: Algorithm,
+    locality: Option<(&str, &LocalityFailover)>,
 ) -> ClusterLoadAssignment {
     let mut by_zone: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
     for e in endpoints {
@@ -499,11 +514,13 @@ fn load_assignment(
                 metadata: Some(endpoint_metadata(e)),
             });
     }
+    let local = locality.filter(|(zone, _)| by_zone.contains_key(zone));
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
         endpoints: by_zone
             .into_iter()
             .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
+                priority: local.map_or(0, |(caller, _)| health::priority(caller, zone)),
                 locality: Some(Locality {
                     zone: zone.to_string(),
                     ..Default::default()
@@ -512,6 +529,12 @@ fn load_assignment(
                 ..Default::default()
             })
             .collect(),
+        policy: locality.map(|(_, l)| ClaPolicy {
+            overprovisioning_factor: Some(UInt32Value {
+                value: l.overprovisioning_factor(),
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

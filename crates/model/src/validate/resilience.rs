@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::{
-    CircuitBreakers, HttpRouteRule, OutlierDetection, RETRY_ON, RetryPolicy, Timeouts,
-    TrafficPolicySpec, parse_duration,
+    ActiveHealthCheck, CircuitBreakers, HttpRouteRule, OutlierDetection, RETRY_ON, RetryPolicy,
+    Timeouts, TrafficPolicySpec, parse_duration,
 };
 
 use super::Issue;
@@ -107,6 +107,126 @@ pub(super) fn check_policy(spec: &TrafficPolicySpec, out: &mut Vec<Issue>) {
     if let Some(c) = &spec.circuit_breakers {
         check_breakers(c, out);
     }
+    if let Some(h) = &spec.health_check {
+        check_health_check(h, out);
+    }
+    if let Some(l) = &spec.load_balancer.locality_failover {
+        range(
+            "spec.loadBalancer.localityFailover.spilloverThreshold",
+            l.spillover_threshold,
+            1,
+            100,
+            out,
+        );
+    }
+}
+
+/// Shortest accepted health-check interval.
+const MIN_HC_INTERVAL: Duration = Duration::from_millis(10);
+
+fn check_health_check(h: &ActiveHealthCheck, out: &mut Vec<Issue>) {
+    let at = "spec.healthCheck";
+    let kinds = [h.http.is_some(), h.tcp.is_some(), h.grpc.is_some()];
+    match kinds.iter().filter(|k| **k).count() {
+        1 => {}
+        0 => out.push(Issue::new(
+            at,
+            "says nothing to check: give one of `http: {path: /healthz}`, `tcp: {}` or              `grpc: {}`"
+                .into(),
+        )),
+        _ => out.push(Issue::new(
+            at,
+            "gives several of `http`, `tcp`, `grpc`: an endpoint is checked one way; keep one"
+                .into(),
+        )),
+    }
+    if let Some(http) = &h.http {
+        let path = &http.path;
+        let ok = path.starts_with('/')
+            && path.len() <= 1024
+            && path
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !matches!(c, '#' | '"' | '<' | '>' | '\\'));
+        if !ok {
+            out.push(Issue::new(
+                &format!("{at}.http.path"),
+                format!(
+                    "`{}` is not a request path: it must start with `/` and hold no spaces                      or control characters (e.g. `/healthz`)",
+                    super::schema::shorten(path)
+                ),
+            ));
+        }
+        status_codes(
+            &format!("{at}.http.expectedStatuses"),
+            &http.expected_statuses,
+            out,
+        );
+    }
+    if let Some(g) = &h.grpc {
+        let ok = g.service.len() <= 256
+            && g.service
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            out.push(Issue::new(
+                &format!("{at}.grpc.service"),
+                format!(
+                    "`{}` is not a gRPC service name: letters, digits, `.`, `_`, `-`                      (e.g. `my.pkg.Service`)",
+                    super::schema::shorten(&g.service)
+                ),
+            ));
+        }
+    }
+    let interval = duration(
+        &format!("{at}.interval"),
+        h.interval.as_deref(),
+        Duration::from_secs(3600),
+        out,
+    );
+    if let Some(i) = interval
+        && i < MIN_HC_INTERVAL
+    {
+        out.push(Issue::new(
+            &format!("{at}.interval"),
+            format!(
+                "{} is too short: at least {} (every calling sidecar checks every endpoint)",
+                crate::format_duration(i),
+                crate::format_duration(MIN_HC_INTERVAL)
+            ),
+        ));
+    }
+    let timeout = duration(
+        &format!("{at}.timeout"),
+        h.timeout.as_deref(),
+        Duration::from_secs(3600),
+        out,
+    );
+    let interval_eff = interval.unwrap_or(crate::DEFAULT_HC_INTERVAL);
+    let timeout_eff = timeout.unwrap_or(crate::DEFAULT_HC_TIMEOUT);
+    if (interval.is_some() || timeout.is_some()) && timeout_eff > interval_eff {
+        out.push(Issue::new(
+            &format!("{at}.timeout"),
+            format!(
+                "{} is longer than the interval ({}): a check must end before the next one                  starts; shorten the timeout or lengthen the interval",
+                crate::format_duration(timeout_eff),
+                crate::format_duration(interval_eff)
+            ),
+        ));
+    }
+    range(
+        &format!("{at}.healthyThreshold"),
+        h.healthy_threshold,
+        1,
+        100,
+        out,
+    );
+    range(
+        &format!("{at}.unhealthyThreshold"),
+        h.unhealthy_threshold,
+        1,
+        100,
+        out,
+    );
 }
 
 fn check_timeouts(t: &Timeouts, out: &mut Vec<Issue>) {

@@ -111,6 +111,16 @@ static LOAD_BALANCER: Shape = Shape::Obj(&[
         },
         Nullable,
     ),
+    f("localityFailover", &LOCALITY_FAILOVER, Nullable),
+]);
+
+static LOCALITY_FAILOVER: Shape = Shape::Obj(&[
+    f("enabled", &Shape::Bool, Optional),
+    f(
+        "spilloverThreshold",
+        &Shape::Int { min: 1, max: 100 },
+        Nullable,
+    ),
 ]);
 
 const fn int(min: u64, max: u64) -> Shape {
@@ -238,6 +248,34 @@ static POLICY_SPEC: Shape = Shape::Obj(&[
     f("retries", &RETRIES, Nullable),
     f("outlierDetection", &OUTLIER, Nullable),
     f("circuitBreakers", &BREAKERS, Nullable),
+    f("healthCheck", &HEALTH_CHECK, Nullable),
+]);
+
+static HEALTH_CHECK: Shape = Shape::Obj(&[
+    f("http", &HTTP_HEALTH_CHECK, Nullable),
+    f("tcp", &Shape::Obj(&[]), Nullable),
+    f(
+        "grpc",
+        &Shape::Obj(&[f("service", &Shape::Str, Optional)]),
+        Nullable,
+    ),
+    f("interval", &Shape::Str, Nullable),
+    f("timeout", &Shape::Str, Nullable),
+    f(
+        "healthyThreshold",
+        &Shape::Int { min: 1, max: 100 },
+        Nullable,
+    ),
+    f(
+        "unhealthyThreshold",
+        &Shape::Int { min: 1, max: 100 },
+        Nullable,
+    ),
+]);
+
+static HTTP_HEALTH_CHECK: Shape = Shape::Obj(&[
+    f("path", &Shape::Str, Required),
+    f("expectedStatuses", &STATUS_CODES, Optional),
 ]);
 
 static ROUTE_TIMEOUTS: Shape = Shape::Obj(&[

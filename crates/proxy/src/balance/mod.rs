@@ -237,7 +237,7 @@ fn random_index(n: usize) -> usize {
 }
 
 /// A uniformly random `f64` in `[0, 1)`.
-fn random_f64() -> f64 {
+pub(crate) fn random_f64() -> f64 {
     (random_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 

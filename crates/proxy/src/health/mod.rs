@@ -7,6 +7,7 @@
 
 mod probe;
 mod state;
+pub(crate) mod upstream;
 
 #[cfg(test)]
 mod tests;
@@ -22,8 +23,13 @@ pub use state::Thresholds;
 /// What is probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    /// `GET <path>`: 2xx/3xx passing, 429 warning, anything else critical.
-    Http { path: String },
+    /// `GET <path>`: without `expected`, 2xx/3xx passing, 429 warning, anything else
+    /// critical (the app check); with it, a status in one of its inclusive ranges passing,
+    /// anything else critical (Envoy's `expected_statuses`, for upstream checks).
+    Http {
+        path: String,
+        expected: Option<Vec<(u16, u16)>>,
+    },
     /// A TCP connect to the app port.
     Tcp,
     /// `grpc.health.v1.Health/Check` for `service` (empty: the server as a whole).
@@ -53,6 +59,7 @@ impl std::str::FromStr for Probe {
                 }
                 Ok(Probe::Http {
                     path: path.to_string(),
+                    expected: None,
                 })
             }
             ("http", None) => Err(format!("`{s}`: the HTTP check needs a path; {hint}")),
@@ -122,7 +129,7 @@ impl HealthCheckConfig {
     /// `http /healthz every 1s (2/3)`: shown with the instance.
     pub fn describe(&self) -> String {
         let what = match &self.probe {
-            Probe::Http { path } => format!("http {path}"),
+            Probe::Http { path, .. } => format!("http {path}"),
             Probe::Tcp => "tcp".to_string(),
             Probe::Grpc { service } if service.is_empty() => "grpc".to_string(),
             Probe::Grpc { service } => format!("grpc {service}"),
@@ -152,6 +159,22 @@ pub(crate) fn initial_report(config: &HealthCheckConfig) -> CheckReport {
     }
 }
 
+/// The check's outcome, or critical when it takes longer than `timeout`.
+pub(crate) async fn within(
+    timeout: Duration,
+    check: impl std::future::Future<Output = Outcome>,
+) -> Outcome {
+    tokio::time::timeout(timeout, check)
+        .await
+        .unwrap_or_else(|_| Outcome {
+            status: CheckStatus::Critical,
+            output: format!(
+                "timed out after {}",
+                trellis_model::format_duration(timeout)
+            ),
+        })
+}
+
 /// Checks the app every interval forever, publishing the thresholded verdict on `tx`.
 pub(crate) async fn run(
     config: HealthCheckConfig,
@@ -165,21 +188,11 @@ pub(crate) async fn run(
     let kind = config.describe();
     loop {
         tick.tick().await;
-        let outcome = match tokio::time::timeout(
+        let outcome = within(
             config.timeout,
             probe::probe(&config.probe, app_port, app_protocol),
         )
-        .await
-        {
-            Ok(o) => o,
-            Err(_) => Outcome {
-                status: CheckStatus::Critical,
-                output: format!(
-                    "timed out after {}",
-                    trellis_model::format_duration(config.timeout)
-                ),
-            },
-        };
+        .await;
         let output = trellis_model::sanitize_output(&outcome.output);
         if let Some(status) = state.observe(outcome.status) {
             tracing::info!(%status, output = %output, "app health check changed");

@@ -52,19 +52,34 @@ pub(crate) async fn probe(probe: &Probe, port: u16, app_protocol: Protocol) -> O
             status: CheckStatus::Passing,
             output: format!("TCP connect {addr}: ok"),
         },
-        Probe::Http { path } => {
+        Probe::Http { path, expected } => {
             let h2 = matches!(app_protocol, Protocol::Http2 | Protocol::Grpc);
-            http_check(stream, addr, path, h2)
-                .await
-                .unwrap_or_else(critical)
+            let authority = addr.to_string();
+            let sent = match http_request(path, &authority, h2) {
+                Ok(req) => send(stream, req.map(Full::new), h2).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(resp) => http_outcome(path, resp.status(), expected.as_deref()),
+                Err(e) => critical(format!("GET {path}: {e}")),
+            }
         }
-        Probe::Grpc { service } => grpc_check(stream, addr, service)
-            .await
-            .unwrap_or_else(critical),
+        Probe::Grpc { service } => {
+            let authority = addr.to_string();
+            let resp = match grpc_request(service, &authority) {
+                Ok(req) => send(stream, req.map(Full::new), true).await,
+                Err(e) => Err(e),
+            };
+            match resp {
+                Ok(resp) => grpc_outcome(service, resp).await,
+                Err(e) => critical(format!("{GRPC_CHECK}: {e}")),
+            }
+        }
     }
 }
 
-/// The HTTP status's verdict: 2xx/3xx passing, 429 (the app sheds load) warning, else critical.
+/// The HTTP status's verdict for the app check: 2xx/3xx passing, 429 (the app sheds load)
+/// warning, else critical.
 pub(crate) fn http_verdict(status: StatusCode) -> CheckStatus {
     if status.is_success() || status.is_redirection() {
         CheckStatus::Passing
@@ -72,6 +87,30 @@ pub(crate) fn http_verdict(status: StatusCode) -> CheckStatus {
         CheckStatus::Warning
     } else {
         CheckStatus::Critical
+    }
+}
+
+/// The verdict on an HTTP check's answer: within `expected` (inclusive ranges) passing, else
+/// critical; without `expected`, [`http_verdict`].
+pub(crate) fn http_outcome(
+    path: &str,
+    status: StatusCode,
+    expected: Option<&[(u16, u16)]>,
+) -> Outcome {
+    let verdict = match expected {
+        None => http_verdict(status),
+        Some(ranges)
+            if ranges
+                .iter()
+                .any(|(a, b)| (*a..=*b).contains(&status.as_u16())) =>
+        {
+            CheckStatus::Passing
+        }
+        Some(_) => CheckStatus::Critical,
+    };
+    Outcome {
+        status: verdict,
+        output: format!("HTTP GET {path}: {status}"),
     }
 }
 
@@ -96,35 +135,34 @@ async fn send(
     }
 }
 
-async fn http_check(
-    stream: TcpStream,
-    addr: SocketAddr,
+/// `GET path` to `authority`: HTTP/1.1 in origin form with Host; HTTP/2 with the scheme and
+/// authority in the URI.
+pub(crate) fn http_request(
     path: &str,
+    authority: &str,
     h2: bool,
-) -> Result<Outcome, String> {
-    // HTTP/1.1 in origin form with Host; HTTP/2 needs the scheme and authority.
+) -> Result<Request<Bytes>, String> {
     let uri = if h2 {
-        format!("http://{addr}{path}")
+        format!("http://{authority}{path}")
     } else {
         path.to_string()
     };
-    let req = Request::get(uri.as_str())
-        .header(http::header::HOST, addr.to_string())
-        .header(http::header::USER_AGENT, "trellis-health-check/1")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| format!("GET {path}: {e}"))?;
-    let resp = send(stream, req, h2)
-        .await
-        .map_err(|e| format!("GET {path}: {e}"))?;
-    let status = resp.status();
-    Ok(Outcome {
-        status: http_verdict(status),
-        output: format!("HTTP GET {path}: {status}"),
-    })
+    let mut req = Request::get(uri.as_str());
+    if h2 {
+        req = req.version(http::Version::HTTP_2);
+    } else {
+        req = req.header(http::header::HOST, authority);
+    }
+    req.header(http::header::USER_AGENT, USER_AGENT)
+        .body(Bytes::new())
+        .map_err(|e| e.to_string())
 }
 
-async fn grpc_check(stream: TcpStream, addr: SocketAddr, service: &str) -> Result<Outcome, String> {
-    let what = "grpc.health.v1.Health/Check";
+const GRPC_CHECK: &str = "grpc.health.v1.Health/Check";
+const USER_AGENT: &str = "trellis-health-check/1";
+
+/// `grpc.health.v1.Health/Check` for `service`, to `authority` (HTTP/2).
+pub(crate) fn grpc_request(service: &str, authority: &str) -> Result<Request<Bytes>, String> {
     let msg = prost::Message::encode_to_vec(&HealthCheckRequest {
         service: service.to_string(),
     });
@@ -132,15 +170,30 @@ async fn grpc_check(stream: TcpStream, addr: SocketAddr, service: &str) -> Resul
     frame.push(0);
     frame.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
     frame.extend_from_slice(&msg);
-    let req = Request::post(format!("http://{addr}/grpc.health.v1.Health/Check").as_str())
+    Request::post(format!("http://{authority}/{GRPC_CHECK}").as_str())
+        .version(http::Version::HTTP_2)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header("te", "trailers")
-        .header(http::header::USER_AGENT, "trellis-health-check/1")
-        .body(Full::new(Bytes::from(frame)))
-        .map_err(|e| format!("{what}: {e}"))?;
-    let resp = send(stream, req, true)
-        .await
-        .map_err(|e| format!("{what}: {e}"))?;
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .body(Bytes::from(frame))
+        .map_err(|e| e.to_string())
+}
+
+/// The verdict on a `grpc.health.v1.Health/Check` answer: SERVING passing, else critical.
+pub(crate) async fn grpc_outcome<B>(service: &str, resp: http::Response<B>) -> Outcome
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    grpc_answer(service, resp).await.unwrap_or_else(critical)
+}
+
+async fn grpc_answer<B>(service: &str, resp: http::Response<B>) -> Result<Outcome, String>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let what = GRPC_CHECK;
     if resp.status() != StatusCode::OK {
         return Err(format!("{what}: HTTP {}", resp.status()));
     }

@@ -89,12 +89,14 @@ fn probes_parse_and_bad_ones_say_why() {
         (
             "http:/healthz",
             Probe::Http {
+                expected: None,
                 path: "/healthz".into(),
             },
         ),
         (
             "http:/ready?full=1",
             Probe::Http {
+                expected: None,
                 path: "/ready?full=1".into(),
             },
         ),

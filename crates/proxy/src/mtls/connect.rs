@@ -289,37 +289,7 @@ impl MtlsEndpoint {
         }
         let config = self.config(tls)?;
         let addr = self.addr;
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| MtlsError::ConnectTimeout {
-                addr,
-                timeout: self.connect_timeout,
-            })?
-            .map_err(|source| MtlsError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
-        let connector = TlsConnector::from(config.clone());
-        let handshake = connector.connect(self.sni.clone(), stream);
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                let reason = handshake_failure_reason(&source);
-                tls.metrics.handshake_error(Direction::Outbound, reason);
-                tracing::debug!(endpoint = %addr, reason, error = %source, "outbound mTLS handshake failed");
-                return Err(MtlsError::Handshake {
-                    addr,
-                    reason,
-                    source,
-                });
-            }
-            Err(_) => {
-                tls.metrics.handshake_error(Direction::Outbound, "timeout");
-                return Err(MtlsError::Handshake {
-                    addr,
-                    reason: "timeout",
-                    source: io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
-                });
-            }
-        };
+        let stream = self.connect_tls(tls, &config).await?;
         tls.metrics.handshake(Direction::Outbound);
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
             // The peer speaks HTTP/1.1 only: pool HTTP/1.1 connections over TLS from now on
@@ -397,6 +367,55 @@ impl MtlsEndpoint {
         {
             self.h2.compare_and_swap(&current, None);
         }
+    }
+
+    /// A fresh TCP connection and TLS handshake (connect timeout, then the handshake's).
+    async fn connect_tls(
+        &self,
+        tls: &Tls,
+        config: &Arc<ClientConfig>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, MtlsError> {
+        let addr = self.addr;
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| MtlsError::ConnectTimeout {
+                addr,
+                timeout: self.connect_timeout,
+            })?
+            .map_err(|source| MtlsError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let connector = TlsConnector::from(config.clone());
+        let handshake = connector.connect(self.sni.clone(), stream);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(source)) => {
+                let reason = handshake_failure_reason(&source);
+                tls.metrics.handshake_error(Direction::Outbound, reason);
+                tracing::debug!(endpoint = %addr, reason, error = %source, "outbound mTLS handshake failed");
+                Err(MtlsError::Handshake {
+                    addr,
+                    reason,
+                    source,
+                })
+            }
+            Err(_) => {
+                tls.metrics.handshake_error(Direction::Outbound, "timeout");
+                Err(MtlsError::Handshake {
+                    addr,
+                    reason: "timeout",
+                    source: io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
+                })
+            }
+        }
+    }
+
+    /// A fresh connection and mTLS handshake, closed at once: the TCP health check of an
+    /// mTLS endpoint (it proves the peer accepts this sidecar's identity, as traffic needs).
+    pub async fn handshake(&self, tls: &Tls) -> Result<(), MtlsError> {
+        let config = self.config(tls)?;
+        self.connect_tls(tls, &config).await?;
+        tls.metrics.handshake(Direction::Outbound);
+        Ok(())
     }
 
     /// Classifies an HTTP/2 error: after a TLS alert from the peer it means the peer refused

@@ -126,7 +126,7 @@ impl Upstream {
         let mut tried: Vec<usize> = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
         let mut no_identity = false;
         while tried.len() < MAX_CONNECT_ATTEMPTS.min(n) {
-            let Some(picked) = cluster.balancer.pick_at(None, Instant::now()) else {
+            let Some(picked) = cluster.pick(None, Instant::now(), 0) else {
                 break;
             };
             let Some(index) = next_index(picked.index.min(n.saturating_sub(1)), &tried, n) else {

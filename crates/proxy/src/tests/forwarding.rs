@@ -188,6 +188,7 @@ impl Harness {
                     weight: 1,
                     id: addr.to_string(),
                     zone: None,
+                    priority: 0,
                     mtls: false,
                 })
                 .collect();

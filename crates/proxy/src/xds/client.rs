@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
@@ -86,6 +86,10 @@ fn node(shared: &Shared) -> Node {
         id: c.node_id(),
         cluster: c.service.clone(),
         metadata: Some(Struct { fields }),
+        locality: c.zone.as_ref().map(|zone| Locality {
+            zone: zone.clone(),
+            ..Default::default()
+        }),
         user_agent_name: "trellis-proxy".to_string(),
         ..Default::default()
     }
@@ -103,7 +107,7 @@ fn request(node: &Node, type_url: &str, t: &TypeState) -> DiscoveryRequest {
 }
 
 async fn session(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     node: &Node,
     xds_addr: &str,
     state: &mut XdsState,
@@ -169,7 +173,7 @@ async fn session(
 /// Applies one response and returns the requests to send (ACK/NACK, then any subscription
 /// change it causes).
 fn handle_response(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     node: &Node,
     state: &mut XdsState,
     types: &mut HashMap<&'static str, TypeState>,
@@ -205,7 +209,9 @@ fn handle_response(
                 .metrics
                 .tls
                 .set_inbound_mode(mode.map(|m| m.as_str()));
-            shared.live.store(Arc::new(next));
+            let next = Arc::new(next);
+            shared.live.store(next.clone());
+            shared.prober.sync(&next, shared);
             let complete = state.complete();
             shared.status.update(|s| {
                 s.accepted_versions.insert(short, resp.version_info.clone());

@@ -8,14 +8,17 @@ use envoy_types::pb::google::protobuf::Any;
 use trellis_model::wire;
 
 use self::security::SecurityBuilder;
-use super::translate::{self, ClusterConfig, Endpoint, EndpointSource};
+use super::translate::{
+    self, Assignment, ClusterConfig, DEFAULT_OVERPROVISIONING, Endpoint, EndpointSource,
+};
 use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, routes};
 use crate::authn::JwksOptions;
 use crate::metrics::Metrics;
 use crate::security::InboundSecurity;
 use crate::snapshot::{Routes, Snapshot};
 use crate::upstream::{
-    BalancerFactory, ClientCache, UpstreamCluster, effective_algorithm, endpoint_metas,
+    BalancerFactory, ClientCache, LbSettings, Priorities, UpstreamCluster, effective_algorithm,
+    endpoint_metas,
 };
 
 mod security;
@@ -30,7 +33,7 @@ pub(crate) struct XdsState {
     pub clusters: Option<Vec<ClusterConfig>>,
     pub routes: Option<Arc<Routes>>,
     /// EDS assignments by cluster (service) name.
-    pub assignments: HashMap<String, Vec<Endpoint>>,
+    pub assignments: HashMap<String, Assignment>,
     pub endpoints_seen: bool,
     build: BalancerFactory,
 }
@@ -84,8 +87,8 @@ impl XdsState {
                 }
             }
             ENDPOINT_TYPE => {
-                for (name, eps) in translate::load_assignments(resources)? {
-                    self.assignments.insert(name, eps);
+                for (name, assignment) in translate::load_assignments(resources)? {
+                    self.assignments.insert(name, assignment);
                 }
                 self.endpoints_seen = true;
             }
@@ -118,9 +121,19 @@ impl XdsState {
     pub fn snapshot(&self, previous: &Snapshot, clients: &ClientCache) -> Snapshot {
         let routes = self.routes.clone().unwrap_or_default();
         let clusters = self.clusters.iter().flatten().map(|cc| {
-            let eps: &[Endpoint] = match &cc.endpoints {
-                EndpointSource::Static(v) => v,
-                EndpointSource::Eds(n) => self.assignments.get(n).map_or(&[], Vec::as_slice),
+            let (eps, overprovisioning): (&[Endpoint], u32) = match &cc.endpoints {
+                EndpointSource::Static(v) => (v, DEFAULT_OVERPROVISIONING),
+                EndpointSource::Eds(n) => self
+                    .assignments
+                    .get(n)
+                    .map_or((&[], DEFAULT_OVERPROVISIONING), |a| {
+                        (a.endpoints.as_slice(), a.overprovisioning)
+                    }),
+            };
+            let lb = LbSettings {
+                health_check: cc.health_check.clone(),
+                panic_threshold: cc.panic_threshold,
+                overprovisioning,
             };
             let algorithm = effective_algorithm(&cc.algorithm, eps);
             let idle = cc.idle_timeout.unwrap_or(crate::pool::IDLE_TIMEOUT);
@@ -131,12 +144,15 @@ impl XdsState {
                     eps,
                     cc.tls.as_ref(),
                     &cc.policy,
+                    &lb,
                 )
                 && old.clients.idle_timeout == idle
             {
                 return old.clone();
             }
             let balancer = (self.build)(&algorithm, &endpoint_metas(eps));
+            let priorities = Priorities::build(eps, &algorithm, self.build);
+            let previous = previous.clusters.get(cc.name.as_str()).map(|c| &**c);
             Arc::new(
                 UpstreamCluster::new(
                     &cc.name,
@@ -147,7 +163,8 @@ impl XdsState {
                     clients.get_with_idle(cc.connect_timeout, idle),
                 )
                 .with_tls(cc.tls.clone())
-                .with_policy(cc.policy.clone(), std::time::Instant::now()),
+                .with_policy(cc.policy.clone(), std::time::Instant::now())
+                .with_lb(lb, priorities, previous),
             )
         });
         let mut snapshot = Snapshot::new(routes, clusters.collect::<Vec<_>>());

@@ -19,6 +19,7 @@ use envoy_types::pb::google::protobuf::{Any, value::Kind};
 use prost::Message;
 use trellis_model::wire;
 
+use super::health::ActiveCheck;
 use super::security::{self, InboundConfig};
 use crate::balance::Algorithm;
 use crate::resilience::ClusterPolicy;
@@ -44,7 +45,22 @@ pub(crate) struct ClusterConfig {
     pub policy: ClusterPolicy,
     /// `common_http_protocol_options.idle_timeout`; `None`: the default (90s).
     pub idle_timeout: Option<Duration>,
+    /// The active health check of the endpoints (`health_checks`); `None`: none.
+    pub health_check: Option<ActiveCheck>,
+    /// `common_lb_config.healthy_panic_threshold` (percent).
+    pub panic_threshold: u32,
 }
+
+/// One ClusterLoadAssignment: its usable endpoints and how priorities share the load.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Assignment {
+    pub endpoints: Vec<Endpoint>,
+    /// `policy.overprovisioning_factor` (Envoy's default 140).
+    pub overprovisioning: u32,
+}
+
+/// Envoy's default `overprovisioning_factor`.
+pub(crate) const DEFAULT_OVERPROVISIONING: u32 = 140;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum EndpointSource {
@@ -62,6 +78,8 @@ pub(crate) struct Endpoint {
     /// The instance id from `filter_metadata["trellis"].instance_id`, else the address.
     pub id: String,
     pub zone: Option<String>,
+    /// Its locality's `priority` (0 is the most preferred).
+    pub priority: u32,
     /// The endpoint serves mTLS (`filter_metadata["envoy.transport_socket_match"].tlsMode ==
     /// "mtls"`): connect with the cluster's [`ClusterConfig::tls`].
     pub mtls: bool,
@@ -195,6 +213,8 @@ pub(crate) fn cluster(c: &Cluster) -> Result<ClusterConfig, String> {
         tls: security::cluster_tls(c)?,
         policy: super::resilience::cluster_policy(c)?,
         idle_timeout: super::resilience::idle_timeout(c)?,
+        health_check: super::health::active_check(c)?,
+        panic_threshold: super::health::panic_threshold(c)?,
     })
 }
 
@@ -249,13 +269,29 @@ fn algorithm(c: &Cluster) -> Result<Algorithm, String> {
     })
 }
 
-/// ClusterLoadAssignments → (name, endpoints).
-pub(crate) fn load_assignments(resources: &[Any]) -> Result<Vec<(String, Vec<Endpoint>)>, String> {
+/// ClusterLoadAssignments → (name, assignment).
+pub(crate) fn load_assignments(resources: &[Any]) -> Result<Vec<(String, Assignment)>, String> {
     translate_all(resources, |any| {
         let cla: ClusterLoadAssignment = decode(any, super::ENDPOINT_TYPE)?;
-        let eps = endpoints(&cla)
-            .map_err(|e| format!("ClusterLoadAssignment `{}`: {e}", cla.cluster_name))?;
-        Ok((cla.cluster_name, eps))
+        let at = |e: String| format!("ClusterLoadAssignment `{}`: {e}", cla.cluster_name);
+        let endpoints = endpoints(&cla).map_err(at)?;
+        let overprovisioning = match cla.policy.as_ref().and_then(|p| p.overprovisioning_factor) {
+            None => DEFAULT_OVERPROVISIONING,
+            Some(f) if (1..=100_000).contains(&f.value) => f.value,
+            Some(f) => {
+                return Err(at(format!(
+                    "policy.overprovisioning_factor = {}: must be within 1..=100000",
+                    f.value
+                )));
+            }
+        };
+        Ok((
+            cla.cluster_name,
+            Assignment {
+                endpoints,
+                overprovisioning,
+            },
+        ))
     })
 }
 
@@ -301,6 +337,7 @@ pub(crate) fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, St
                 weight,
                 id,
                 zone: zone.clone(),
+                priority: locality.priority,
                 mtls: security::endpoint_mtls(lb.metadata.as_ref()),
             });
         }

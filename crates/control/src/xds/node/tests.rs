@@ -104,3 +104,27 @@ fn node_identity_is_optional_and_must_be_a_spiffe_id() {
         }
     }
 }
+
+#[test]
+fn the_zone_comes_from_the_node_locality() {
+    use envoy_types::pb::envoy::config::core::v3::Locality;
+    let mut n = Node {
+        id: "web~w1".into(),
+        ..Default::default()
+    };
+    assert_eq!(NodeInfo::from_node(&n).expect("valid").zone, None);
+    n.locality = Some(Locality {
+        zone: "zone-a".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        NodeInfo::from_node(&n).expect("valid").zone.as_deref(),
+        Some("zone-a")
+    );
+    n.locality = Some(Locality::default());
+    assert_eq!(
+        NodeInfo::from_node(&n).expect("valid").zone,
+        None,
+        "an empty zone is none"
+    );
+}

@@ -222,3 +222,171 @@ fn bad_values_name_their_field() {
         );
     }
 }
+
+#[test]
+fn health_check_and_locality_failover_parse_into_their_fields() {
+    let text = policy(
+        "  loadBalancer: { localityFailover: { spilloverThreshold: 80 } }
+  healthCheck:
+    http: { path: /healthz, expectedStatuses: [200, 204] }
+    interval: 2s
+    timeout: 500ms
+    healthyThreshold: 1
+    unhealthyThreshold: 4
+",
+    );
+    assert!(errors(&text).is_empty(), "{:?}", errors(&text));
+    let docs = parse_indexed("mesh.yaml", &text).expect("valid");
+    let Resource::TrafficPolicy(p) = &docs[0].resource else {
+        panic!("not a policy")
+    };
+    let TrafficPolicySpec {
+        health_check,
+        load_balancer,
+        ..
+    } = &p.spec;
+    let h = health_check.as_ref().expect("healthCheck");
+    let http = h.http.as_ref().expect("http");
+    assert_eq!(
+        (http.path.as_str(), &http.expected_statuses[..]),
+        ("/healthz", &[200, 204][..])
+    );
+    assert_eq!(
+        (
+            h.interval.as_deref(),
+            h.timeout.as_deref(),
+            h.healthy_threshold,
+            h.unhealthy_threshold
+        ),
+        (Some("2s"), Some("500ms"), Some(1), Some(4))
+    );
+    let l = load_balancer
+        .locality_failover
+        .as_ref()
+        .expect("localityFailover");
+    assert!(l.enabled);
+    assert_eq!(l.overprovisioning_factor(), 125);
+    for (spec, expected) in [
+        ("  healthCheck: { tcp: {} }\n", true),
+        ("  healthCheck: { grpc: { service: my.pkg.Svc } }\n", true),
+        (
+            "  loadBalancer: { localityFailover: { enabled: false } }\n",
+            true,
+        ),
+    ] {
+        assert_eq!(
+            errors(&policy(spec)).is_empty(),
+            expected,
+            "{spec}: {:?}",
+            errors(&policy(spec))
+        );
+    }
+}
+
+#[test]
+fn the_overprovisioning_factor_spills_below_the_threshold() {
+    // Envoy: a priority keeps min(100, healthy% × factor / 100) of the traffic.
+    for (threshold, factor) in [(70, 143), (50, 200), (100, 100), (1, 10_000), (71, 141)] {
+        let l = crate::LocalityFailover {
+            enabled: true,
+            spillover_threshold: Some(threshold),
+        };
+        let f = l.overprovisioning_factor();
+        assert_eq!(f, factor, "threshold {threshold}");
+        // Just at the threshold the local zone still takes (about) everything.
+        assert!(threshold * f >= 9_950, "threshold {threshold}: {f}");
+    }
+}
+
+#[test]
+fn bad_health_checks_name_their_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "nothing to check",
+            "  healthCheck: { interval: 1s }\n",
+            "spec.healthCheck: says nothing to check",
+        ),
+        (
+            "two kinds",
+            "  healthCheck: { tcp: {}, grpc: {} }\n",
+            "spec.healthCheck: gives several of",
+        ),
+        (
+            "relative path",
+            "  healthCheck: { http: { path: healthz } }\n",
+            "spec.healthCheck.http.path: `healthz` is not a request path",
+        ),
+        (
+            "path with a space",
+            "  healthCheck: { http: { path: '/a b' } }\n",
+            "spec.healthCheck.http.path",
+        ),
+        (
+            "missing path",
+            "  healthCheck: { http: {} }\n",
+            "spec.healthCheck.http.path",
+        ),
+        (
+            "bad status",
+            "  healthCheck: { http: { path: /h, expectedStatuses: [700] } }\n",
+            "spec.healthCheck.http.expectedStatuses[0]: 700 is out of range",
+        ),
+        (
+            "bad grpc service",
+            "  healthCheck: { grpc: { service: 'a b' } }\n",
+            "spec.healthCheck.grpc.service: `a b` is not a gRPC service name",
+        ),
+        (
+            "zero interval",
+            "  healthCheck: { tcp: {}, interval: 0s }\n",
+            "spec.healthCheck.interval: `0s` must be positive",
+        ),
+        (
+            "tiny interval",
+            "  healthCheck: { tcp: {}, interval: 1ms }\n",
+            "spec.healthCheck.interval: 1ms is too short",
+        ),
+        (
+            "timeout over interval",
+            "  healthCheck: { tcp: {}, interval: 1s, timeout: 2s }\n",
+            "spec.healthCheck.timeout: 2s is longer than the interval (1s)",
+        ),
+        (
+            "default timeout over interval",
+            "  healthCheck: { tcp: {}, interval: 100ms }\n",
+            "spec.healthCheck.timeout: 1s is longer than the interval (100ms)",
+        ),
+        (
+            "zero threshold",
+            "  healthCheck: { tcp: {}, unhealthyThreshold: 0 }\n",
+            "spec.healthCheck.unhealthyThreshold: 0 is out of range",
+        ),
+        (
+            "huge threshold",
+            "  healthCheck: { tcp: {}, healthyThreshold: 1000 }\n",
+            "spec.healthCheck.healthyThreshold: 1000 is out of range",
+        ),
+        (
+            "unknown field",
+            "  healthCheck: { tcp: {}, intervall: 1s }\n",
+            "spec.healthCheck.intervall",
+        ),
+        (
+            "spillover 0",
+            "  loadBalancer: { localityFailover: { spilloverThreshold: 0 } }\n",
+            "spec.loadBalancer.localityFailover.spilloverThreshold: 0 is out of range",
+        ),
+        (
+            "spillover over 100",
+            "  loadBalancer: { localityFailover: { spilloverThreshold: 150 } }\n",
+            "spec.loadBalancer.localityFailover.spilloverThreshold: 150 is out of range",
+        ),
+    ];
+    for (case, spec, expected) in cases {
+        let errs = errors(&policy(spec));
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "{case}: expected an error containing {expected:?}, got {errs:#?}"
+        );
+    }
+}

@@ -219,6 +219,7 @@ impl Proxy {
             weight: 1,
             id: endpoint.to_string(),
             zone: None,
+            priority: 0,
             mtls,
         }];
         let balancer = balance::build(&Algorithm::RoundRobin, &endpoint_metas(&eps));

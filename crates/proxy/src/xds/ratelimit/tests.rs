@@ -50,6 +50,7 @@ fn listener(yaml: Option<&str>) -> Listener {
         app_port: Some(8080),
         outbound_port: 15001,
         inbound_port: 15006,
+        zone: None,
         identity: None,
     };
     let res = resources_for(&snapshot, &node);

@@ -268,6 +268,7 @@ fn the_control_planes_security_config_is_accepted_end_to_end() {
         .expect("app");
     assert_eq!(inbound_app.tls, None);
     let mtls: Vec<(String, bool)> = state.assignments["catalog"]
+        .endpoints
         .iter()
         .map(|e| (e.id.clone(), e.mtls))
         .collect();

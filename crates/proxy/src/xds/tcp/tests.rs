@@ -58,6 +58,7 @@ fn translated(yaml: &str, mode: MtlsMode) -> crate::xds::security::InboundConfig
         app_port: Some(5432),
         outbound_port: 15001,
         inbound_port: 15006,
+        zone: None,
         identity: Some("spiffe://cluster.local/ns/default/svc/db".into()),
     };
     let res = resources_for(&snapshot, &node);

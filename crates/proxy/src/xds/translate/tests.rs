@@ -208,13 +208,17 @@ fn load_assignments_keep_usable_endpoints() {
         got,
         vec![(
             "catalog".to_string(),
-            vec![Endpoint {
-                mtls: false,
-                addr: "127.0.0.1:41000".parse().expect("addr"),
-                weight: 3,
-                id: "catalog-a".to_string(),
-                zone: Some("z1".to_string()),
-            }]
+            Assignment {
+                endpoints: vec![Endpoint {
+                    mtls: false,
+                    addr: "127.0.0.1:41000".parse().expect("addr"),
+                    weight: 3,
+                    id: "catalog-a".to_string(),
+                    zone: Some("z1".to_string()),
+                    priority: 0,
+                }],
+                overprovisioning: DEFAULT_OVERPROVISIONING,
+            }
         )]
     );
 }
@@ -419,4 +423,55 @@ fn static_cluster_carries_its_endpoints() {
         EndpointSource::Static(eps) => assert_eq!(eps.len(), 1),
         other => panic!("expected static endpoints, got {other:?}"),
     }
+}
+
+#[test]
+fn priorities_and_the_overprovisioning_factor_are_read() {
+    use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy as ClaPolicy;
+    let mut a = cla(
+        "catalog",
+        vec![lb_endpoint(
+            "127.0.0.1",
+            41000,
+            1,
+            "local",
+            HealthStatus::Healthy,
+        )],
+    );
+    let mut remote = a.endpoints[0].clone();
+    remote.priority = 1;
+    remote.locality = Some(Locality {
+        zone: "z2".into(),
+        ..Default::default()
+    });
+    if let Some(lbe) = remote.lb_endpoints.first_mut() {
+        *lbe = lb_endpoint("127.0.0.1", 41001, 1, "remote", HealthStatus::Healthy);
+    }
+    a.endpoints.push(remote);
+    a.policy = Some(ClaPolicy {
+        overprovisioning_factor: Some(UInt32Value { value: 143 }),
+        ..Default::default()
+    });
+    let got = load_assignments(&[pack_any(a.clone())]).expect("valid");
+    let (_, assignment) = &got[0];
+    assert_eq!(assignment.overprovisioning, 143);
+    let prios: Vec<(&str, u32)> = assignment
+        .endpoints
+        .iter()
+        .map(|e| (e.id.as_str(), e.priority))
+        .collect();
+    assert_eq!(prios, [("local", 0), ("remote", 1)]);
+    // Without a policy: Envoy's 140.
+    a.policy = None;
+    let got = load_assignments(&[pack_any(a.clone())]).expect("valid");
+    assert_eq!(got[0].1.overprovisioning, 140);
+    a.policy = Some(ClaPolicy {
+        overprovisioning_factor: Some(UInt32Value { value: 0 }),
+        ..Default::default()
+    });
+    let err = load_assignments(&[pack_any(a)]).expect_err("zero factor");
+    assert!(
+        err.contains("ClusterLoadAssignment `catalog`: policy.overprovisioning_factor = 0"),
+        "{err}"
+    );
 }
