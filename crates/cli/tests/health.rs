@@ -346,8 +346,7 @@ async fn ttl_checks_held_by_the_app() -> anyhow::Result<()> {
 
     m.log.note("renewed within the TTL: stays passing");
     for _ in 0..5 {
-        // Pacing the renewals well inside the 4 s TTL, as an app would; not synchronisation.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Renewed first, then read: a busy machine's slow wait above cannot have let it lapse.
         let (status, body) =
             call(Method::PUT, format!("{check}/pass?note=still%20ok"), None).await?;
         ensure!(
@@ -356,6 +355,8 @@ async fn ttl_checks_held_by_the_app() -> anyhow::Result<()> {
         );
         let view = instance(&m.control, "b1").await?;
         ensure!(view["status"] == "passing", "renewed check lapsed: {view}");
+        // Pacing the renewals well inside the 4 s TTL, as an app would; not synchronisation.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     m.log.note("not renewed: critical");
     wait_status(&m.control, "b1", "critical").await?;
