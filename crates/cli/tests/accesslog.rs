@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TcpEchoServer,
-    TestLog, wait_for, wait_for_traffic_to,
+    Caller, ControlPlane, DEADLINE, Instance, Req, Sidecar, SidecarOpts, TcpEchoServer, TestLog,
+    wait_for, wait_for_traffic_to,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -111,17 +111,18 @@ async fn every_request_and_connection_is_one_json_line_with_its_reason() -> anyh
         with_log(SidecarOpts::default().id("db-1").protocol("tcp"), &db_log),
     )
     .await?;
-    let web_app = EchoServer::start("web-app").await?;
-    let web = Sidecar::start(
+    let Caller {
+        sidecar: web,
+        client: c,
+        app: _web_app,
+    } = Caller::of(
         BIN,
         &log,
         &url,
         "web",
-        web_app.port(),
-        with_log(SidecarOpts::default().id("web-1").upstream("db"), &web_log),
+        with_log(SidecarOpts::default().upstream("db"), &web_log),
     )
     .await?;
-    let c = Client::new(web.outbound());
     wait_for_traffic_to(&c, "catalog", &["c1"], DEADLINE).await?;
 
     log.note("a request proxied normally");

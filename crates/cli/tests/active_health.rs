@@ -8,8 +8,9 @@
 
 use anyhow::ensure;
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TestLog,
-    dump_cluster, dump_endpoints, traffic_policy, wait_for_proxy_config, wait_for_traffic_to,
+    Caller, Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts,
+    TestLog, dump_cluster, dump_endpoints, traffic_policy, wait_for_proxy_config,
+    wait_for_traffic_to,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -49,17 +50,18 @@ impl Mesh {
                 .await?,
             );
         }
-        let caller_app = EchoServer::start("caller-app").await?;
-        let caller = Sidecar::start(
+        let Caller {
+            sidecar: caller,
+            client,
+            app: caller_app,
+        } = Caller::of(
             BIN,
             &log,
             &control.url(),
             "caller",
-            caller_app.port(),
-            SidecarOpts::default().id("caller-1").zone(caller_zone),
+            SidecarOpts::default().zone(caller_zone),
         )
         .await?;
-        let client = Client::new(caller.outbound());
         let ids: Vec<&str> = backends.iter().map(|(id, _)| *id).collect();
         wait_for_traffic_to(&client, SERVICE, &ids, DEADLINE).await?;
         Ok(Mesh {

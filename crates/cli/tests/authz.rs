@@ -8,8 +8,8 @@ use std::path::Path;
 
 use anyhow::{Context, ensure};
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TestLog,
-    wait_for, wait_for_traffic_to,
+    Caller, Client, ControlPlane, DEADLINE, Instance, Req, SidecarOpts, TestLog, wait_for,
+    wait_for_traffic_to,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -104,17 +104,11 @@ async fn policies_applied_with_the_cli_are_enforced_and_updated() -> anyhow::Res
         SidecarOpts::default(),
     )
     .await?;
-    let web_app = EchoServer::start("web-app").await?;
-    let web = Sidecar::start(
-        BIN,
-        &log,
-        &url,
-        "web",
-        web_app.port(),
-        SidecarOpts::default().id("web-1"),
-    )
-    .await?;
-    let client = Client::new(web.outbound());
+    let Caller {
+        sidecar: _web,
+        client,
+        app: _web_app,
+    } = Caller::of(BIN, &log, &url, "web", SidecarOpts::default()).await?;
 
     log.note("no policy: web reaches catalog over mTLS");
     wait_for_traffic_to(&client, "catalog", &["catalog-1"], DEADLINE).await?;

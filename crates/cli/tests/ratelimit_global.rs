@@ -4,8 +4,8 @@
 
 use anyhow::{Context, ensure};
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TestLog,
-    wait_for_proxy_config, wait_for_traffic_to,
+    Caller, ControlPlane, DEADLINE, Instance, Req, SidecarOpts, TestLog, wait_for_proxy_config,
+    wait_for_traffic_to,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -49,17 +49,11 @@ async fn three_sidecars_share_one_global_limit() -> anyhow::Result<()> {
             .await?,
         );
     }
-    let web_app = EchoServer::start("web-app").await?;
-    let web = Sidecar::start(
-        BIN,
-        &log,
-        &url,
-        "web",
-        web_app.port(),
-        SidecarOpts::default().id("web-1"),
-    )
-    .await?;
-    let client = Client::new(web.outbound());
+    let Caller {
+        sidecar: _web,
+        client,
+        app: _web_app,
+    } = Caller::of(BIN, &log, &url, "web", SidecarOpts::default()).await?;
     wait_for_traffic_to(&client, "catalog", &["c1", "c2", "c3"], DEADLINE).await?;
     control.apply_yaml(POLICY).await?;
     for c in &catalogs {

@@ -11,8 +11,8 @@ use anyhow::{Context, ensure};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use trellis_testkit::{
-    ControlPlane, DEADLINE, EchoServer, Sidecar, SidecarOpts, TcpEchoServer, TestLog, wait_for,
-    wait_until,
+    Caller, ControlPlane, DEADLINE, EchoServer, Sidecar, SidecarOpts, TcpEchoServer, TestLog,
+    wait_for, wait_until,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -90,14 +90,16 @@ async fn db_and_web(
         SidecarOpts::default().id("db-1").protocol("tcp"),
     )
     .await?;
-    let web_app = EchoServer::start("web-app").await?;
-    let web = Sidecar::start(
+    let Caller {
+        sidecar: web,
+        app: web_app,
+        ..
+    } = Caller::of(
         BIN,
         log,
         url,
         "web",
-        web_app.port(),
-        web_opts(SidecarOpts::default().id("web-1").upstream("db")),
+        web_opts(SidecarOpts::default().upstream("db")),
     )
     .await?;
     Ok((backend, db, web_app, web))

@@ -40,7 +40,7 @@ impl Instance {
 }
 
 /// The calling side of a test mesh: service `client` (instance `client-1` unless `opts`
-/// names another), an echo app behind its sidecar, and an HTTP client to the sidecar's
+/// names another; [`Caller::of`] for another service), an echo app behind its sidecar, and an HTTP client to the sidecar's
 /// outbound listener.
 pub struct Caller {
     pub sidecar: Sidecar,
@@ -55,13 +55,25 @@ impl Caller {
         control_url: &str,
         opts: SidecarOpts,
     ) -> anyhow::Result<Self> {
-        let app = EchoServer::start("client-app").await?;
+        Self::of(bin, log, control_url, "client", opts).await
+    }
+
+    /// The same for service `service`: app `<service>-app`, instance `<service>-1` unless
+    /// `opts` names another.
+    pub async fn of(
+        bin: impl AsRef<Path>,
+        log: &TestLog,
+        control_url: &str,
+        service: &str,
+        opts: SidecarOpts,
+    ) -> anyhow::Result<Self> {
+        let app = EchoServer::start(&format!("{service}-app")).await?;
         let opts = if opts.instance_id.is_none() {
-            opts.id("client-1")
+            opts.id(&format!("{service}-1"))
         } else {
             opts
         };
-        let sidecar = Sidecar::start(bin, log, control_url, "client", app.port(), opts).await?;
+        let sidecar = Sidecar::start(bin, log, control_url, service, app.port(), opts).await?;
         let client = Client::new(sidecar.outbound());
         Ok(Self {
             sidecar,
