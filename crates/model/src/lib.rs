@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod duration;
+mod faults;
 mod health;
 mod ratelimit;
 mod registration;
@@ -17,6 +18,7 @@ mod validate;
 pub mod wire;
 
 pub use duration::{format_duration, parse_duration};
+pub use faults::*;
 pub use health::*;
 pub use ratelimit::*;
 pub use registration::{Health, InstanceRegistration, Protocol};

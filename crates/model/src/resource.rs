@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AuthorizationPolicyResource, CircuitBreakers, OutlierDetection, Protocol,
+    AuthorizationPolicyResource, CircuitBreakers, Faults, OutlierDetection, Protocol,
     RateLimitPolicyResource, RequestAuthenticationResource, RetryPolicy, RouteRetry, RouteTimeouts,
     Timeouts,
 };
@@ -151,6 +151,9 @@ pub struct TrafficPolicySpec {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
+    /// Delays and aborts injected by every caller's sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Faults>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +227,9 @@ pub struct HttpRouteRule {
     /// Overrides the target service's retries for this rule (Gateway API GEP-1731).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RouteRetry>,
+    /// Replaces the target service's faults for this rule (`{}`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Faults>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! docs/XDS.md is the contract.
 
 mod ads;
+mod faults;
 mod node;
 mod proxies;
 pub mod ratelimit;

@@ -45,6 +45,7 @@ use envoy_types::pb::google::protobuf::{
 use envoy_types::util::pack_any;
 use trellis_model::{Algorithm, LoadBalancer, Protocol, TrafficPolicySpec, wire};
 
+use super::faults;
 pub use super::node::NodeInfo;
 use super::ratelimit;
 use super::resilience;
@@ -262,7 +263,11 @@ fn outbound_listener(node: &NodeInfo) -> Listener {
             node.outbound_port,
         )),
         filter_chains: vec![FilterChain {
-            filters: vec![hcm_filter(wire::OUTBOUND, route, Vec::new())],
+            filters: vec![hcm_filter(
+                wire::OUTBOUND,
+                route,
+                vec![faults::fault_filter()],
+            )],
             ..Default::default()
         }],
         ..Default::default()
