@@ -200,3 +200,14 @@ fn bad_faults_name_their_field() {
         );
     }
 }
+
+#[test]
+fn the_documented_example_is_valid() {
+    let doc = include_str!("../../../../../docs/RESOURCES.md");
+    let section = &doc[doc.find("### Fault injection").expect("the section")..];
+    let start = section.find("```yaml\n").expect("an example") + "```yaml\n".len();
+    let end = start + section[start..].find("```").expect("its end");
+    let example = &section[start..end];
+    assert!(example.contains("faults:"), "{example}");
+    assert!(errors(example).is_empty(), "{:?}", errors(example));
+}
