@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use trellis_testkit::grpc::{GrpcEchoServer, client_via, pb::EchoRequest};
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Outcomes, Req, Sidecar, SidecarOpts,
-    TestLog, wait_for_proxy_config, wait_for_traffic_to, wait_until,
+    Client, ControlPlane, DEADLINE, Instance, Req, Sidecar, SidecarOpts, TestLog,
+    wait_for_proxy_config, wait_for_traffic_to, wait_until,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -18,8 +18,7 @@ const ID: &str = "echo-1";
 
 struct Mesh {
     backend: Instance,
-    client_sidecar: Sidecar,
-    _client_app: EchoServer,
+    caller: Instance,
     control: ControlPlane,
     client: Client,
     log: TestLog,
@@ -39,13 +38,12 @@ impl Mesh {
             SidecarOpts::default(),
         )
         .await?;
-        let (client_app, client_sidecar) = client_side(&log, &control).await?;
-        let client = Client::new(client_sidecar.outbound());
+        let caller = client_side(&log, &control).await?;
+        let client = Client::new(caller.sidecar.outbound());
         wait_for_traffic_to(&client, SERVICE, &[ID], DEADLINE).await?;
         Ok(Self {
             backend,
-            client_sidecar,
-            _client_app: client_app,
+            caller,
             control,
             client,
             log,
@@ -57,11 +55,12 @@ impl Mesh {
     async fn apply(&self, yaml: &str, route: &str, needle: &str) -> anyhow::Result<()> {
         self.log.note(&format!("apply:\n{yaml}"));
         self.control.apply_yaml(yaml).await?;
-        wait_for_route_policy(&self.client_sidecar, SERVICE, route, needle).await
+        wait_for_route_policy(&self.caller.sidecar, SERVICE, route, needle).await
     }
 
     async fn faults(&self, service: &str, kind: &str) -> anyhow::Result<f64> {
-        self.client_sidecar
+        self.caller
+            .sidecar
             .metric_sum(
                 "trellis_faults_injected_total",
                 &[("destination_service", service), ("kind", kind)],
@@ -70,21 +69,19 @@ impl Mesh {
     }
 }
 
-async fn client_side(
-    log: &TestLog,
-    control: &ControlPlane,
-) -> anyhow::Result<(EchoServer, Sidecar)> {
-    let app = EchoServer::start("client-app").await?;
-    let sidecar = Sidecar::start(
+/// The calling side: an app and its sidecar (service `client`, instance `client-1`).
+async fn client_side(log: &TestLog, control: &ControlPlane) -> anyhow::Result<Instance> {
+    let opts = SidecarOpts::default();
+    Instance::start(
         BIN,
         log,
         &control.url(),
         "client",
-        app.port(),
-        SidecarOpts::default().id("client-1"),
+        "client-1",
+        Duration::ZERO,
+        opts,
     )
-    .await?;
-    Ok((app, sidecar))
+    .await
 }
 
 /// Waits until a route of `service` whose name starts with `route` has `needle` in the
@@ -125,24 +122,30 @@ async fn wait_for_route_policy(
     Ok(())
 }
 
+/// The HTTPRoute `echo-faults` on `echo` with `rules` (YAML list items, indented by 4).
+fn route(rules: &str) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1alpha1\nkind: HTTPRoute\nmetadata: {{ name: echo-faults }}\n\
+         spec:\n  parentRefs: [ {{ name: {SERVICE} }} ]\n  rules:\n{rules}"
+    )
+}
+
+/// A rule for requests under `prefix` to `echo`, with `faults`.
+fn rule(prefix: &str, faults: Option<&str>) -> String {
+    let faults = faults
+        .map(|f| format!("      faults: {f}\n"))
+        .unwrap_or_default();
+    format!(
+        "    - matches: [ {{ path: {{ type: PathPrefix, value: {prefix} }} }} ]\n      \
+         backendRefs: [ {{ name: {SERVICE} }} ]\n{faults}"
+    )
+}
+
 fn policy(service: &str, faults: &str) -> String {
     format!(
         "apiVersion: trellis.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{ name: {service} }}\n\
          spec:\n  targetRef: {{ name: {service} }}\n  faults: {faults}\n"
     )
-}
-
-/// (status, reason) → count, for the log and assertions.
-fn tally(out: &Outcomes) -> std::collections::BTreeMap<String, usize> {
-    let mut m = std::collections::BTreeMap::new();
-    for r in &out.results {
-        let key = match r {
-            Ok(reply) => format!("{} {}", reply.status, reply.reason().unwrap_or_default()),
-            Err(e) => format!("error {e}"),
-        };
-        *m.entry(key).or_insert(0) += 1;
-    }
-    m
 }
 
 /// `observed` is within 5 standard deviations of `n` Bernoulli(`p`) trials' mean.
@@ -175,7 +178,7 @@ async fn aborts_hit_their_percentage_and_the_backend_sees_only_the_rest() -> any
         .client
         .run(N, 8, |i| Req::get(SERVICE, &format!("/abort/{i}")))
         .await;
-    let t = tally(&out);
+    let t = out.tally();
     mesh.log.note(&format!("{N} requests at 20% abort: {t:?}"));
     let aborted = t.get("503 fault_abort").copied().unwrap_or(0);
     let ok = t.get("200 ").copied().unwrap_or(0);
@@ -194,7 +197,8 @@ async fn aborts_hit_their_percentage_and_the_backend_sees_only_the_rest() -> any
         "trellis_faults_injected_total{{kind=abort}} counts every abort"
     );
     ensure!(
-        mesh.client_sidecar
+        mesh.caller
+            .sidecar
             .metric_sum(
                 "trellis_requests_total",
                 &[("destination_service", SERVICE), ("reason", "fault_abort")]
@@ -262,21 +266,12 @@ async fn delays_hit_their_percentage_and_hold_a_request_at_least_the_delay() -> 
     let mesh = Mesh::start("faults_delay").await?;
     let slow = Duration::from_millis(300);
     let yaml = format!(
-        "{}---
-apiVersion: trellis.dev/v1alpha1
-kind: HTTPRoute
-metadata: {{ name: echo-faults }}
-spec:
-  parentRefs: [ {{ name: {SERVICE} }} ]
-  rules:
-    - matches: [ {{ path: {{ type: PathPrefix, value: /slow }} }} ]
-      backendRefs: [ {{ name: {SERVICE} }} ]
-      faults: {{ delay: {{ fixedDelay: 300ms }} }}
-",
-        policy(SERVICE, "{ delay: { fixedDelay: 2ms, percentage: 30 } }")
+        "{}---\n{}",
+        policy(SERVICE, "{ delay: { fixedDelay: 2ms, percentage: 30 } }"),
+        route(&rule("/slow", Some("{ delay: { fixedDelay: 300ms } }")))
     );
     mesh.apply(&yaml, "default", "per_million: 300000").await?;
-    wait_for_route_policy(&mesh.client_sidecar, SERVICE, "echo-faults/0", "300ms").await?;
+    wait_for_route_policy(&mesh.caller.sidecar, SERVICE, "echo-faults/0", "300ms").await?;
     const N: usize = 1000;
     let before = mesh.backend.backend.received();
     let out = mesh
@@ -321,27 +316,21 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rules_faults_replace_the_services() -> anyhow::Result<()> {
     let mesh = Mesh::start("faults_override").await?;
+    let rules = [
+        rule("/calm", Some("{}")),
+        rule(
+            "/teapot",
+            Some("{ abort: { httpStatus: 418, percentage: 100 } }"),
+        ),
+        rule("/plain", None),
+    ];
     let yaml = format!(
-        "{}---
-apiVersion: trellis.dev/v1alpha1
-kind: HTTPRoute
-metadata: {{ name: echo-faults }}
-spec:
-  parentRefs: [ {{ name: {SERVICE} }} ]
-  rules:
-    - matches: [ {{ path: {{ type: PathPrefix, value: /calm }} }} ]
-      backendRefs: [ {{ name: {SERVICE} }} ]
-      faults: {{}}
-    - matches: [ {{ path: {{ type: PathPrefix, value: /teapot }} }} ]
-      backendRefs: [ {{ name: {SERVICE} }} ]
-      faults: {{ abort: {{ httpStatus: 418, percentage: 100 }} }}
-    - matches: [ {{ path: {{ type: PathPrefix, value: /plain }} }} ]
-      backendRefs: [ {{ name: {SERVICE} }} ]
-",
-        policy(SERVICE, "{ abort: { httpStatus: 503 } }")
+        "{}---\n{}",
+        policy(SERVICE, "{ abort: { httpStatus: 503 } }"),
+        route(&rules.concat())
     );
     mesh.apply(&yaml, "echo-faults/1", "418").await?;
-    wait_for_route_policy(&mesh.client_sidecar, SERVICE, "default", "503").await?;
+    wait_for_route_policy(&mesh.caller.sidecar, SERVICE, "default", "503").await?;
     let want: [(&str, u16, Option<&str>); 4] = [
         ("/calm/x", 200, None),
         ("/teapot/x", 418, Some("fault_abort")),
@@ -380,7 +369,8 @@ async fn grpc_callers_get_the_injected_grpc_status() -> anyhow::Result<()> {
             "apiVersion: trellis.dev/v1alpha1\nkind: Service\nmetadata: { name: greeter }\nspec: { protocol: grpc }\n",
         )
         .await?;
-    let (_client_app, client_sidecar) = client_side(&log, &control).await?;
+    let caller = client_side(&log, &control).await?;
+    let client_sidecar = &caller.sidecar;
     let mut client = client_via(client_sidecar.outbound(), "greeter").await?;
     let call = |message: &str| EchoRequest {
         message: message.into(),
@@ -402,7 +392,7 @@ async fn grpc_callers_get_the_injected_grpc_status() -> anyhow::Result<()> {
             "{ abort: { grpcStatus: RESOURCE_EXHAUSTED, percentage: 100 } }",
         ))
         .await?;
-    wait_for_route_policy(&client_sidecar, "greeter", "default", "Grpc(8)").await?;
+    wait_for_route_policy(client_sidecar, "greeter", "default", "Grpc(8)").await?;
     let status = match client.unary(call("hello")).await {
         Ok(r) => anyhow::bail!("an aborted call succeeded: {:?}", r.into_inner()),
         Err(s) => s,
@@ -430,7 +420,7 @@ async fn grpc_callers_get_the_injected_grpc_status() -> anyhow::Result<()> {
     control
         .apply_yaml(&policy("greeter", "{ abort: { httpStatus: 503 } }"))
         .await?;
-    wait_for_route_policy(&client_sidecar, "greeter", "default", "Http(503)").await?;
+    wait_for_route_policy(client_sidecar, "greeter", "default", "Http(503)").await?;
     let status = client
         .unary(call("again"))
         .await

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use trellis_testkit::{
-    Client, ControlPlane, DEADLINE, EchoServer, Instance, Outcomes, Req, Sidecar, SidecarOpts,
-    TestLog, dump_cluster, wait_for_proxy_config, wait_for_traffic_to, wait_until,
+    Client, ControlPlane, DEADLINE, EchoServer, Instance, Req, Sidecar, SidecarOpts, TestLog,
+    dump_cluster, wait_for_proxy_config, wait_for_traffic_to, wait_until,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
@@ -112,19 +112,6 @@ impl Mesh {
     }
 }
 
-/// Replies by (status, reason) for the log and assertions.
-fn tally(out: &Outcomes) -> std::collections::BTreeMap<String, usize> {
-    let mut m = std::collections::BTreeMap::new();
-    for r in &out.results {
-        let key = match r {
-            Ok(reply) => format!("{} {}", reply.status, reply.reason().unwrap_or_default()),
-            Err(e) => format!("error {e}"),
-        };
-        *m.entry(key).or_insert(0) += 1;
-    }
-    m
-}
-
 const RETRY_TO_OTHERS: &str = "  retries:
     attempts: 2
     retryOn: [connect-failure, reset, gateway-error]
@@ -156,11 +143,11 @@ async fn a_killed_backend_costs_no_request_and_is_ejected() -> anyhow::Result<()
     mesh.log.note("SIGKILL the victim's sidecar");
     mesh.instances[victim].sidecar.process().sigkill().await?;
     let out = load.await.context("load task")?;
-    mesh.log.note(&format!("steady load: {:?}", tally(&out)));
+    mesh.log.note(&format!("steady load: {:?}", out.tally()));
     ensure!(
         out.failures().is_empty(),
         "requests failed: {:?}",
-        tally(&out)
+        out.tally()
     );
 
     // Outlier detection has ejected the dead endpoint: from then on no try goes to it, so
@@ -181,7 +168,7 @@ async fn a_killed_backend_costs_no_request_and_is_ejected() -> anyhow::Result<()
     ensure!(
         out.failures().is_empty(),
         "requests failed: {:?}",
-        tally(&out)
+        out.tally()
     );
     let per = out.per_instance();
     mesh.log.note(&format!("after the ejection: {per:?}"));
@@ -214,11 +201,11 @@ async fn a_hanging_app_times_out_per_try_is_ejected_and_readmitted() -> anyhow::
         .run(200, 4, |i| Req::get(SERVICE, &format!("/hang/{i}")))
         .await;
     mesh.log
-        .note(&format!("with a hanging app: {:?}", tally(&out)));
+        .note(&format!("with a hanging app: {:?}", out.tally()));
     ensure!(
         out.failures().is_empty(),
         "requests failed: {:?}",
-        tally(&out)
+        out.tally()
     );
     ensure!(victim.received() > 0, "the hanging app was never tried");
     ensure!(
@@ -269,7 +256,7 @@ async fn when_every_backend_fails_retries_stay_within_the_budget() -> anyhow::Re
     // Only to size the floor's share of the bound (retries per second), not asserted.
     let windows = started.elapsed().as_secs() as usize + 2;
     let attempts = mesh.received() - before;
-    let t = tally(&out);
+    let t = out.tally();
     mesh.log.note(&format!(
         "all failing: {t:?}, {attempts} attempts in {windows} windows"
     ));
@@ -298,18 +285,18 @@ async fn the_circuit_breaker_refuses_only_over_its_limit() -> anyhow::Result<()>
         .client
         .run(24, 3, |i| Req::get(SERVICE, &format!("/below/{i}")))
         .await;
-    mesh.log.note(&format!("3 in flight: {:?}", tally(&out)));
+    mesh.log.note(&format!("3 in flight: {:?}", out.tally()));
     ensure!(
         out.failures().is_empty(),
         "refused below the limit: {:?}",
-        tally(&out)
+        out.tally()
     );
     // Far above it: the overflow is answered at once with 503 circuit_open, the rest served.
     let out = mesh
         .client
         .run(48, 16, |i| Req::get(SERVICE, &format!("/above/{i}")))
         .await;
-    let t = tally(&out);
+    let t = out.tally();
     mesh.log.note(&format!("16 in flight: {t:?}"));
     let open = t.get("503 circuit_open").copied().unwrap_or(0);
     let ok = t.get("200 ").copied().unwrap_or(0);
@@ -425,11 +412,11 @@ async fn bodies_are_replayed_up_to_the_buffer_limit_and_larger_ones_are_not_retr
             Req::post(SERVICE, &format!("/small/{i}"), small.clone())
         })
         .await;
-    mesh.log.note(&format!("small bodies: {:?}", tally(&out)));
+    mesh.log.note(&format!("small bodies: {:?}", out.tally()));
     ensure!(
         out.failures().is_empty(),
         "small POSTs failed: {:?}",
-        tally(&out)
+        out.tally()
     );
     ensure!(victim.received() > 0, "the failing app was never tried");
     for r in out.results.iter().flatten() {
@@ -448,7 +435,7 @@ async fn bodies_are_replayed_up_to_the_buffer_limit_and_larger_ones_are_not_retr
             Req::post(SERVICE, &format!("/large/{i}"), large.clone())
         })
         .await;
-    let t = tally(&out);
+    let t = out.tally();
     mesh.log.note(&format!("large bodies: {t:?}"));
     let refused = t.get("503 ").copied().unwrap_or(0);
     ensure!(refused > 0, "no large POST met the failing app: {t:?}");

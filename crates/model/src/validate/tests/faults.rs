@@ -2,18 +2,8 @@
 //! status names), and every bad value is reported naming its field.
 
 use super::super::*;
+use super::resilience::{assert_each_reported, errors};
 use crate::{GrpcStatus, HeaderMatchType, Resource, fault_per_million};
-
-struct Store;
-
-impl KnownServices for Store {
-    fn service_exists(&self, name: &str) -> bool {
-        name == "catalog"
-    }
-    fn subsets(&self, _service: &str) -> Vec<String> {
-        Vec::new()
-    }
-}
 
 fn policy(faults: &str) -> String {
     format!(
@@ -41,13 +31,6 @@ spec:
       faults: {faults}
 "
     )
-}
-
-fn errors(text: &str) -> Vec<String> {
-    match parse_and_validate("mesh.yaml", text, &Store) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.errors.iter().map(ToString::to_string).collect(),
-    }
 }
 
 #[test]
@@ -191,14 +174,7 @@ fn bad_faults_name_their_field() {
             "spec.faults.abort.percent: unknown field `percent`",
         ),
     ];
-    for (case, text, expected) in cases {
-        let errs = errors(text);
-        assert!(
-            errs.iter()
-                .any(|e| e.contains(expected) && e.starts_with("mesh.yaml: document 1")),
-            "{case}: expected an error containing {expected:?}, got {errs:#?}"
-        );
-    }
+    assert_each_reported(cases);
 }
 
 #[test]
