@@ -161,6 +161,10 @@ spec:
     timeout: 500ms
     healthyThreshold: 1
     unhealthyThreshold: 2
+  faults:
+    delay: { fixedDelay: 1ms, percentage: 0.5 }
+    abort: { httpStatus: 503, percentage: 0.0001 }
+    headers: [ { name: x-chaos, value: "y.*", type: RegularExpression } ]
 ---
 apiVersion: trellis.dev/v1alpha1
 kind: TrafficPolicy
@@ -173,6 +177,7 @@ metadata: { name: s-maglev }
 spec:
   targetRef: { name: s-maglev }
   loadBalancer: { algorithm: Maglev, hashKey: { sourceIp: true } }
+  faults: { abort: { grpcStatus: UNAVAILABLE, percentage: 1 } }
 ---
 apiVersion: trellis.dev/v1alpha1
 kind: HTTPRoute
@@ -195,6 +200,11 @@ spec:
         - path: { type: RegularExpression, value: "^/regex/[0-9]+$" }
       backendRefs:
         - { name: catalog, subset: v1 }
+    - matches:
+        - path: { type: Exact, value: /fault-abort }
+      backendRefs:
+        - { name: catalog, subset: v1 }
+      faults: { abort: { httpStatus: 418 } }
     - matches:
         - path: { type: PathPrefix, value: / }
           headers: [ { name: x-to, value: ewma } ]
@@ -530,6 +540,9 @@ async fn coverage(control: &ControlPlane, envoy: &Envoy) -> anyhow::Result<()> {
         "retry_back_off",
         "previous_hosts",
         "grpc_timeout_header_max",
+        "envoy.filters.http.fault",
+        "fixed_delay",
+        "grpc_status",
     ] {
         ensure!(
             text.contains(field),
@@ -557,6 +570,14 @@ async fn coverage(control: &ControlPlane, envoy: &Envoy) -> anyhow::Result<()> {
         out.failures().is_empty() && out.per_instance().get("catalog-v1") == Some(&50),
         "the RegularExpression path rule must send /regex/N to v1 only: {}",
         out.summary()
+    );
+    // Envoy injects the rule's fault: /fault-abort is answered 418 by its fault filter.
+    let reply = client.send(&Req::get("catalog", "/fault-abort")).await?;
+    ensure!(
+        reply.status == 418,
+        "Envoy must abort /fault-abort with the rule's 418: {} {}",
+        reply.status,
+        String::from_utf8_lossy(&reply.body)
     );
     envoy.assert_no_rejections().await
 }

@@ -131,11 +131,11 @@ impl Mesh {
             .client
             .run(200, 4, move |i| Req::get(SERVICE, &format!("{prefix}/{i}")))
             .await;
-        self.log.note(&format!("{what}: {:?}", tally(&out)));
+        self.log.note(&format!("{what}: {:?}", out.tally()));
         ensure!(
             out.failures().is_empty(),
             "requests failed: {:?}",
-            tally(&out)
+            out.tally()
         );
         ensure!(
             self.metric("trellis_outlier_ejections_total").await? >= 1.0,
@@ -175,17 +175,17 @@ impl Mesh {
             .run(24, within, |i| Req::get(SERVICE, &format!("/within/{i}")))
             .await;
         self.log
-            .note(&format!("{within} concurrent: {:?}", tally(&out)));
+            .note(&format!("{within} concurrent: {:?}", out.tally()));
         ensure!(
             out.failures().is_empty(),
             "refused within the limit: {:?}",
-            tally(&out)
+            out.tally()
         );
         let out = self
             .client
             .run(48, 16, |i| Req::get(SERVICE, &format!("/over/{i}")))
             .await;
-        let t = tally(&out);
+        let t = out.tally();
         self.log.note(&format!("16 concurrent: {t:?}"));
         let open = t.get("503 circuit_open").copied().unwrap_or(0);
         let ok = t.get("200 ").copied().unwrap_or(0);
@@ -196,19 +196,6 @@ impl Mesh {
         );
         Ok((out, open))
     }
-}
-
-/// Replies by (status, reason) for the log and assertions.
-fn tally(out: &Outcomes) -> std::collections::BTreeMap<String, usize> {
-    let mut m = std::collections::BTreeMap::new();
-    for r in &out.results {
-        let key = match r {
-            Ok(reply) => format!("{} {}", reply.status, reply.reason().unwrap_or_default()),
-            Err(e) => format!("error {e}"),
-        };
-        *m.entry(key).or_insert(0) += 1;
-    }
-    m
 }
 
 const RETRY_TO_OTHERS: &str = "  retries:
@@ -242,11 +229,11 @@ async fn a_killed_backend_costs_no_request_and_is_ejected() -> anyhow::Result<()
     mesh.log.note("SIGKILL the victim's sidecar");
     mesh.instances[victim].sidecar.process().sigkill().await?;
     let out = load.await.context("load task")?;
-    mesh.log.note(&format!("steady load: {:?}", tally(&out)));
+    mesh.log.note(&format!("steady load: {:?}", out.tally()));
     ensure!(
         out.failures().is_empty(),
         "requests failed: {:?}",
-        tally(&out)
+        out.tally()
     );
 
     // Outlier detection has ejected the dead endpoint: from then on no try goes to it, so
@@ -267,7 +254,7 @@ async fn a_killed_backend_costs_no_request_and_is_ejected() -> anyhow::Result<()
     ensure!(
         out.failures().is_empty(),
         "requests failed: {:?}",
-        tally(&out)
+        out.tally()
     );
     let per = out.per_instance();
     mesh.log.note(&format!("after the ejection: {per:?}"));
@@ -363,7 +350,7 @@ async fn when_every_backend_fails_retries_stay_within_the_budget() -> anyhow::Re
     // Only to size the floor's share of the bound (retries per second), not asserted.
     let windows = started.elapsed().as_secs() as usize + 2;
     let attempts = mesh.received() - before;
-    let t = tally(&out);
+    let t = out.tally();
     mesh.log.note(&format!(
         "all failing: {t:?}, {attempts} attempts in {windows} windows"
     ));
@@ -534,11 +521,11 @@ async fn bodies_are_replayed_up_to_the_buffer_limit_and_larger_ones_are_not_retr
             Req::post(SERVICE, &format!("/small/{i}"), small.clone())
         })
         .await;
-    mesh.log.note(&format!("small bodies: {:?}", tally(&out)));
+    mesh.log.note(&format!("small bodies: {:?}", out.tally()));
     ensure!(
         out.failures().is_empty(),
         "small POSTs failed: {:?}",
-        tally(&out)
+        out.tally()
     );
     ensure!(victim.received() > 0, "the failing app was never tried");
     for r in out.results.iter().flatten() {
@@ -557,7 +544,7 @@ async fn bodies_are_replayed_up_to_the_buffer_limit_and_larger_ones_are_not_retr
             Req::post(SERVICE, &format!("/large/{i}"), large.clone())
         })
         .await;
-    let t = tally(&out);
+    let t = out.tally();
     mesh.log.note(&format!("large bodies: {t:?}"));
     let refused = t.get("503 ").copied().unwrap_or(0);
     ensure!(refused > 0, "no large POST met the failing app: {t:?}");

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod duration;
+mod faults;
 mod health;
 mod ratelimit;
 pub mod reason;
@@ -18,6 +19,7 @@ mod validate;
 pub mod wire;
 
 pub use duration::{format_duration, parse_duration};
+pub use faults::*;
 pub use health::*;
 pub use ratelimit::*;
 pub use registration::{Health, InstanceRegistration, Protocol};

@@ -78,6 +78,12 @@ pub const ALL: &[Reason] = &[
         fix: "see `circuitBreakers` in `trellis describe service <name>`; raise the limit or add instances",
     },
     Reason {
+        token: "fault_abort",
+        status: 503,
+        what: "the service's fault injection aborted the request on purpose (the status is the one configured; 503 is only the usual choice)",
+        fix: "see `faults` in `trellis describe service <name>` and its HTTPRoutes; remove them to stop the injection",
+    },
+    Reason {
         token: "rate_limited",
         status: 429,
         what: "a rate limit of the called service refused the request; `Retry-After` says when to try again",

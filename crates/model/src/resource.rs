@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ActiveHealthCheck, AuthorizationPolicyResource, CircuitBreakers, LocalityFailover,
+    ActiveHealthCheck, AuthorizationPolicyResource, CircuitBreakers, Faults, LocalityFailover,
     OutlierDetection, Protocol, RateLimitPolicyResource, RequestAuthenticationResource,
     RetryPolicy, RouteRetry, RouteTimeouts, Timeouts,
 };
@@ -154,6 +154,9 @@ pub struct TrafficPolicySpec {
     /// Active health checks of the service's endpoints by the calling sidecars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<ActiveHealthCheck>,
+    /// Delays and aborts injected by every caller's sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Faults>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +233,9 @@ pub struct HttpRouteRule {
     /// Overrides the target service's retries for this rule (Gateway API GEP-1731).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RouteRetry>,
+    /// Replaces the target service's faults for this rule (`{}`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Faults>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

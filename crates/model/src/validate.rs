@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::{API_VERSION, Kind, Protocol, Resource};
 
+mod faults;
 mod ratelimit;
 mod refs;
 mod registration;

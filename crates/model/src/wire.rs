@@ -98,3 +98,11 @@ pub const RATE_LIMIT_PER_SOURCE: &str = "rateLimitPerSource";
 pub const RATE_LIMIT_GLOBAL: &str = "rateLimitGlobal";
 /// The `x-trellis-reason` of a rate-limited request.
 pub const RATE_LIMITED_REASON: &str = "rate_limited";
+
+/// Fault injection (TrafficPolicy / HTTPRoute `faults`): Envoy's HTTP fault filter on the
+/// outbound HttpConnectionManager, configured per virtual host and route.
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+pub const FAULT_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+/// The `x-trellis-reason` of an injected abort.
+pub const FAULT_ABORT_REASON: &str = "fault_abort";

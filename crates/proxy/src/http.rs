@@ -178,6 +178,49 @@ pub(crate) fn local_reply(
     resp
 }
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// True for gRPC requests (`content-type: application/grpc`, `application/grpc+proto`, ...).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A response the proxy makes itself to a gRPC caller: trailers-only (HTTP 200, `grpc-status`
+/// `code`, `grpc-message`), with `x-trellis-reason`.
+pub(crate) fn grpc_reply(code: u16, reason: &'static str, message: &str) -> Response<ProxyBody> {
+    let mut resp = local_reply(StatusCode::OK, reason, Bytes::new());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(GRPC_STATUS, HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(&grpc_message(message.trim_end())) {
+        h.insert(GRPC_MESSAGE, v);
+    }
+    resp
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec says: bytes outside printable
+/// ASCII, and `%`, as `%XX`.
+pub(crate) fn grpc_message(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    }
+    out
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named by `Connection`, plus
 /// Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, and TE unless it is
 /// exactly `trailers` (which gRPC needs end to end).

@@ -81,7 +81,31 @@ pub(crate) const LOCAL_REASONS: &[&str] = &[
     "unauthenticated",
     "rbac_denied",
     "app_unavailable",
+    "fault_abort",
 ];
+
+/// The kinds of injected faults (`trellis_faults_injected_total{kind}`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum FaultKind {
+    Delay,
+    Abort,
+}
+
+impl FaultKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Delay => "delay",
+            FaultKind::Abort => "abort",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    direction: &'static str,
+    destination_service: Arc<str>,
+    kind: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
@@ -124,6 +148,7 @@ pub(crate) struct Metrics {
     connect_errors: Family<ServiceLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
     xds_updates: Family<XdsLabels, Counter>,
     health_checks: Family<HealthCheckLabels, Counter>,
     unhealthy_endpoints: Family<ClusterLabels, Gauge>,
@@ -147,6 +172,7 @@ impl Metrics {
         let connect_errors = Family::<ServiceLabels, Counter>::default();
         let retries = Family::<ServiceLabels, Counter>::default();
         let ejections = Family::<ServiceLabels, Counter>::default();
+        let faults = Family::<FaultLabels, Counter>::default();
         let xds_updates = Family::<XdsLabels, Counter>::default();
         registry.register(
             "trellis_requests",
@@ -172,6 +198,12 @@ impl Metrics {
             "trellis_outlier_ejections",
             "Endpoints of an upstream service ejected by outlier detection",
             ejections.clone(),
+        );
+        registry.register(
+            "trellis_faults_injected",
+            "Faults injected into requests to an upstream service, by kind (delay: Envoy's DI \
+             flag, abort: FI)",
+            faults.clone(),
         );
         registry.register(
             "trellis_xds_updates",
@@ -206,6 +238,7 @@ impl Metrics {
             connect_errors,
             retries,
             ejections,
+            faults,
             xds_updates,
             health_checks,
             unhealthy_endpoints,
@@ -243,6 +276,8 @@ impl Metrics {
                 .collect(),
             retries: self.retries.get_or_create_owned(&labels),
             ejections: self.ejections.get_or_create_owned(&labels),
+            faults: self.faults.clone(),
+            fault_counters: Default::default(),
         });
         map.insert((direction, name), m.clone());
         m
@@ -434,6 +469,10 @@ pub(crate) struct ServiceMetrics {
     local: Box<[OnceLock<Counter>]>,
     retries: Counter,
     ejections: Counter,
+    faults: Family<FaultLabels, Counter>,
+    /// Index: [`FaultKind`] (delay, abort); resolved on first use, so services without
+    /// faults export no series.
+    fault_counters: [OnceLock<Counter>; 2],
 }
 
 impl ServiceMetrics {
@@ -476,6 +515,19 @@ impl ServiceMetrics {
 
     pub fn ejection(&self) {
         self.ejections.inc();
+    }
+
+    /// A fault injected into a request to this service.
+    pub fn fault(&self, kind: FaultKind) {
+        self.fault_counters[kind as usize]
+            .get_or_init(|| {
+                self.faults.get_or_create_owned(&FaultLabels {
+                    direction: self.direction.as_str(),
+                    destination_service: self.service.clone(),
+                    kind: kind.as_str(),
+                })
+            })
+            .inc();
     }
 
     pub fn connect_error(&self) {

@@ -52,14 +52,14 @@ pub enum PathMatch {
     Regex(Regex),
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct HeaderMatch {
     pub target: HeaderTarget,
     pub matcher: StringMatch,
     pub invert: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum HeaderTarget {
     Method,
     Header(HeaderName),
@@ -74,6 +74,22 @@ pub enum StringMatch {
     /// Must match the whole value.
     Regex(Regex),
     Present(bool),
+}
+
+/// Equal when they match the same way (regexes: the same pattern).
+impl PartialEq for StringMatch {
+    fn eq(&self, other: &Self) -> bool {
+        use StringMatch::*;
+        match (self, other) {
+            (Exact(a), Exact(b))
+            | (Prefix(a), Prefix(b))
+            | (Suffix(a), Suffix(b))
+            | (Contains(a), Contains(b)) => a == b,
+            (Regex(a), Regex(b)) => a.as_str() == b.as_str(),
+            (Present(a), Present(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -159,6 +159,20 @@ impl Outcomes {
             .instance()
     }
 
+    /// Answers counted by `"STATUS REASON"` (`"200 "` for upstream answers, `"503
+    /// fault_abort"`), and `"error E"` per transport error, for logs and assertions.
+    pub fn tally(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for r in &self.results {
+            let key = match r {
+                Ok(reply) => format!("{} {}", reply.status, reply.reason().unwrap_or_default()),
+                Err(e) => format!("error {e}"),
+            };
+            *m.entry(key).or_insert(0) += 1;
+        }
+        m
+    }
+
     /// A one-line summary for assertion messages.
     pub fn summary(&self) -> String {
         let failures = self.failures();

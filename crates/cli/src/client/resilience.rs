@@ -9,8 +9,8 @@ use trellis_model::{
     DEFAULT_BUDGET_MIN_PER_SECOND, DEFAULT_BUDGET_PERCENT, DEFAULT_HC_HEALTHY_THRESHOLD,
     DEFAULT_HC_INTERVAL, DEFAULT_HC_TIMEOUT, DEFAULT_HC_UNHEALTHY_THRESHOLD,
     DEFAULT_MAX_BUFFER_BYTES, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON,
-    DEFAULT_SPILLOVER_THRESHOLD, HttpRouteResource, TrafficPolicySpec, duration_or,
-    format_duration,
+    DEFAULT_SPILLOVER_THRESHOLD, Faults, GrpcStatus, HeaderMatchType, HttpRouteResource,
+    TrafficPolicySpec, duration_or, format_duration,
 };
 
 fn dur(s: Option<&str>, default: Option<Duration>) -> String {
@@ -19,6 +19,47 @@ fn dur(s: Option<&str>, default: Option<Duration>) -> String {
         (None, Some(d)) => format_duration(d),
         (None, None) => "none".to_string(),
     }
+}
+
+/// One `faults` block: `delay 50ms for 10% of requests; abort 503 for 5% of requests; when
+/// x-chaos = on`.
+fn faults(f: &Faults) -> String {
+    let pct = |p: Option<f64>| p.unwrap_or(100.0);
+    let mut parts = Vec::new();
+    if let Some(d) = &f.delay {
+        parts.push(format!(
+            "delay {} for {}% of requests",
+            d.fixed_delay,
+            pct(d.percentage)
+        ));
+    }
+    if let Some(a) = &f.abort {
+        let status = match (a.http_status, &a.grpc_status) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(GrpcStatus::Code(c))) => format!("gRPC {c}"),
+            (None, Some(GrpcStatus::Name(n))) => format!("gRPC {n}"),
+            (None, None) => "?".to_string(),
+        };
+        parts.push(format!(
+            "abort {status} for {}% of requests",
+            pct(a.percentage)
+        ));
+    }
+    if parts.is_empty() {
+        return "none (the service's are off)".to_string();
+    }
+    if !f.headers.is_empty() {
+        let when: Vec<String> = f
+            .headers
+            .iter()
+            .map(|h| match h.kind {
+                HeaderMatchType::Exact => format!("{} = {}", h.name, h.value),
+                HeaderMatchType::RegularExpression => format!("{} ~ {}", h.name, h.value),
+            })
+            .collect();
+        parts.push(format!("when {}", when.join(" and ")));
+    }
+    parts.join("; ")
 }
 
 /// The `Resilience:` section.
@@ -181,9 +222,19 @@ pub(super) fn describe(
             let _ = writeln!(out, "  Locality:  every zone alike");
         }
     }
+    let _ = writeln!(
+        out,
+        "  Faults:    {}",
+        policy
+            .and_then(|p| p.faults.as_ref())
+            .map_or_else(|| "none".to_string(), faults)
+    );
     for r in routes {
         for (i, rule) in r.spec.rules.iter().enumerate() {
             let mut parts = Vec::new();
+            if let Some(f) = &rule.faults {
+                parts.push(format!("faults: {}", faults(f)));
+            }
             if let Some(t) = &rule.timeouts {
                 parts.push(format!(
                     "request {}, per try {}",

@@ -221,13 +221,31 @@ spec:
   circuitBreakers: { maxRequests: 10 }
   healthCheck: { http: { path: /healthz }, unhealthyThreshold: 4 }
   loadBalancer: { localityFailover: {} }
+  faults:
+    delay: { fixedDelay: 50ms, percentage: 0.5 }
+    abort: { grpcStatus: UNAVAILABLE }
+    headers: [ { name: x-chaos, value: inject } ]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: catalog-calm }
+spec:
+  parentRefs: [ { name: catalog } ]
+  rules:
+    - backendRefs: [ { name: catalog } ]
+      faults: {}
+    - backendRefs: [ { name: catalog } ]
+      faults: { abort: { httpStatus: 503, percentage: 5 } }
 ";
     let resources = trellis_model::parse_documents("m", text).expect("valid");
     let Resource::TrafficPolicy(p) = &resources[0] else {
         panic!("unexpected kinds: {resources:?}");
     };
+    let Resource::HttpRoute(r) = &resources[1] else {
+        panic!("unexpected kinds: {resources:?}");
+    };
     let body = json!({"name": "catalog", "declared": null, "policy": p.spec,
-        "routes": [], "instances": [], "proxies": []});
+        "routes": [r], "instances": [], "proxies": []});
     let out = table::describe_service(&body, 0);
     for want in [
         "Timeouts:  connect 1s, request none, per try 500ms, idle 90s",
@@ -236,6 +254,9 @@ spec:
         "Breakers:  10 requests, 1024 retries in flight",
         "Checks:    GET /healthz expecting any 2xx every 5s (timeout 1s); out after 4 failures, back after 2 passes",
         "Locality:  the caller's zone first; spill below 70% available there",
+        "Faults:    delay 50ms for 0.5% of requests; abort gRPC UNAVAILABLE for 100% of requests; when x-chaos = inject",
+        "catalog-calm rule 1: faults: none (the service's are off)",
+        "catalog-calm rule 2: faults: abort 503 for 5% of requests",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }

@@ -2,6 +2,7 @@
 //! docs/XDS.md is the contract.
 
 mod ads;
+mod faults;
 pub mod health;
 mod node;
 mod proxies;

@@ -15,12 +15,12 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 use trellis_model::{
-    Algorithm, BackendRef, HeaderMatchType, HttpRouteMatch, PathMatch, PathMatchType, Protocol,
-    wire,
+    Algorithm, BackendRef, HeaderMatch, HeaderMatchType, HttpRouteMatch, PathMatch, PathMatchType,
+    Protocol, wire,
 };
 
-use super::resilience;
 use super::translate::upstream_protocol;
+use super::{faults, resilience};
 use crate::snapshot::{MeshSnapshot, ServiceView};
 
 /// Name of the default route that ends every virtual host.
@@ -57,12 +57,14 @@ fn virtual_host(snapshot: &MeshSnapshot, view: &ServiceView) -> VirtualHost {
             } else {
                 &rule.matches[..]
             };
+            let filters = faults::per_filter_config(rule.faults.as_ref());
             for (match_idx, m) in matches.iter().enumerate() {
                 routes.push(Route {
                     name: format!("{}/{rule_idx}/{match_idx}", http_route.metadata.name),
                     r#match: Some(route_match(m)),
                     action: Some(Action::Route(action.clone())),
                     per_request_buffer_limit_bytes: buffer_limit,
+                    typed_per_filter_config: filters.clone(),
                     ..Default::default()
                 });
             }
@@ -87,6 +89,7 @@ fn virtual_host(snapshot: &MeshSnapshot, view: &ServiceView) -> VirtualHost {
         name: view.name.clone(),
         domains: vec![view.name.clone(), format!("{}:*", view.name)],
         routes,
+        typed_per_filter_config: faults::per_filter_config(policy.and_then(|p| p.faults.as_ref())),
         ..Default::default()
     }
 }
@@ -115,17 +118,7 @@ fn route_match(m: &HttpRouteMatch) -> RouteMatch {
             PathMatchType::RegularExpression => PathSpecifier::SafeRegex(regex(value)),
         },
     };
-    let mut headers: Vec<HeaderMatcher> = m
-        .headers
-        .iter()
-        .map(|h| {
-            let pattern = match h.kind {
-                HeaderMatchType::Exact => MatchPattern::Exact(h.value.clone()),
-                HeaderMatchType::RegularExpression => MatchPattern::SafeRegex(regex(&h.value)),
-            };
-            header_matcher(&h.name, pattern)
-        })
-        .collect();
+    let mut headers = header_matchers(&m.headers);
     if let Some(method) = &m.method {
         headers.push(header_matcher(
             ":method",
@@ -137,6 +130,20 @@ fn route_match(m: &HttpRouteMatch) -> RouteMatch {
         headers,
         ..Default::default()
     }
+}
+
+/// HTTPRoute header matches as Envoy `HeaderMatcher`s (also the fault filter's `headers`).
+pub fn header_matchers(headers: &[HeaderMatch]) -> Vec<HeaderMatcher> {
+    headers
+        .iter()
+        .map(|h| {
+            let pattern = match h.kind {
+                HeaderMatchType::Exact => MatchPattern::Exact(h.value.clone()),
+                HeaderMatchType::RegularExpression => MatchPattern::SafeRegex(regex(&h.value)),
+            };
+            header_matcher(&h.name, pattern)
+        })
+        .collect()
 }
 
 fn regex(re: &str) -> RegexMatcher {

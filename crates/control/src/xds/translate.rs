@@ -45,6 +45,7 @@ use envoy_types::pb::google::protobuf::{
 use envoy_types::util::pack_any;
 use trellis_model::{Algorithm, LoadBalancer, LocalityFailover, Protocol, TrafficPolicySpec, wire};
 
+use super::faults;
 use super::health;
 pub use super::node::NodeInfo;
 use super::ratelimit;
@@ -284,7 +285,12 @@ fn outbound_listener(node: &NodeInfo) -> Listener {
             node.outbound_port,
         )),
         filter_chains: vec![FilterChain {
-            filters: vec![hcm_filter(wire::OUTBOUND, route, Vec::new(), None)],
+            filters: vec![hcm_filter(
+                wire::OUTBOUND,
+                route,
+                vec![faults::fault_filter()],
+                None,
+            )],
             ..Default::default()
         }],
         ..Default::default()

@@ -17,7 +17,7 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Parses an optional duration field: positive and at most `max`.
-fn duration(
+pub(super) fn duration(
     field: &str,
     value: Option<&str>,
     max: Duration,
@@ -106,6 +106,9 @@ pub(super) fn check_policy(spec: &TrafficPolicySpec, out: &mut Vec<Issue>) {
     }
     if let Some(c) = &spec.circuit_breakers {
         check_breakers(c, out);
+    }
+    if let Some(f) = &spec.faults {
+        super::faults::check("spec.faults", f, false, out);
     }
     if let Some(h) = &spec.health_check {
         check_health_check(h, out);
@@ -454,5 +457,8 @@ pub(super) fn check_rule(here: &str, rule: &HttpRouteRule, out: &mut Vec<Issue>)
             MAX_BACKOFF,
             out,
         );
+    }
+    if let Some(f) = &rule.faults {
+        super::faults::check(&format!("{here}.faults"), f, true, out);
     }
 }

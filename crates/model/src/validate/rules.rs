@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    Algorithm, HeaderMatchType, HttpRouteResource, Metadata, PathMatchType, Resource,
+    Algorithm, HeaderMatch, HeaderMatchType, HttpRouteResource, Metadata, PathMatchType, Resource,
     ServiceResource, TrafficPolicyResource,
 };
 
@@ -104,6 +104,18 @@ pub(crate) fn check_resource(r: &Resource, out: &mut Vec<Issue>) {
         Resource::AuthorizationPolicy(p) => super::security::check_authorization(p, out),
         Resource::RateLimitPolicy(p) => super::ratelimit::check_rate_limit(p, out),
         Resource::RequestAuthentication(a) => super::security::check_authentication(a, out),
+    }
+}
+
+/// One header match (`at` = its path): a valid header name, a regex that compiles.
+pub(super) fn check_header_match(at: &str, hm: &HeaderMatch, out: &mut Vec<Issue>) {
+    if let Err(e) = check_header_name(&hm.name) {
+        out.push(Issue::new(&format!("{at}.name"), e));
+    }
+    if hm.kind == HeaderMatchType::RegularExpression
+        && let Err(e) = check_regex(&hm.value)
+    {
+        out.push(Issue::new(&format!("{at}.value"), e));
     }
 }
 
@@ -262,15 +274,7 @@ fn check_route(h: &HttpRouteResource, out: &mut Vec<Issue>) {
                 }
             }
             for (k, hm) in mat.headers.iter().enumerate() {
-                let hat = format!("{at}.headers[{k}]");
-                if let Err(e) = check_header_name(&hm.name) {
-                    out.push(Issue::new(&format!("{hat}.name"), e));
-                }
-                if hm.kind == HeaderMatchType::RegularExpression
-                    && let Err(e) = check_regex(&hm.value)
-                {
-                    out.push(Issue::new(&format!("{hat}.value"), e));
-                }
+                check_header_match(&format!("{at}.headers[{k}]"), hm, out);
             }
             if let Some(method) = &mat.method
                 && !METHODS.contains(&method.as_str())

@@ -18,8 +18,19 @@ pub(crate) enum Shape {
         min: u64,
         max: u64,
     },
+    /// A number (fractions allowed) in `min..=max`.
+    Number {
+        min: f64,
+        max: f64,
+    },
     /// A string out of a fixed set (serde unit enums).
     OneOf(&'static [&'static str]),
+    /// An integer in `min..=max` or one of the names (a gRPC status: `14` or `UNAVAILABLE`).
+    IntOrName {
+        min: u64,
+        max: u64,
+        names: &'static [&'static str],
+    },
     /// A map from strings to strings (labels).
     StrMap,
     List(&'static Shape),
@@ -241,6 +252,36 @@ static BREAKERS: Shape = Shape::Obj(&[
     f("maxRetries", &BREAKER_LIMIT, Nullable),
 ]);
 
+static PERCENTAGE: Shape = Shape::Number {
+    min: 0.0,
+    max: 100.0,
+};
+
+static FAULT_DELAY: Shape = Shape::Obj(&[
+    f("fixedDelay", &Shape::Str, Required),
+    f("percentage", &PERCENTAGE, Nullable),
+]);
+
+static FAULT_ABORT: Shape = Shape::Obj(&[
+    f("httpStatus", &int(200, 599), Nullable),
+    f(
+        "grpcStatus",
+        &Shape::IntOrName {
+            min: 1,
+            max: 16,
+            names: crate::GRPC_CODES.split_at(1).1,
+        },
+        Nullable,
+    ),
+    f("percentage", &PERCENTAGE, Nullable),
+]);
+
+static FAULTS: Shape = Shape::Obj(&[
+    f("delay", &FAULT_DELAY, Nullable),
+    f("abort", &FAULT_ABORT, Nullable),
+    f("headers", &Shape::List(&HEADER_MATCH), Optional),
+]);
+
 static POLICY_SPEC: Shape = Shape::Obj(&[
     f("targetRef", &SERVICE_REF, Required),
     f("loadBalancer", &LOAD_BALANCER, Optional),
@@ -248,6 +289,7 @@ static POLICY_SPEC: Shape = Shape::Obj(&[
     f("retries", &RETRIES, Nullable),
     f("outlierDetection", &OUTLIER, Nullable),
     f("circuitBreakers", &BREAKERS, Nullable),
+    f("faults", &FAULTS, Nullable),
     f("healthCheck", &HEALTH_CHECK, Nullable),
 ]);
 
@@ -332,6 +374,7 @@ static ROUTE_RULE: Shape = Shape::Obj(&[
     f("backendRefs", &Shape::List(&BACKEND_REF), Required),
     f("timeouts", &ROUTE_TIMEOUTS, Nullable),
     f("retry", &ROUTE_RETRY, Nullable),
+    f("faults", &FAULTS, Nullable),
 ]);
 
 static ROUTE_SPEC: Shape = Shape::Obj(&[
@@ -505,6 +548,32 @@ pub(crate) fn check(v: &Value, shape: &Shape, path: &str, out: &mut Vec<Issue>) 
                 push(reason);
             }
         }
+        Shape::Number { min, max } => match v.as_f64() {
+            Some(x) if v.is_number() && (*min..=*max).contains(&x) => {}
+            Some(_) if v.is_number() => push(format!(
+                "{} is out of range: must be between {min} and {max}",
+                describe(v).trim_matches('`')
+            )),
+            _ => push(format!("expected a number, found {}", describe(v))),
+        },
+        Shape::IntOrName { min, max, names } => match v {
+            Value::Number(_) => {
+                if let Some(reason) = check_int(v, *min, *max) {
+                    push(reason);
+                }
+            }
+            Value::String(s) if names.contains(&s.as_str()) => {}
+            Value::String(s) => push(format!(
+                "unknown value `{}`: expected a code {min}..={max} or one of {}{}",
+                shorten(s),
+                names.join(", "),
+                did_you_mean(s, names)
+            )),
+            _ => push(format!(
+                "expected a code {min}..={max} or a name (e.g. UNAVAILABLE), found {}",
+                describe(v)
+            )),
+        },
         Shape::OneOf(names) => match v.as_str() {
             Some(s) if names.contains(&s) => {}
             Some(s) => push(format!(

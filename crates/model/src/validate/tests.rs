@@ -514,5 +514,6 @@ fn mtls_mode_is_strict_unless_set_and_round_trips() {
     assert_eq!(back, parsed[0]);
 }
 
+mod faults;
 mod resilience;
 mod tcp;

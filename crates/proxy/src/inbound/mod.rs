@@ -38,6 +38,7 @@ use hyper::body::Incoming;
 use trellis_model::Protocol;
 
 use crate::authn::AuthnError;
+use crate::http::is_grpc;
 use crate::http::{HttpClients, ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
 use crate::metrics::{Direction, ServiceMetrics};
 use crate::outbound::error_chain;
@@ -46,7 +47,7 @@ use crate::security::InboundSecurity;
 use crate::server::{ConnInfo, Handler};
 use crate::shared::Shared;
 use admit::{Admit, admit, authorize, rate_limit};
-use refusal::{Refusal, is_grpc};
+use refusal::Refusal;
 
 /// Connect timeout to the local app.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

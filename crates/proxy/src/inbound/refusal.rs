@@ -2,14 +2,12 @@
 //! an HTTP status with `x-trellis-reason` and a one-line body, or, for gRPC, a trailers-only
 //! response (HTTP 200, `grpc-status`, `grpc-message`) that gRPC clients surface as a status.
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{Either, Full};
 
 use crate::authn::AuthnError;
 use crate::authz::PathError;
-use crate::http::{ProxyBody, REASON, local_reply};
+use crate::http::{ProxyBody, grpc_reply, local_reply};
 
 /// `x-trellis-reason` values of the refusals (stable tokens, for dashboards and tests).
 pub(crate) const NOT_READY: &str = "not_ready";
@@ -19,14 +17,11 @@ pub(crate) const RBAC_DENIED: &str = "rbac_denied";
 pub(crate) const RATE_LIMITED: &str = trellis_model::wire::RATE_LIMITED_REASON;
 
 /// gRPC status codes used here.
-const GRPC_INTERNAL: &str = "13";
-const GRPC_PERMISSION_DENIED: &str = "7";
-const GRPC_UNAUTHENTICATED: &str = "16";
-const GRPC_UNAVAILABLE: &str = "14";
-const GRPC_RESOURCE_EXHAUSTED: &str = "8";
-
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_INTERNAL: u16 = 13;
+const GRPC_PERMISSION_DENIED: u16 = 7;
+const GRPC_UNAUTHENTICATED: u16 = 16;
+const GRPC_UNAVAILABLE: u16 = 14;
+const GRPC_RESOURCE_EXHAUSTED: u16 = 8;
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,13 +36,6 @@ pub(crate) enum Refusal {
     Denied(&'static str),
     /// Over a RateLimitPolicy's limit; a token is back in `retry_after_secs` (at least 1).
     RateLimited { retry_after_secs: u64 },
-}
-
-/// True for gRPC requests (`content-type: application/grpc`, `application/grpc+proto`, ...).
-pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 impl Refusal {
@@ -87,7 +75,7 @@ impl Refusal {
         }
     }
 
-    fn grpc_status(&self) -> &'static str {
+    fn grpc_status(&self) -> u16 {
         match self {
             Refusal::NotReady => GRPC_UNAVAILABLE,
             // What gRPC maps HTTP 400 to.
@@ -101,18 +89,7 @@ impl Refusal {
     /// The response: HTTP, or gRPC trailers-only when `grpc`.
     pub fn response(&self, grpc: bool) -> Response<ProxyBody> {
         let mut resp = if grpc {
-            let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            h.insert(GRPC_STATUS, HeaderValue::from_static(self.grpc_status()));
-            if let Ok(v) = HeaderValue::from_str(&grpc_message(&self.message())) {
-                h.insert(GRPC_MESSAGE, v);
-            }
-            h.insert(REASON, HeaderValue::from_static(self.reason()));
-            resp
+            grpc_reply(self.grpc_status(), self.reason(), &self.message())
         } else {
             local_reply(
                 self.http_status(),
@@ -138,21 +115,4 @@ impl Refusal {
         }
         resp
     }
-}
-
-/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec says: bytes outside printable
-/// ASCII, and `%`, as `%XX`.
-pub(crate) fn grpc_message(text: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
-    out
 }

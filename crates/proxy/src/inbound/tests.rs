@@ -7,9 +7,10 @@ use serde_json::json;
 use trellis_model::AuthorizationPolicyResource;
 
 use super::admit::{Admit, admit, normalize_uri, spiffe_namespace};
-use super::refusal::{Refusal, grpc_message};
+use super::refusal::Refusal;
 use crate::authn::{Authenticator, AuthnError, JwksOptions, JwtVerifier};
 use crate::authz::{NOT_ALLOWED, PathError, PolicySet};
+use crate::http::grpc_message;
 use crate::security::InboundSecurity;
 
 fn request(uri: &str) -> Request<()> {

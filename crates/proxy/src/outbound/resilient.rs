@@ -1,6 +1,7 @@
 //! The outbound path for requests whose route or cluster has a resilience policy (or that
 //! carry `grpc-timeout`): one boxed future that runs, in order,
 //!
+//! 0. fault injection (a delay before anything else, then an abort answered at once);
 //! 1. the deadline (route timeout, or a smaller `grpc-timeout`) around everything below;
 //! 2. the circuit breaker (a request over `max_requests` is answered 503 `circuit_open` at once);
 //! 3. body buffering for replay (only when the route retries and the method may be retried;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
@@ -30,11 +31,14 @@ use hyper::body::Incoming;
 use super::{Decision, Extra, record_local, upstream_failure};
 use crate::accesslog;
 use crate::body::{Replay, ReqBody};
-use crate::http::{ProxyBody, Target, UpstreamError, local_reply, strip_hop_by_hop};
+use crate::http::{
+    ProxyBody, Target, UpstreamError, grpc_reply, is_grpc, local_reply, strip_hop_by_hop,
+};
+use crate::metrics::FaultKind;
 use crate::mtls::connect::prepare_h2;
 use crate::pool::UpstreamBody;
 use crate::resilience::retry::{self, Outcome, RetryPolicy};
-use crate::resilience::{RoutePolicy, reason, timeout};
+use crate::resilience::{RoutePolicy, fault, reason, timeout};
 use crate::shared::Shared;
 
 type Boxed = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
@@ -73,6 +77,20 @@ async fn run(
 ) -> Response<ProxyBody> {
     let grpc = is_grpc(req.headers());
     let policy = extra.policy.unwrap_or_else(|| NO_POLICY.clone());
+    // Faults first, as Envoy's fault filter runs before its router: a delay holds no endpoint,
+    // breaker slot or deadline; an abort costs nothing upstream.
+    let (d, begun) = match policy.faults.as_deref() {
+        None => (d, start),
+        Some(f) => {
+            let injection = f.decide(req.method(), req.headers(), || {
+                rand::random_range(0..fault::PER_MILLION)
+            });
+            match inject(injection, d, extra.hash, grpc, start).await {
+                Ok(next) => next,
+                Err(resp) => return resp,
+            }
+        }
+    };
     let caller_deadline = if req.version() == Version::HTTP_2 {
         timeout::grpc_timeout(req.headers())
     } else {
@@ -110,7 +128,7 @@ async fn run(
     let tries = tries(d, extra.hash, req, start, &shared, policy, grpc);
     match deadline {
         None => tries.await,
-        Some(t) => match tokio::time::timeout_at((start + t).into(), tries).await {
+        Some(t) => match tokio::time::timeout_at((begun + t).into(), tries).await {
             Ok(resp) => resp,
             Err(_) => {
                 let resp = reply(
@@ -127,6 +145,67 @@ async fn run(
             }
         },
     }
+}
+
+/// Applies `injection`: the delay (the balancer's pick is given back for the wait and made
+/// again after it, so the wait is no endpoint's load or latency), then the abort. `Ok`: the
+/// request goes on with this decision, its timers starting at the returned instant.
+async fn inject(
+    injection: fault::Injection,
+    d: Decision,
+    hash: Option<u64>,
+    grpc: bool,
+    start: Instant,
+) -> Result<(Decision, Instant), Response<ProxyBody>> {
+    let mut d = d;
+    let mut begun = start;
+    if let Some(wait) = injection.delay {
+        d.metrics.fault(FaultKind::Delay);
+        let Decision {
+            cluster,
+            load,
+            metrics,
+            ..
+        } = d;
+        drop(load);
+        tokio::time::sleep(wait).await;
+        begun = Instant::now();
+        let picked = cluster
+            .pick(hash, begun, 0)
+            .filter(|p| p.index < cluster.endpoints.len());
+        let Some(p) = picked else {
+            let resp = reply(
+                grpc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_endpoints",
+                format!(
+                    "trellis: cluster `{}` has no healthy endpoints\n",
+                    cluster.name
+                ),
+            );
+            record_local(&metrics, &resp, start);
+            return Err(resp);
+        };
+        d = Decision {
+            cluster,
+            index: p.index,
+            load: p.load,
+            metrics,
+        };
+    }
+    if let Some(status) = injection.abort {
+        drop(d.load);
+        d.metrics.fault(FaultKind::Abort);
+        let text = "trellis: fault injected: abort (faults.abort of the service or route)\n";
+        let resp = if grpc {
+            grpc_reply(status.grpc_code(), reason::FAULT_ABORT, text)
+        } else {
+            local_reply(status.http_status(), reason::FAULT_ABORT, text)
+        };
+        record_local(&d.metrics, &resp, start);
+        return Err(resp);
+    }
+    Ok((d, begun))
 }
 
 /// Reads up to `limit` bytes of `body`: the whole body (replayable), or, when it is larger,
@@ -472,9 +551,6 @@ fn finish(
     resp
 }
 
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-
 /// A local answer: HTTP status with `x-trellis-reason`, or for gRPC callers a trailers-only
 /// response (HTTP 200) with `grpc-status` 4 (DEADLINE_EXCEEDED) for timeouts, 3
 /// (INVALID_ARGUMENT) for bad requests and 14 (UNAVAILABLE) otherwise.
@@ -489,42 +565,9 @@ fn reply(
         return local_reply(status, why, Bytes::from(text));
     }
     let code = match status {
-        StatusCode::GATEWAY_TIMEOUT => "4",
-        StatusCode::BAD_REQUEST => "3",
-        _ => "14",
+        StatusCode::GATEWAY_TIMEOUT => 4,
+        StatusCode::BAD_REQUEST => 3,
+        _ => 14,
     };
-    let mut resp = local_reply(StatusCode::OK, why, Bytes::new());
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(GRPC_STATUS, HeaderValue::from_static(code));
-    if let Ok(v) = HeaderValue::from_str(&grpc_message(text.trim_end())) {
-        h.insert(GRPC_MESSAGE, v);
-    }
-    resp
-}
-
-/// True for gRPC requests (`content-type: application/grpc...`).
-fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// Percent-encodes a `grpc-message` (bytes outside printable ASCII, and `%`).
-fn grpc_message(text: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
-    out
+    grpc_reply(code, why, &text)
 }

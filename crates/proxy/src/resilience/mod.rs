@@ -6,7 +6,8 @@
 //! - [`budget`]: the per-cluster retry budget, so an outage never becomes a retry storm;
 //! - [`outlier`]: passive outlier detection (consecutive errors, success rate), ejection
 //!   times, max ejection percent and the panic threshold;
-//! - [`breaker`]: per-cluster circuit breakers (concurrent requests and retries).
+//! - [`breaker`]: per-cluster circuit breakers (concurrent requests and retries);
+//! - [`fault`]: fault injection (delays and aborts for a share of the requests).
 //!
 //! [`crate::outbound`] dispatches a request through them only when its route or cluster has
 //! a policy (or a gRPC request carries `grpc-timeout`); every other request keeps the
@@ -14,6 +15,7 @@
 
 pub mod breaker;
 pub mod budget;
+pub mod fault;
 pub mod outlier;
 pub mod retry;
 pub mod timeout;
@@ -21,6 +23,7 @@ pub mod timeout;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use breaker::Breaker;
@@ -28,7 +31,8 @@ pub use budget::RetryBudget;
 pub use outlier::{OutlierConfig, OutlierDetector};
 pub use retry::RetryPolicy;
 
-/// Timeouts and retries of one route (from `RouteAction`).
+/// Timeouts, retries and faults of one route (from `RouteAction` and the fault filter's
+/// per-route config).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RoutePolicy {
     /// The whole request until the response head, retries included.
@@ -37,6 +41,8 @@ pub struct RoutePolicy {
     pub per_try_timeout: Option<Duration>,
     /// `None`: no retries.
     pub retry: Option<RetryPolicy>,
+    /// `None`: no fault injection.
+    pub faults: Option<Arc<fault::FaultPolicy>>,
 }
 
 /// Circuit breakers, retry budget and outlier detection of one cluster (from the `Cluster`).
@@ -58,4 +64,5 @@ pub mod reason {
     pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
     pub const RETRY_BUDGET_EXHAUSTED: &str = "retry_budget_exhausted";
     pub const CIRCUIT_OPEN: &str = "circuit_open";
+    pub const FAULT_ABORT: &str = trellis_model::wire::FAULT_ABORT_REASON;
 }

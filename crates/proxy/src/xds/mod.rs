@@ -3,6 +3,7 @@
 //! and the accepted-state bookkeeping that turns them into a live snapshot ([`state`]).
 
 pub(crate) mod client;
+pub(crate) mod faults;
 pub(crate) mod health;
 pub(crate) mod ratelimit;
 pub(crate) mod resilience;

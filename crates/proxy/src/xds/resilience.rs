@@ -141,6 +141,7 @@ pub(crate) fn route_policy(
         request_timeout,
         per_try_timeout,
         retry,
+        faults: None,
     };
     Ok((policy != RoutePolicy::default()).then_some(policy))
 }

@@ -16,8 +16,11 @@ use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Any;
 use http::header::HeaderName;
+use trellis_model::wire;
 
 use super::translate::{decode, translate_all};
+use crate::resilience::RoutePolicy;
+use crate::resilience::fault::FaultPolicy;
 use crate::routing::{self, HashPolicy, HeaderMatch, HeaderTarget, PathMatch, StringMatch};
 
 /// Every RouteConfiguration in a response → (name, table).
@@ -54,12 +57,19 @@ fn virtual_host(vh: &VirtualHost) -> Result<routing::VirtualHost, String> {
     if vh.domains.is_empty() {
         return Err("no domains".to_string());
     }
+    // The service's faults, for every route that has none of its own.
+    let faults = vh
+        .typed_per_filter_config
+        .get(wire::FAULT_FILTER)
+        .map(super::faults::fault_policy)
+        .transpose()?
+        .flatten();
     let routes = vh
         .routes
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            route(r).map_err(|e| {
+            route(r, faults.as_ref()).map_err(|e| {
                 let name = if r.name.is_empty() {
                     format!("#{i}")
                 } else {
@@ -76,7 +86,7 @@ fn virtual_host(vh: &VirtualHost) -> Result<routing::VirtualHost, String> {
     })
 }
 
-fn route(r: &Route) -> Result<routing::Route, String> {
+fn route(r: &Route, vh_faults: Option<&Arc<FaultPolicy>>) -> Result<routing::Route, String> {
     let m = r.r#match.as_ref().ok_or("no match")?;
     if !m.query_parameters.is_empty() {
         return Err("query_parameters matching is not supported".to_string());
@@ -150,6 +160,14 @@ fn route(r: &Route) -> Result<routing::Route, String> {
         };
         hash.get_or_insert(policy);
     }
+    let mut policy = super::resilience::route_policy(action, buffer_limit(r))?;
+    let faults = match r.typed_per_filter_config.get(wire::FAULT_FILTER) {
+        Some(any) => super::faults::fault_policy(any)?,
+        None => vh_faults.cloned(),
+    };
+    if let Some(f) = faults {
+        policy.get_or_insert_with(RoutePolicy::default).faults = Some(f);
+    }
     Ok(routing::Route {
         name: r.name.clone(),
         matcher: routing::RouteMatch { path, headers },
@@ -157,7 +175,7 @@ fn route(r: &Route) -> Result<routing::Route, String> {
             clusters,
             total_weight,
             hash,
-            policy: super::resilience::route_policy(action, buffer_limit(r))?.map(Arc::new),
+            policy: policy.map(Arc::new),
         },
     })
 }
@@ -183,7 +201,7 @@ fn header_name(name: &str) -> Result<HeaderName, String> {
 
 // The deprecated `*_match` forms are still what many control planes send; accept both.
 #[allow(deprecated)]
-fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, String> {
+pub(super) fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, String> {
     let target = match h.name.as_str() {
         ":method" => HeaderTarget::Method,
         n if n.starts_with(':') => {

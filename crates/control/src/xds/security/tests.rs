@@ -384,9 +384,13 @@ fn inbound_http_filters_carry_the_applying_policies_then_the_router() {
             .map(trellis_model::Resource::RequestAuthentication)
             .collect::<Vec<_>>()
     );
-    // The outbound listener never carries policies.
+    // The outbound listener never carries policies: only the fault filter and the router.
     let out: Listener = decode(&res, LISTENER_TYPE, "outbound");
-    assert_eq!(hcm(&out).http_filters.len(), 1);
+    let names: Vec<String> = hcm(&out).http_filters.into_iter().map(|f| f.name).collect();
+    assert_eq!(
+        names,
+        vec![wire::FAULT_FILTER, crate::xds::translate::ROUTER_FILTER]
+    );
 
     // Without policies only the router is left, and only authz when only authz applies.
     let plain = resources_for(&mesh(MtlsMode::Strict), &node(Some(8080)));

@@ -32,9 +32,10 @@ fn outbound_listener_uses_rds_over_ads_and_router() {
         }
         other => panic!("expected RDS, got {other:?}"),
     }
-    assert_eq!(hcm.http_filters.len(), 1);
-    assert_eq!(hcm.http_filters[0].name, ROUTER_FILTER);
-    match &hcm.http_filters[0].config_type {
+    // The (empty) fault filter, then the router (see xds/faults/tests.rs).
+    assert_eq!(hcm.http_filters.len(), 2);
+    assert_eq!(hcm.http_filters[1].name, ROUTER_FILTER);
+    match &hcm.http_filters[1].config_type {
         Some(http_filter::ConfigType::TypedConfig(any)) => assert_eq!(
             any.type_url,
             "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"

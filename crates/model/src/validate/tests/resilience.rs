@@ -4,7 +4,8 @@
 use super::super::*;
 use crate::{Resource, TrafficPolicySpec};
 
-struct Store;
+/// Knows the service `catalog` (also used by the fault tests).
+pub(super) struct Store;
 
 impl KnownServices for Store {
     fn service_exists(&self, name: &str) -> bool {
@@ -41,7 +42,7 @@ spec:
     )
 }
 
-fn errors(text: &str) -> Vec<String> {
+pub(super) fn errors(text: &str) -> Vec<String> {
     match parse_and_validate("mesh.yaml", text, &Store) {
         Ok(_) => Vec::new(),
         Err(e) => e.errors.iter().map(ToString::to_string).collect(),
@@ -213,6 +214,11 @@ fn bad_values_name_their_field() {
             "spec.rules[0].timeouts.backendRequest: 5s is longer",
         ),
     ];
+    assert_each_reported(cases);
+}
+
+/// Each `(case, document, expected)`: the document's errors include one containing `expected`.
+pub(super) fn assert_each_reported(cases: &[(&str, String, &str)]) {
     for (case, text, expected) in cases {
         let errs = errors(text);
         assert!(

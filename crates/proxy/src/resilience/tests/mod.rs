@@ -2,6 +2,7 @@
 
 mod breaker;
 mod budget;
+mod fault;
 mod outlier;
 mod retry;
 mod timeout;
