@@ -2,35 +2,15 @@
 //! status names), and every bad value is reported naming its field.
 
 use super::super::*;
-use super::resilience::{assert_each_reported, errors};
+use super::resilience::{self, assert_each_reported, errors};
 use crate::{GrpcStatus, HeaderMatchType, Resource, fault_per_million};
 
 fn policy(faults: &str) -> String {
-    format!(
-        "apiVersion: trellis.dev/v1alpha1
-kind: TrafficPolicy
-metadata:
-  name: catalog
-spec:
-  targetRef: {{ name: catalog }}
-  faults: {faults}
-"
-    )
+    resilience::policy(&format!("  faults: {faults}\n"))
 }
 
 fn route(faults: &str) -> String {
-    format!(
-        "apiVersion: trellis.dev/v1alpha1
-kind: HTTPRoute
-metadata:
-  name: r
-spec:
-  parentRefs: [{{ name: catalog }}]
-  rules:
-    - backendRefs: [{{ name: catalog }}]
-      faults: {faults}
-"
-    )
+    resilience::route(&format!("      faults: {faults}\n"))
 }
 
 #[test]

@@ -16,7 +16,8 @@ impl KnownServices for Store {
     }
 }
 
-fn policy(spec: &str) -> String {
+/// A TrafficPolicy for `catalog` with `spec` (indented under `spec:`) after its targetRef.
+pub(super) fn policy(spec: &str) -> String {
     format!(
         "apiVersion: trellis.dev/v1alpha1
 kind: TrafficPolicy
@@ -28,7 +29,8 @@ spec:
     )
 }
 
-fn route(rule_extra: &str) -> String {
+/// An HTTPRoute for `catalog` whose one rule has `rule_extra` (indented) after its backendRefs.
+pub(super) fn route(rule_extra: &str) -> String {
     format!(
         "apiVersion: trellis.dev/v1alpha1
 kind: HTTPRoute
