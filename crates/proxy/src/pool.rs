@@ -13,7 +13,7 @@
 //! closed when the pool is next used; a pool and its connections go away when no cluster refers
 //! to the endpoint any more.
 //!
-//! A cluster with circuit breakers sends through [`EndpointPool::send`]: a new
+//! A cluster with circuit breakers passes them to [`EndpointPool::send`]: a new
 //! connection takes a `maxConnections` slot for its lifetime (counted against the cluster
 //! that opened it), and a request that finds no idle connection takes a `maxPendingRequests`
 //! slot while it waits, for a connect, or, when the cluster's connections are at their limit,
