@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Trellis benchmarks, side by side with direct traffic, Envoy, nginx and haproxy in one run.
 
-Started by bench/run.sh (which installs the tools and builds Trellis in release mode).
+Started by bench/run.sh (which installs the tools and builds Trellis in release mode). The
+sidecars are the `trellis-proxy` binary (the sidecar alone, as a sidecar image ships it); the
+control plane is `trellis control`.
 Everything listens on 127.0.0.1 with ports picked free at start; every process started here is
 stopped by PID. The proxy under test is pinned to CPU 0; backend and load generators to CPU 1.
 
@@ -11,7 +13,8 @@ Scenarios, interleaved round by round:
                trellis sidecar, envoy (--concurrency 1), nginx (1 worker), haproxy (1 thread)
   mesh path    -> client proxy -> server proxy -> backend: trellis pair, envoy pair (plaintext);
                trellis mtls pair, envoy mtls pair (mTLS 1.3 with certificates from the Trellis CA)
-  h2           h2load (h2c, prior knowledge) -> proxy -> backend
+  h2           h2load (h2c, prior knowledge) -> proxy -> backend (h2c); every proxy's h2 listener
+               is a process of its own, so h2 buffers never show in the HTTP/1.1 memory figures
 
 Figures: max req/s (wrk, closed loop), latency p50/p90/p99/p99.9 at fixed rates (oha, open loop,
 corrected for coordinated omission), proxy CPU per request, proxy RSS idle and after load.
@@ -155,22 +158,25 @@ http {{
 """
 
 
-def nginx_proxy_conf(port: int, port_h2: int, backend: int, workdir: str) -> str:
+def nginx_proxy_conf(port: int, h2: bool, backend: int, workdir: str) -> str:
+    """nginx as the one hop: HTTP/1.1 downstream on `port`, or h2c (prior knowledge) when `h2`."""
+    listen = f"listen 127.0.0.1:{port}{' http2' if h2 else ''} backlog=4096;"
     return f"""
-daemon off; worker_processes 1; pid {workdir}/nginx-proxy.pid; error_log stderr warn;
+daemon off; worker_processes 1; pid {workdir}/nginx-proxy-{port}.pid; error_log stderr warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 1000000; }}
   server {{
-    listen 127.0.0.1:{port} backlog=4096; listen 127.0.0.1:{port_h2} http2 backlog=4096;
+    {listen}
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
 """
 
 
-def haproxy_conf(port: int, port_h2: int, backend: int) -> str:
+def haproxy_conf(port: int, h2: bool, backend: int) -> str:
+    """haproxy as the one hop: HTTP/1.1 downstream on `port`, or h2c when `h2`."""
     return f"""
 global
   nbthread 1
@@ -182,8 +188,7 @@ defaults
   timeout server 60s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{port}
-  bind 127.0.0.1:{port_h2} proto h2
+  bind 127.0.0.1:{port}{' proto h2' if h2 else ''}
   default_backend be
 backend be
   server b1 127.0.0.1:{backend}
@@ -288,9 +293,13 @@ class Target:
     """One way of reaching the backend: the port to load, a Host header, the proxy PIDs."""
 
     def __init__(self, name, port, host=None, h2_port=None, pids=None, features="", peer="envoy",
-                 handshakes=None):
+                 handshakes=None, h2_pids=None, h2_host=None):
         self.name, self.port, self.host, self.h2_port = name, port, host, h2_port
         self.pids = pids or []
+        # HTTP/2 downstream goes to a process of its own (the same program and configuration, an
+        # h2c listener), for every proxy alike: the buffers an h2 run leaves in a process stay in
+        # its RSS, and would otherwise show in the HTTP/1.1 figures of the rounds after it.
+        self.h2_pids, self.h2_host = h2_pids or [], h2_host
         self.features = features
         # The Envoy setup this one is compared with, and a function counting the TLS handshakes
         # its server side has done (mTLS pairs).
@@ -298,10 +307,10 @@ class Target:
         self.rss_idle = rss_mib(self.all_pids())
 
     def all_pids(self):
-        out = []
-        for p in self.pids:
-            out.extend(proc_tree(p))
-        return out
+        return [c for p in self.pids for c in proc_tree(p)]
+
+    def all_h2_pids(self):
+        return [c for p in self.h2_pids for c in proc_tree(p)]
 
 
 def read_ready(p: subprocess.Popen, deadline_s: float = 30.0) -> dict:
@@ -368,7 +377,7 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
     def sidecar(name, service, app_port, extra=(), token=None):
         if token:
             extra = (*extra, "--join-token", api(control, "POST", "/v1/tokens", {"service": service})["token"])
-        p = procs.start(name, [args.trellis, "--log", "warn", "proxy", "--service", service,
+        p = procs.start(name, [args.proxy, "--log", "warn", "--service", service,
                                "--app-port", str(app_port), "--control", control,
                                "--admin-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0",
                                "--inbound-addr", "127.0.0.1:0", "--ttl", "1h", *extra],
@@ -390,10 +399,12 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
     one, one_ready = sidecar("trellis-sidecar", "bench-client", b1)
     wait_proxy_knows(one_ready["admin"], "backend")
     port_of = lambda addr: int(addr.rsplit(":", 1)[1])  # noqa: E731
-    t = Target("trellis", port_of(one_ready["outbound"]), host="backend", pids=[one.pid],
-               features="routing + load balancing + metrics; no TLS")
-    t.h2_host = "backend-h2"
-    targets.append(t)
+    one_h2, one_h2_ready = sidecar("trellis-sidecar-h2", "bench-client-h2", b2)
+    wait_proxy_knows(one_h2_ready["admin"], "backend-h2")
+    targets.append(Target("trellis", port_of(one_ready["outbound"]), host="backend", pids=[one.pid],
+                          features="routing + load balancing + metrics; no TLS",
+                          h2_port=port_of(one_h2_ready["outbound"]), h2_pids=[one_h2.pid],
+                          h2_host="backend-h2"))
     # Its own sidecar, so that each one's CPU and memory are its own.
     res, res_ready = sidecar("trellis-sidecar-r", "bench-client-r", b1)
     wait_proxy_knows(res_ready["admin"], "backend-r")
@@ -402,31 +413,45 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
                           features="as trellis, plus request/per-try timeouts, 2 retries with a budget, "
                                    "outlier detection, circuit breaker"))
 
-    # Envoy, one hop.
-    env_port, env_admin = free_port(), free_port()
-    conf = os.path.join(workdir, "envoy-one.json")
-    open(conf, "w").write(envoy_conf(env_admin, env_port, b1))
-    e = procs.start("envoy", [args.envoy, "-c", conf, "--concurrency", "1", "--base-id", "11",
-                              "--log-level", "warn"], PROXY_CPU)
-    wait_port(env_port)
-    targets.append(Target("envoy", env_port, h2_port=env_port, pids=[e.pid],
-                          features="router only, default stats"))
+    # Envoy, one hop (its listener's codec is AUTO: the h2 instance takes h2c on the same config).
+    def envoy_one(name, base_id):
+        port, admin = free_port(), free_port()
+        conf = os.path.join(workdir, f"{name}.json")
+        open(conf, "w").write(envoy_conf(admin, port, b1))
+        p = procs.start(name, [args.envoy, "-c", conf, "--concurrency", "1", "--base-id", str(base_id),
+                               "--log-level", "warn"], PROXY_CPU)
+        wait_port(port)
+        return port, p
+    env_port, e = envoy_one("envoy", 11)
+    env_h2, e2 = envoy_one("envoy-h2", 16)
+    targets.append(Target("envoy", env_port, pids=[e.pid], features="router only, default stats",
+                          h2_port=env_h2, h2_pids=[e2.pid]))
 
     # nginx, one hop.
-    ng_port, ng_h2 = free_port(), free_port()
-    conf = os.path.join(workdir, "nginx-proxy.conf")
-    open(conf, "w").write(nginx_proxy_conf(ng_port, ng_h2, b1, workdir))
-    n = procs.start("nginx-proxy", ["nginx", "-c", conf, "-e", "stderr"], PROXY_CPU)
-    wait_port(ng_port)
-    targets.append(Target("nginx", ng_port, h2_port=ng_h2, pids=[n.pid], features="proxy_pass, upstream keepalive"))
+    def nginx_one(name, h2):
+        port = free_port()
+        conf = os.path.join(workdir, f"{name}.conf")
+        open(conf, "w").write(nginx_proxy_conf(port, h2, b1, workdir))
+        p = procs.start(name, ["nginx", "-c", conf, "-e", "stderr"], PROXY_CPU)
+        wait_port(port)
+        return port, p
+    ng_port, n = nginx_one("nginx-proxy", False)
+    ng_h2, n2 = nginx_one("nginx-proxy-h2", True)
+    targets.append(Target("nginx", ng_port, pids=[n.pid], features="proxy_pass, upstream keepalive",
+                          h2_port=ng_h2, h2_pids=[n2.pid]))
 
     # haproxy, one hop.
-    hp_port, hp_h2 = free_port(), free_port()
-    conf = os.path.join(workdir, "haproxy.cfg")
-    open(conf, "w").write(haproxy_conf(hp_port, hp_h2, b1))
-    h = procs.start("haproxy", ["haproxy", "-f", conf, "-db"], PROXY_CPU)
-    wait_port(hp_port)
-    targets.append(Target("haproxy", hp_port, h2_port=hp_h2, pids=[h.pid], features="mode http, http-reuse always"))
+    def haproxy_one(name, h2):
+        port = free_port()
+        conf = os.path.join(workdir, f"{name}.cfg")
+        open(conf, "w").write(haproxy_conf(port, h2, b1))
+        p = procs.start(name, ["haproxy", "-f", conf, "-db"], PROXY_CPU)
+        wait_port(port)
+        return port, p
+    hp_port, h = haproxy_one("haproxy", False)
+    hp_h2, h2p = haproxy_one("haproxy-h2", True)
+    targets.append(Target("haproxy", hp_port, pids=[h.pid], features="mode http, http-reuse always",
+                          h2_port=hp_h2, h2_pids=[h2p.pid]))
 
     # Mesh path: Trellis pair. The server sidecar fronts the backend as service `mesh-backend`,
     # PERMISSIVE and without certificates: plaintext HTTP/1.1 between the sidecars.
@@ -485,6 +510,7 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
 
     for t in targets:
         t.rss_idle = rss_mib(t.all_pids())
+        t.h2_rss_idle = rss_mib(t.all_h2_pids())
     return targets, {"control": control}
 
 
@@ -512,8 +538,8 @@ def run_load(cmd: list[str]) -> str:
                           text=True, timeout=600).stdout
 
 
-def measure(t: Target, fn):
-    pids = t.all_pids()
+def measure(t: Target, fn, h2=False):
+    pids = t.all_h2_pids() if h2 else t.all_pids()
     c0, busy0 = cpu_seconds(pids), core_busy_seconds(PROXY_CPU)
     result = fn()
     c1, busy1 = cpu_seconds(pids), core_busy_seconds(PROXY_CPU)
@@ -561,7 +587,7 @@ def oha_rate(t: Target, rate: int, duration: int, conns: int) -> dict:
 def h2load_max(t: Target, duration: int, conns: int) -> dict:
     port = t.h2_port or t.port
     cmd = ["h2load", "-c", str(conns), "-m", "10", "-t", "1", "-D", str(duration)]
-    host = getattr(t, "h2_host", None) or t.host
+    host = t.h2_host or t.host
     if host:
         cmd += ["-H", f":authority: {host}"]
     out = run_load([*cmd, f"http://127.0.0.1:{port}/"])
@@ -642,8 +668,8 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
     lines.append("")
     lines.append("### HTTP/2 downstream (h2load, h2c prior knowledge, 10 streams per connection)")
     lines.append("")
-    lines.append("| target | req/s | vs direct | vs nginx | errors |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| target | req/s | vs direct | vs nginx | proxy CPU per request | RSS idle -> after load | errors |")
+    lines.append("|---|---|---|---|---|---|---|")
     h2_direct = med([r["h2"]["rps"] for r in by["direct"] if "h2" in r])[0]
     h2_nginx = med([r["h2"]["rps"] for r in by["nginx"] if "h2" in r])[0]
     for t in targets:
@@ -652,7 +678,11 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
             continue
         rps, lo, hi = med([r["h2"]["rps"] for r in rs])
         errs = sum(r["h2"]["errors"] for r in rs)
-        lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, h2_direct)} | {ratio(rps, h2_nginx)} | {errs} |")
+        cpu = med([r["h2"]["proxy_cpu_s"] / max(r["h2"]["requests"], 1) * 1e6 for r in rs])[0] if t.h2_pids else None
+        rss = (f"{fmt(t.h2_rss_idle, ' MiB', 1)} -> {fmt(med([r['h2_rss_after'] for r in rs])[0], ' MiB', 1)}"
+               if t.h2_pids else "-")
+        lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, h2_direct)} | {ratio(rps, h2_nginx)} | "
+                     f"{fmt(cpu, ' us', 1)} | {rss} | {errs} |")
     tls = [t for t in targets if t.handshakes]
     if tls:
         lines.append("")
@@ -680,7 +710,8 @@ def versions(args) -> str:
             return "?"
     envoy = re.search(r"/(\d+\.\d+\.\d+)/", first_line([args.envoy, "--version"]) + "/")
     return ", ".join([
-        "trellis " + first_line([args.trellis, "--version"]).split()[-1],
+        "trellis " + first_line([args.trellis, "--version"]).split()[-1]
+        + f" (sidecars: {os.path.basename(args.proxy)})",
         "envoy " + (envoy.group(1) if envoy else "?"),
         first_line(["nginx", "-v"]).replace("nginx version: ", ""),
         "haproxy " + first_line(["haproxy", "-v"]).split()[2],
@@ -704,6 +735,7 @@ def write_doc(section: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trellis", required=True)
+    ap.add_argument("--proxy", help="the sidecar binary (default: trellis-proxy next to --trellis)")
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
@@ -714,6 +746,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 3
+    if not args.proxy:
+        args.proxy = os.path.join(os.path.dirname(os.path.abspath(args.trellis)), "trellis-proxy")
     if os.cpu_count() < 2:
         print("bench: needs 2 CPUs (one for the proxy, one for load)", file=sys.stderr)
         return 1
@@ -736,10 +770,11 @@ def main() -> int:
                 r["anon_after"] = rss_mib(t.all_pids(), "RssAnon")
                 for rate in args.rates:
                     r[f"rate{rate}"] = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns))
-                if "pair" not in t.name and "resilience" not in t.name:
-                    r["h2"] = measure(t, lambda: h2load_max(t, args.duration, args.conns))
+                if t.name == "direct" or t.h2_pids:
+                    r["h2"] = measure(t, lambda: h2load_max(t, args.duration, args.conns), h2=True)
+                    r["h2_rss_after"] = rss_mib(t.all_h2_pids())
                 if t.pids:
-                    for key, v in r.items():
+                    for key, v in list(r.items()):
                         if isinstance(v, dict) and v.get("core_busy_s", 0) > 1.0:
                             foreign = v["core_busy_s"] - v["proxy_cpu_s"]
                             if foreign > 0.15 * v["core_busy_s"]:

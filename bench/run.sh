@@ -26,4 +26,4 @@ if ! command -v oha >/dev/null; then
 fi
 echo "bench: building trellis (release)"
 cargo build --release --locked -p trellis-cli
-exec python3 bench/run.py --trellis target/release/trellis --envoy bench/.venv/bin/envoy "$@"
+exec python3 bench/run.py --trellis target/release/trellis --proxy target/release/trellis-proxy --envoy bench/.venv/bin/envoy "$@"

@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand};
 mod client;
 mod control_cmd;
 mod demo;
-mod proxy_cmd;
-mod ready;
 mod sample_app;
 mod token_cmd;
+
+use trellis_cli::{proxy_cmd, ready, startup};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,20 +22,10 @@ mod token_cmd;
     about = "Trellis service mesh: control plane, sidecar proxy and CLI"
 )]
 struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `trellis_proxy=debug`.
-    #[arg(long, global = true, env = "TRELLIS_LOG", default_value = "info")]
-    log: String,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: startup::LogArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,15 +53,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log, cli.log_format);
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async move {
+    cli.log.init();
+    startup::block_on(async move {
         match cli.command {
             Command::Control(a) => control_cmd::run(a).await,
             Command::Proxy(a) => proxy_cmd::run(a).await,
@@ -83,41 +66,5 @@ fn main() -> ExitCode {
             Command::Demo(a) => demo::run(a).await,
             Command::SampleApp(a) => sample_app::run(a).await,
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// One worker thread per core the process may run on (taskset/cgroup limits included). With a
-/// single core, a current-thread runtime: the same one thread, without cross-thread wake-ups
-/// between the I/O driver and a worker (measured in docs/PERFORMANCE-NOTES.md).
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .enable_all()
-            .build()
-    }
-}
-
-fn init_logging(filter: &str, format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    })
 }

@@ -1,4 +1,4 @@
-//! A sidecar as a child process (`trellis proxy`), and waiting on its admin endpoints
+//! A sidecar as a child process (`trellis proxy`, or the `trellis-proxy` binary), and waiting on its admin endpoints
 //! (`/ready`, `/config_dump`).
 
 use std::net::SocketAddr;
@@ -144,7 +144,7 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts `trellis proxy` for `service` in front of 127.0.0.1:`app_port`, all listeners on
+    /// Starts `trellis proxy` (or `trellis-proxy`, when `bin` is that binary) for `service` in front of 127.0.0.1:`app_port`, all listeners on
     /// port 0, and waits until its admin `/ready` answers 200 (it has its config, and its mTLS
     /// certificate: unless `opts.plaintext`, a join token is created for it first).
     pub async fn start(
@@ -155,6 +155,11 @@ impl Sidecar {
         app_port: u16,
         opts: SidecarOpts,
     ) -> anyhow::Result<Self> {
+        // `trellis-proxy` is the sidecar alone: the same flags without the subcommand.
+        let sidecar_only = bin
+            .as_ref()
+            .file_name()
+            .is_some_and(|n| n == "trellis-proxy");
         let mut args: Vec<String> = [
             "proxy",
             "--service",
@@ -171,6 +176,7 @@ impl Sidecar {
             "127.0.0.1:0",
         ]
         .iter()
+        .skip(usize::from(sidecar_only))
         .map(|s| s.to_string())
         .collect();
         if let Some(id) = &opts.instance_id {
