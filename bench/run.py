@@ -624,7 +624,6 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
     names = [t.name for t in targets]
     by = {n: results[n] for n in names}
     direct_rps = med([r["max"]["rps"] for r in by["direct"]])[0]
-    envoy_rps = med([r["max"]["rps"] for r in by["envoy"]])[0]
     lines = []
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines.append(f"Run: {date}; {args.rounds} rounds, {args.duration} s per measurement, "
@@ -637,52 +636,74 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
     lines.append("")
     lines.append("### Maximum throughput, HTTP/1.1 keep-alive (wrk, closed loop)")
     lines.append("")
+    lines.append("Ratios in parentheses are to the Envoy setup of the same shape in this run (Envoy for one "
+                 "hop, the Envoy pair for the pairs).")
+    lines.append("")
     lines.append("| target | req/s | vs direct | vs Envoy | proxy CPU per request | RSS idle -> after load | private (RssAnon) after load | errors | features on |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
+
+    def per_request(rs, key="max"):
+        return med([r[key]["proxy_cpu_s"] / max(r[key]["requests"], 1) * 1e6 for r in rs])[0]
+
+    pids_of = {t.name: t.pids for t in targets}
+    cpu_of = {n: per_request(by[n]) if pids_of[n] else None for n in names}
+    rss_of = {n: med([r["rss_after"] for r in by[n]])[0] if pids_of[n] else None for n in names}
+    anon_of = {n: med([r["anon_after"] for r in by[n]])[0] if pids_of[n] else None for n in names}
     for t in targets:
         rs = by[t.name]
         rps, lo, hi = med([r["max"]["rps"] for r in rs])
-        cpu = med([r["max"]["proxy_cpu_s"] / max(r["max"]["requests"], 1) * 1e6 for r in rs])[0] if t.pids else None
-        rss_after = med([r["rss_after"] for r in rs])[0] if t.pids else None
-        anon_after = med([r["anon_after"] for r in rs])[0] if t.pids else None
         errs = sum(r["max"]["errors"] for r in rs)
         base = med([r["max"]["rps"] for r in by[t.peer]])[0]
+        vs = (lambda v, of: f" ({ratio(v, of[t.peer])})" if v is not None else "")  # noqa: E731
         lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, direct_rps)} | {ratio(rps, base)} | "
-                     f"{fmt(cpu, ' us', 1)} | {fmt(t.rss_idle, ' MiB', 1) if t.pids else '-'} -> {fmt(rss_after, ' MiB', 1)} | "
-                     f"{fmt(anon_after, ' MiB', 1)} | {errs} | {t.features or '-'} |")
+                     f"{fmt(cpu_of[t.name], ' us', 1)}{vs(cpu_of[t.name], cpu_of)} | "
+                     f"{fmt(t.rss_idle, ' MiB', 1) if t.pids else '-'} -> {fmt(rss_of[t.name], ' MiB', 1)}{vs(rss_of[t.name], rss_of)} | "
+                     f"{fmt(anon_of[t.name], ' MiB', 1)}{vs(anon_of[t.name], anon_of)} | {errs} | {t.features or '-'} |")
     for rate in args.rates:
         lines.append("")
         lines.append(f"### Latency at {rate:,} req/s (oha, open loop, latency-corrected), microseconds")
         lines.append("")
-        lines.append("| target | p50 | p90 | p99 | p99.9 | added p50 / p99 vs direct | errors |")
-        lines.append("|---|---|---|---|---|---|---|")
-        d50 = med([r[f"rate{rate}"]["p50"] for r in by["direct"]])[0]
-        d99 = med([r[f"rate{rate}"]["p99"] for r in by["direct"]])[0]
+        lines.append("| target | p50 | p90 | p99 | p99.9 | added p50 / p99 vs direct | p50 / p99 vs direct | p50 / p99 vs Envoy | errors |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+
+        def pct(name, k):
+            return med([r[f"rate{rate}"][k] for r in by[name]])[0]
+
+        d50, d99 = pct("direct", "p50"), pct("direct", "p99")
         for t in targets:
             rs = by[t.name]
             vals = {k: med([r[f"rate{rate}"][k] for r in rs]) for k in ("p50", "p90", "p99", "p999")}
             errs = sum(r[f"rate{rate}"]["errors"] for r in rs)
-            added = "-" if t.name == "direct" else f"+{vals['p50'][0] - d50:,.0f} / +{vals['p99'][0] - d99:,.0f}"
+            p50, p99 = vals["p50"][0], vals["p99"][0]
+            added = "-" if t.name == "direct" else f"+{p50 - d50:,.0f} / +{p99 - d99:,.0f}"
+            vs_direct = "-" if t.name == "direct" else f"{ratio(p50, d50)} / {ratio(p99, d99)}"
+            vs_envoy = ("-" if t.name == "direct"
+                        else f"{ratio(p50, pct(t.peer, 'p50'))} / {ratio(p99, pct(t.peer, 'p99'))}")
             cells = " | ".join(f"{fmt(v[0])} [{fmt(v[1])}–{fmt(v[2])}]" for v in vals.values())
-            lines.append(f"| {t.name} | {cells} | {added} | {errs} |")
+            lines.append(f"| {t.name} | {cells} | {added} | {vs_direct} | {vs_envoy} | {errs} |")
     lines.append("")
     lines.append("### HTTP/2 downstream (h2load, h2c prior knowledge, 10 streams per connection)")
     lines.append("")
-    lines.append("| target | req/s | vs direct | vs nginx | proxy CPU per request | RSS idle -> after load | errors |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("| target | req/s | vs direct | vs Envoy | vs nginx | proxy CPU per request | RSS idle -> after load | errors |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     h2_direct = med([r["h2"]["rps"] for r in by["direct"] if "h2" in r])[0]
     h2_nginx = med([r["h2"]["rps"] for r in by["nginx"] if "h2" in r])[0]
+    h2_envoy = med([r["h2"]["rps"] for r in by["envoy"] if "h2" in r])[0]
+    h2_envoy_cpu = per_request(by["envoy"], "h2")
+    h2_envoy_rss = med([r["h2_rss_after"] for r in by["envoy"]])[0]
     for t in targets:
         rs = [r for r in by[t.name] if "h2" in r]
         if not rs:
             continue
         rps, lo, hi = med([r["h2"]["rps"] for r in rs])
         errs = sum(r["h2"]["errors"] for r in rs)
-        cpu = med([r["h2"]["proxy_cpu_s"] / max(r["h2"]["requests"], 1) * 1e6 for r in rs])[0] if t.h2_pids else None
-        rss = (f"{fmt(t.h2_rss_idle, ' MiB', 1)} -> {fmt(med([r['h2_rss_after'] for r in rs])[0], ' MiB', 1)}"
+        cpu = per_request(rs, "h2") if t.h2_pids else None
+        rss_after = med([r["h2_rss_after"] for r in rs])[0] if t.h2_pids else None
+        rss = (f"{fmt(t.h2_rss_idle, ' MiB', 1)} -> {fmt(rss_after, ' MiB', 1)} ({ratio(rss_after, h2_envoy_rss)})"
                if t.h2_pids else "-")
-        lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, h2_direct)} | {ratio(rps, h2_nginx)} | "
-                     f"{fmt(cpu, ' us', 1)} | {rss} | {errs} |")
+        cpu_cell = f"{fmt(cpu, ' us', 1)} ({ratio(cpu, h2_envoy_cpu)})" if cpu is not None else "-"
+        lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, h2_direct)} | {ratio(rps, h2_envoy)} | "
+                     f"{ratio(rps, h2_nginx)} | {cpu_cell} | {rss} | {errs} |")
     tls = [t for t in targets if t.handshakes]
     if tls:
         lines.append("")
