@@ -413,45 +413,33 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
                           features="as trellis, plus request/per-try timeouts, 2 retries with a budget, "
                                    "outlier detection, circuit breaker"))
 
-    # Envoy, one hop (its listener's codec is AUTO: the h2 instance takes h2c on the same config).
-    def envoy_one(name, base_id):
-        port, admin = free_port(), free_port()
-        conf = os.path.join(workdir, f"{name}.json")
-        open(conf, "w").write(envoy_conf(admin, port, b1))
-        p = procs.start(name, [args.envoy, "-c", conf, "--concurrency", "1", "--base-id", str(base_id),
-                               "--log-level", "warn"], PROXY_CPU)
-        wait_port(port)
-        return port, p
-    env_port, e = envoy_one("envoy", 11)
-    env_h2, e2 = envoy_one("envoy-h2", 16)
-    targets.append(Target("envoy", env_port, pids=[e.pid], features="router only, default stats",
-                          h2_port=env_h2, h2_pids=[e2.pid]))
-
-    # nginx, one hop.
-    def nginx_one(name, h2):
+    # Envoy, nginx and haproxy, one hop: for each, one process for HTTP/1.1 and one for h2c,
+    # the same program and configuration (Envoy's codec is AUTO, so its config is the same).
+    def one_hop(name, h2, ext, conf_of, cmd_of):
+        name = f"{name}-h2" if h2 else name
         port = free_port()
-        conf = os.path.join(workdir, f"{name}.conf")
-        open(conf, "w").write(nginx_proxy_conf(port, h2, b1, workdir))
-        p = procs.start(name, ["nginx", "-c", conf, "-e", "stderr"], PROXY_CPU)
+        conf = os.path.join(workdir, f"{name}.{ext}")
+        open(conf, "w").write(conf_of(port, h2))
+        p = procs.start(name, cmd_of(conf, h2), PROXY_CPU)
         wait_port(port)
         return port, p
-    ng_port, n = nginx_one("nginx-proxy", False)
-    ng_h2, n2 = nginx_one("nginx-proxy-h2", True)
-    targets.append(Target("nginx", ng_port, pids=[n.pid], features="proxy_pass, upstream keepalive",
-                          h2_port=ng_h2, h2_pids=[n2.pid]))
 
-    # haproxy, one hop.
-    def haproxy_one(name, h2):
-        port = free_port()
-        conf = os.path.join(workdir, f"{name}.cfg")
-        open(conf, "w").write(haproxy_conf(port, h2, b1))
-        p = procs.start(name, ["haproxy", "-f", conf, "-db"], PROXY_CPU)
-        wait_port(port)
-        return port, p
-    hp_port, h = haproxy_one("haproxy", False)
-    hp_h2, h2p = haproxy_one("haproxy-h2", True)
-    targets.append(Target("haproxy", hp_port, pids=[h.pid], features="mode http, http-reuse always",
-                          h2_port=hp_h2, h2_pids=[h2p.pid]))
+    peers = [
+        ("envoy", "json", "router only, default stats",
+         lambda port, h2: envoy_conf(free_port(), port, b1),
+         lambda conf, h2: [args.envoy, "-c", conf, "--concurrency", "1", "--base-id", "16" if h2 else "11",
+                           "--log-level", "warn"]),
+        ("nginx", "conf", "proxy_pass, upstream keepalive",
+         lambda port, h2: nginx_proxy_conf(port, h2, b1, workdir),
+         lambda conf, h2: ["nginx", "-c", conf, "-e", "stderr"]),
+        ("haproxy", "cfg", "mode http, http-reuse always",
+         lambda port, h2: haproxy_conf(port, h2, b1),
+         lambda conf, h2: ["haproxy", "-f", conf, "-db"]),
+    ]
+    for name, ext, features, conf_of, cmd_of in peers:
+        port, p = one_hop(name, False, ext, conf_of, cmd_of)
+        port_h2, p_h2 = one_hop(name, True, ext, conf_of, cmd_of)
+        targets.append(Target(name, port, pids=[p.pid], features=features, h2_port=port_h2, h2_pids=[p_h2.pid]))
 
     # Mesh path: Trellis pair. The server sidecar fronts the backend as service `mesh-backend`,
     # PERMISSIVE and without certificates: plaintext HTTP/1.1 between the sidecars.
@@ -645,10 +633,9 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
     def per_request(rs, key="max"):
         return med([r[key]["proxy_cpu_s"] / max(r[key]["requests"], 1) * 1e6 for r in rs])[0]
 
-    pids_of = {t.name: t.pids for t in targets}
-    cpu_of = {n: per_request(by[n]) if pids_of[n] else None for n in names}
-    rss_of = {n: med([r["rss_after"] for r in by[n]])[0] if pids_of[n] else None for n in names}
-    anon_of = {n: med([r["anon_after"] for r in by[n]])[0] if pids_of[n] else None for n in names}
+    cpu_of = {t.name: per_request(by[t.name]) if t.pids else None for t in targets}
+    rss_of = {t.name: med([r["rss_after"] for r in by[t.name]])[0] if t.pids else None for t in targets}
+    anon_of = {t.name: med([r["anon_after"] for r in by[t.name]])[0] if t.pids else None for t in targets}
     for t in targets:
         rs = by[t.name]
         rps, lo, hi = med([r["max"]["rps"] for r in rs])
