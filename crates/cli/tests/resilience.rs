@@ -272,6 +272,47 @@ async fn a_killed_backend_costs_no_request_and_is_ejected() -> anyhow::Result<()
     Ok(())
 }
 
+/// An app that dies mid-response: a 200 head and half its body came, then the connection
+/// broke. While a retry is still possible, the client sidecar reads a small body of known
+/// length whole before passing the head on, so the break is retried on another instance
+/// instead of reaching the caller as a truncated answer (the SIGKILL test above can land
+/// between a head and its body too).
+#[tokio::test]
+async fn an_answer_broken_off_mid_body_is_retried_not_truncated() -> anyhow::Result<()> {
+    let mesh = Mesh::start("resilience_broken_body", Duration::ZERO).await?;
+    mesh.apply_policy(RETRY_TO_OTHERS).await?;
+    let victim = &mesh.instances[0].backend;
+    mesh.log
+        .note("the victim's app breaks off every answer halfway");
+    let before = victim.received();
+    victim.break_bodies(true);
+    let out = mesh
+        .client
+        .run(90, 3, |i| Req::get(SERVICE, &format!("/broken/{i}")))
+        .await;
+    mesh.log.note(&format!("answers: {:?}", out.per_instance()));
+    ensure!(
+        out.failures().is_empty(),
+        "requests failed: {:?}",
+        out.tally()
+    );
+    let broken = victim.received() - before;
+    ensure!(broken > 0, "the breaking app was never tried");
+    let per = out.per_instance();
+    ensure!(
+        !per.contains_key(IDS[0]) && per.values().sum::<usize>() == 90,
+        "every answer is whole and from a live instance: {per:?}"
+    );
+    // Each broken try was retried once, on an instance not tried yet.
+    let retries = mesh.metric("trellis_upstream_retries_total").await?;
+    ensure!(
+        retries == broken as f64,
+        "{broken} broken answers but {retries} retries"
+    );
+    mesh.log.passed();
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_hanging_app_times_out_per_try_is_ejected_and_readmitted() -> anyhow::Result<()> {
     let mesh = Mesh::start("resilience_hang", Duration::ZERO).await?;

@@ -54,8 +54,32 @@ impl Replay {
         Replay::new(self.data.clone(), self.trailers.clone())
     }
 
-    fn done(&self) -> bool {
+    pub fn done(&self) -> bool {
         (self.sent_data || self.data.is_empty()) && (self.sent_trailers || self.trailers.is_none())
+    }
+
+    /// The data not sent yet, in bytes.
+    pub fn remaining(&self) -> u64 {
+        if self.sent_data {
+            0
+        } else {
+            self.data.len() as u64
+        }
+    }
+
+    /// The next frame to send: the data, then the trailers, then nothing.
+    pub fn next_frame(&mut self) -> Option<Frame<Bytes>> {
+        if !self.sent_data && !self.data.is_empty() {
+            self.sent_data = true;
+            return Some(Frame::data(self.data.clone()));
+        }
+        if !self.sent_trailers
+            && let Some(t) = self.trailers.clone()
+        {
+            self.sent_trailers = true;
+            return Some(Frame::trailers(t));
+        }
+        None
     }
 }
 
@@ -69,19 +93,7 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut *self {
             ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
-            ReqBody::Replay(r) => {
-                if !r.sent_data && !r.data.is_empty() {
-                    r.sent_data = true;
-                    return Poll::Ready(Some(Ok(Frame::data(r.data.clone()))));
-                }
-                if !r.sent_trailers
-                    && let Some(t) = r.trailers.clone()
-                {
-                    r.sent_trailers = true;
-                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                }
-                Poll::Ready(None)
-            }
+            ReqBody::Replay(r) => Poll::Ready(r.next_frame().map(Ok)),
             ReqBody::Prefixed { prefix, rest } => {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
@@ -102,10 +114,7 @@ impl Body for ReqBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Stream(b) => b.size_hint(),
-            ReqBody::Replay(r) => {
-                let left = if r.sent_data { 0 } else { r.data.len() as u64 };
-                SizeHint::with_exact(left)
-            }
+            ReqBody::Replay(r) => SizeHint::with_exact(r.remaining()),
             ReqBody::Prefixed { prefix, rest } => {
                 let p = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let h = rest.size_hint();

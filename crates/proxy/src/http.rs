@@ -72,6 +72,10 @@ pub(crate) enum UpstreamError {
     H2(#[from] hyper_util::client::legacy::Error),
     #[error(transparent)]
     Mtls(#[from] MtlsError),
+    /// The response head came, but its body failed before its end (read whole for a retry,
+    /// see [`UpstreamBody::read_whole`]).
+    #[error("the response body broke off: {0}")]
+    Body(#[source] hyper::Error),
 }
 
 impl UpstreamError {
@@ -82,6 +86,7 @@ impl UpstreamError {
             UpstreamError::H1(e) => e.is_connect(),
             UpstreamError::H2(e) => e.is_connect(),
             UpstreamError::Mtls(e) => e.is_connect(),
+            UpstreamError::Body(_) => false,
         }
     }
 

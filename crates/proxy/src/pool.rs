@@ -29,11 +29,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -41,7 +42,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::ReqBody;
+use crate::body::{Replay, ReqBody};
 use crate::metrics::{Direction, TlsMetrics};
 use crate::resilience::Breaker;
 use crate::resilience::breaker::Slot;
@@ -461,11 +462,18 @@ where
 
 /// An upstream response body. One from a pooled HTTP/1.1 connection gives the connection back
 /// once read to the end; dropped earlier, the connection is closed (HTTP/1.1 cannot skip the
-/// rest of a response).
+/// rest of a response). A body already read whole (see [`UpstreamBody::read_whole`]) is
+/// served from memory.
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     reuse: Option<Reuse>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Stream(Incoming),
+    Read(Replay),
 }
 
 #[derive(Debug)]
@@ -478,7 +486,10 @@ struct Reuse {
 impl UpstreamBody {
     /// A body from a connection that is not pooled here (HTTP/2).
     pub fn plain(inner: Incoming) -> Self {
-        UpstreamBody { inner, reuse: None }
+        UpstreamBody {
+            inner: Inner::Stream(inner),
+            reuse: None,
+        }
     }
 
     fn pooled(
@@ -488,7 +499,7 @@ impl UpstreamBody {
         since: Instant,
     ) -> Self {
         let mut body = UpstreamBody {
-            inner,
+            inner: Inner::Stream(inner),
             reuse: Some(Reuse { tx, pool, since }),
         };
         body.release_if_done();
@@ -496,11 +507,50 @@ impl UpstreamBody {
     }
 
     fn release_if_done(&mut self) {
-        if self.inner.is_end_stream()
+        if self.is_end_stream()
             && let Some(r) = self.reuse.take()
         {
             r.pool.put(r.tx, r.since);
         }
+    }
+
+    /// Reads the whole body when its length is known and at most `limit` bytes, so that a
+    /// peer failing mid-body is an error here, while a retry is still possible, rather than
+    /// a truncated response downstream. Bodies of unknown or larger length stay streamed.
+    pub async fn read_whole(mut self, limit: usize) -> Result<Self, hyper::Error> {
+        if self.is_end_stream() || self.size_hint().exact().is_none_or(|n| n > limit as u64) {
+            return Ok(self);
+        }
+        let mut data: Option<Bytes> = None;
+        let mut more: Option<BytesMut> = None;
+        let mut trailers = None;
+        while let Some(frame) = self.frame().await {
+            match frame?.into_data() {
+                Ok(chunk) => match (&mut data, &mut more) {
+                    (None, _) => data = Some(chunk),
+                    (Some(first), None) => {
+                        let mut m = BytesMut::with_capacity(first.len() + chunk.len());
+                        m.extend_from_slice(first);
+                        m.extend_from_slice(&chunk);
+                        more = Some(m);
+                    }
+                    (Some(_), Some(m)) => m.extend_from_slice(&chunk),
+                },
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers = Some(t);
+                    }
+                }
+            }
+        }
+        let data = match more {
+            Some(m) => m.freeze(),
+            None => data.unwrap_or_default(),
+        };
+        Ok(UpstreamBody {
+            inner: Inner::Read(Replay::new(data, trailers)),
+            reuse: None,
+        })
     }
 }
 
@@ -513,7 +563,10 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.inner {
+            Inner::Stream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Read(r) => return Poll::Ready(r.next_frame().map(Ok)),
+        };
         match &polled {
             Poll::Ready(None) => {
                 if let Some(r) = this.reuse.take() {
@@ -528,11 +581,17 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Stream(b) => b.is_end_stream(),
+            Inner::Read(r) => r.done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Stream(b) => b.size_hint(),
+            Inner::Read(r) => SizeHint::with_exact(r.remaining()),
+        }
     }
 }
 

@@ -3,21 +3,27 @@
 //! body `{instance, path, method, version, headers}`. It can add a fixed latency to every
 //! answer, to play a slow instance, and on demand answer every request with a fixed status
 //! ([`EchoServer::fail_with`], e.g. 503) or hang without answering ([`EchoServer::hang`]).
+//! It can also send a head and half a body, then break the connection
+//! ([`EchoServer::break_bodies`]), to play an app that dies mid-response.
 //! `GET /healthz` answers a status the test sets ([`EchoServer::set_health`]), or alternates
 //! 200/503 ([`EchoServer::set_flapping`]), and counts the checks.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -54,6 +60,7 @@ pub struct EchoServer {
     received: Arc<AtomicUsize>,
     status: Arc<AtomicU16>,
     hang: tokio::sync::watch::Sender<bool>,
+    broken: Arc<AtomicBool>,
     health: Arc<Health>,
     task: JoinHandle<()>,
 }
@@ -74,6 +81,7 @@ impl EchoServer {
         let received = Arc::new(AtomicUsize::new(0));
         let status = Arc::new(AtomicU16::new(200));
         let (hang, hang_rx) = tokio::sync::watch::channel(false);
+        let broken = Arc::new(AtomicBool::new(false));
         let health = Arc::new(Health {
             status: AtomicU16::new(200),
             flapping: AtomicBool::new(false),
@@ -86,6 +94,7 @@ impl EchoServer {
             received: received.clone(),
             status: status.clone(),
             hang: hang_rx,
+            broken: broken.clone(),
             health: health.clone(),
         });
         let task = tokio::spawn(async move {
@@ -115,6 +124,7 @@ impl EchoServer {
             received,
             status,
             hang,
+            broken,
             health,
             task,
         })
@@ -167,7 +177,48 @@ impl EchoServer {
     pub fn hang(&self, hang: bool) {
         self.hang.send_replace(hang);
     }
+
+    /// `true`: requests are answered with a 200 head (`Content-Length` set), half the body,
+    /// then a broken connection (an app dying mid-response); counted in `received` only.
+    pub fn break_bodies(&self, broken: bool) {
+        self.broken.store(broken, Ordering::SeqCst);
+    }
 }
+
+/// A body that sends its first half, stalls a moment (the app is dying), then fails, so hyper
+/// breaks the connection (HTTP/1.1) or resets the stream (HTTP/2) with the `Content-Length`
+/// unmet. The stall lets the head and the half travel on before the break, as they would.
+struct BrokenBody {
+    half: Option<Bytes>,
+    declared: u64,
+    stall: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for BrokenBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if let Some(half) = self.half.take() {
+            return Poll::Ready(Some(Ok(Frame::data(half))));
+        }
+        match self.stall.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::other(
+                "the echo app broke off its answer",
+            )))),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.declared)
+    }
+}
+
+type EchoBody = Either<Full<Bytes>, BrokenBody>;
 
 impl Drop for EchoServer {
     fn drop(&mut self) {
@@ -182,11 +233,34 @@ struct State {
     received: Arc<AtomicUsize>,
     status: Arc<AtomicU16>,
     hang: tokio::sync::watch::Receiver<bool>,
+    broken: Arc<AtomicBool>,
     health: Arc<Health>,
 }
 
 impl State {
-    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, req: Request<Incoming>) -> Response<EchoBody> {
+        if self.broken.load(Ordering::SeqCst) && req.uri().path() != "/healthz" {
+            self.received.fetch_add(1, Ordering::Relaxed);
+            let full = format!("{} answers this but breaks off halfway\n", self.name);
+            let body = BrokenBody {
+                half: Some(Bytes::from(full[..full.len() / 2].to_string())),
+                declared: full.len() as u64,
+                stall: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+            };
+            let mut resp = Response::new(Either::Right(body));
+            resp.headers_mut().insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(full.len()),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&self.name) {
+                resp.headers_mut().insert("x-instance", v);
+            }
+            return resp;
+        }
+        self.plain(req).await.map(Either::Left)
+    }
+
+    async fn plain(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.uri().path() == "/healthz" {
             let mut resp = Response::new(Full::new(Bytes::from_static(b"health\n")));
             *resp.status_mut() = self.health.answer();

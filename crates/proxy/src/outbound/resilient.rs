@@ -12,7 +12,9 @@
 //!    for a connection (see [`crate::pool`]) ends the request with 503 `circuit_open`.
 //!
 //! A response is passed downstream only once no retry follows, so no retry ever happens after
-//! response bytes went downstream. Every answer Trellis makes itself names its reason in
+//! response bytes went downstream. While a retry on reset is still possible, a response body
+//! of known length up to the replay buffer limit is read whole first, so a peer that dies
+//! between the head and the end of the body costs a retry, not a truncated response. Every answer Trellis makes itself names its reason in
 //! `x-trellis-reason`; gRPC callers get a trailers-only gRPC status instead of an HTTP error.
 
 use std::future::Future;
@@ -327,6 +329,25 @@ async fn tries(
         };
         let Some(req) = req else { break };
         let sent = send_try(shared, &cluster, index, req, start);
+        // While a reset can still be retried, a small body of known length is read whole
+        // before its head goes downstream: a peer dying mid-body is then retried, not a
+        // truncated response.
+        let read_limit = retry
+            .filter(|r| attempt < retries_allowed && retry::retriable(r, Outcome::Reset))
+            .map(|r| r.buffer_limit);
+        let sent = async move {
+            let resp = sent.await?;
+            match read_limit {
+                None => Ok(resp),
+                Some(limit) => {
+                    let (head, body) = resp.into_parts();
+                    match body.read_whole(limit).await {
+                        Ok(body) => Ok(Response::from_parts(head, body)),
+                        Err(e) => Err(TryError::Upstream(UpstreamError::Body(e))),
+                    }
+                }
+            }
+        };
         let result = match policy.per_try_timeout {
             None => sent.await,
             Some(t) => tokio::time::timeout(t, sent)
