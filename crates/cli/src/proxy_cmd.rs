@@ -56,6 +56,11 @@ pub struct Args {
     /// On SIGTERM, wait at most this long for in-flight requests.
     #[arg(long, default_value = "10s", value_parser = trellis_model::parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Close an HTTP/1.1 connection that goes this long with no request in progress and no
+    /// complete new request head (a client sending its head too slowly, or an idle keep-alive
+    /// connection). `0s`: never.
+    #[arg(long, default_value = "30s", value_parser = trellis_model::parse_duration)]
+    pub request_head_timeout: std::time::Duration,
     /// Join token (from `trellis token create --service <name>`): the sidecar obtains its mTLS
     /// workload certificate with it before registering. Without a token (or --join-token-file)
     /// the sidecar is plaintext-only and its inbound listener refuses connections unless the
@@ -163,6 +168,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         weight: args.weight,
         ttl: args.ttl,
         drain_timeout: args.drain_timeout,
+        request_head_timeout: args.request_head_timeout,
         join_token,
         trust_bundle_refresh: args.trust_bundle_refresh,
         upstreams: args.upstreams,

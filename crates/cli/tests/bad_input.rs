@@ -1,12 +1,19 @@
 //! End-to-end: bad input is refused with a reason and changes nothing. `trellis apply` with
 //! broken files exits non-zero naming the file, document, field and reason; the registry API
 //! answers 400 to malformed registrations; a sidecar answers 404 `unknown_service` at once,
-//! and `trellis describe reason` explains it.
+//! and `trellis describe reason` explains it; a client that sends its request head too slowly
+//! (or nothing at all) is disconnected, while a slow answer is not cut.
 
 use std::path::Path;
 
 use anyhow::{Context, ensure};
-use trellis_testkit::{Caller, Client, ControlPlane, Req, SidecarOpts, TestLog};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use trellis_testkit::{
+    Caller, Client, ControlPlane, DEADLINE, Instance, Req, SidecarOpts, TestLog, wait_until,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
 
@@ -263,6 +270,112 @@ async fn unknown_service_is_404_with_reason() -> anyhow::Result<()> {
         "an unknown reason is refused with the list of reasons: {stderr}"
     );
     drop((sidecar, app, control));
+    log.passed();
+    Ok(())
+}
+
+/// Waits (at most [`DEADLINE`]) for the peer to close `stream`: reads return end of file or a
+/// reset. Bytes that arrive first are returned.
+async fn closed_by_peer(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await {
+            Err(_) => anyhow::bail!(
+                "the sidecar kept the connection open for {DEADLINE:?} (read so far: {:?})",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response (head, then a `Content-Length` or chunked body) from `stream`.
+async fn read_response(stream: &mut TcpStream) -> anyhow::Result<(u16, String)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let status: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .context("no status in the response head")?;
+            let body = &got[end + 4..];
+            let complete = match head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+                Some(n) => body.len() >= n.trim().parse::<usize>()?,
+                None => body.ends_with(b"0\r\n\r\n"),
+            };
+            if complete {
+                return Ok((status, String::from_utf8_lossy(body).into_owned()));
+            }
+        }
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .context("no response in time")??;
+        ensure!(n > 0, "the connection closed before a whole response came");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// `--request-head-timeout 1s`: a connection that sends half a head, or nothing, is closed; a
+/// request whose answer takes longer than the timeout is answered, and its keep-alive
+/// connection serves the next request before being closed once idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_are_cut_off_and_slow_answers_are_not() -> anyhow::Result<()> {
+    let log = TestLog::new("bad-slow-head")?;
+    let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
+    // Every answer of `slow` takes 2.5 s: more than the caller's head timeout and its slack.
+    let _slow = Instance::start(
+        BIN,
+        &log,
+        &control.url(),
+        "slow",
+        "slow-1",
+        Duration::from_millis(2500),
+        SidecarOpts::default(),
+    )
+    .await?;
+    let mut opts = SidecarOpts::default();
+    opts.extra_args
+        .extend(["--request-head-timeout".to_string(), "1s".to_string()]);
+    let Caller {
+        sidecar, client, ..
+    } = Caller::start(BIN, &log, &control.url(), opts).await?;
+    wait_until(DEADLINE, "the caller to reach `slow`", || async {
+        client
+            .send(&Req::get("slow", "/warm"))
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+
+    log.note("half a request head, then nothing");
+    let mut half = TcpStream::connect(sidecar.outbound()).await?;
+    half.write_all(b"GET /half HTTP/1.1\r\nHost: slow\r\nX-Slow: ")
+        .await?;
+    let got = closed_by_peer(&mut half).await?;
+    ensure!(got.is_empty(), "a half head got an answer: {got:?}");
+
+    log.note("a connection that sends nothing");
+    let mut silent = TcpStream::connect(sidecar.outbound()).await?;
+    closed_by_peer(&mut silent).await?;
+
+    log.note("two slow requests on one keep-alive connection, then idle");
+    let mut conn = TcpStream::connect(sidecar.outbound()).await?;
+    for i in 0..2 {
+        conn.write_all(format!("GET /slow/{i} HTTP/1.1\r\nHost: slow\r\n\r\n").as_bytes())
+            .await?;
+        let (status, body) = read_response(&mut conn).await?;
+        ensure!(
+            status == 200 && body.contains("slow-1"),
+            "slow request {i}: {status} {body}"
+        );
+    }
+    let got = closed_by_peer(&mut conn).await?;
+    ensure!(got.is_empty(), "bytes after the last answer: {got:?}");
     log.passed();
     Ok(())
 }

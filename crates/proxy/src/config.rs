@@ -33,6 +33,10 @@ pub struct ProxyConfig {
     pub ttl: Duration,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// An HTTP/1.1 connection that goes this long with no request in progress and no complete
+    /// new request head is closed (slowloris protection; idle keep-alive connections too).
+    /// Zero: never.
+    pub request_head_timeout: Duration,
     /// Join token for this workload's mTLS certificate (`trellis token create`). `None`: a
     /// plaintext-only sidecar, whose STRICT inbound listener refuses every connection.
     pub join_token: Option<JoinToken>,

@@ -215,7 +215,13 @@ impl Listeners {
         let (stop, rx) = watch::channel(false);
         let drain = shared.config.drain_timeout;
         let log = |d| shared.access_log.clone().map(|l| (l, d));
-        let serving = |name, log, inbound| server::Serving { name, log, inbound };
+        let head_timeout = Some(shared.config.request_head_timeout).filter(|t| !t.is_zero());
+        let serving = |name, log, inbound| server::Serving {
+            name,
+            log,
+            inbound,
+            head_timeout,
+        };
         let tasks = vec![
             tokio::spawn(server::serve(
                 serving("admin", None, None),

@@ -8,16 +8,26 @@
 //!
 //! With the access log on, a listener serves through a second service function that starts
 //! a record per request ([`crate::accesslog::Pending`]); without it nothing is added.
+//!
+//! Every HTTP/1.1 connection has a request-head deadline ([`head_deadline`]): one that goes
+//! `--request-head-timeout` with no request in progress and no new request head (a client that
+//! sends its head a byte at a time, or an idle keep-alive connection) is closed. It replaces
+//! hyper's `header_read_timeout`, which allocates and registers a timer for every request head;
+//! this one is a single timer per connection, re-armed every eighth of the timeout, and costs a
+//! request two relaxed atomic adds.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -58,6 +68,8 @@ pub(crate) struct Serving {
     pub log: Option<(Arc<AccessLog>, Direction)>,
     /// The inbound listener: mTLS accept, raw TCP, and the config's idle timeout.
     pub inbound: Option<Arc<Shared>>,
+    /// The request-head deadline of HTTP/1.1 connections ([`head_deadline`]); `None`: off.
+    pub head_timeout: Option<Duration>,
 }
 
 /// Serves `listener` until `stop` turns true, then drains for at most `drain`.
@@ -70,10 +82,9 @@ pub(crate) async fn serve<H: Handler>(
 ) {
     let name = serving.name;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+    // No hyper `header_read_timeout`: `head_deadline` does its work with one timer per
+    // connection instead of one per request head.
+    builder.http1().timer(hyper_util::rt::TokioTimer::new());
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let builder = Arc::new(builder);
     // Each connection holds a clone; draining waits until every clone is gone.
@@ -96,6 +107,7 @@ pub(crate) async fn serve<H: Handler>(
                     stop: stop.clone(),
                     _open: open.clone(),
                     log: serving.log.clone(),
+                    head_timeout: serving.head_timeout,
                 };
                 let h = handler.clone();
                 match &serving.inbound {
@@ -191,6 +203,7 @@ struct Conn {
     /// Held while the connection is open (the listener's drain waits for it).
     _open: mpsc::Sender<()>,
     log: Option<(Arc<AccessLog>, Direction)>,
+    head_timeout: Option<Duration>,
 }
 
 impl Conn {
@@ -214,6 +227,16 @@ impl Conn {
         let activity = idle.map(|_| Arc::new(Activity::default()));
         let io = TokioIo::new(Metered::new(io.into_inner(), activity.clone()));
         let (builder, stop) = (self.builder, self.stop);
+        let head = self
+            .head_timeout
+            .map(|t| (Arc::new(Requests::default()), t));
+        let requests = head.as_ref().map(|(r, _)| r.clone());
+        let deadline = async {
+            match &head {
+                Some((r, t)) => head_deadline(r, *t).await,
+                None => std::future::pending().await,
+            }
+        };
         let ended = match self.log {
             None => {
                 // `map`, not an `async` block that would hold the handler's future twice.
@@ -221,25 +244,49 @@ impl Conn {
                     if restore {
                         mtls::restore_orig_proto(&mut req);
                     }
-                    h.clone().call(req, &info).map(Ok::<_, Infallible>)
+                    let open = Open::start(requests.as_ref(), req.version());
+                    h.clone()
+                        .call(req, &info)
+                        .map(move |resp| Ok::<_, Infallible>(Served::wrap(resp, open)))
                 });
                 let conn = builder.serve_connection(io, svc).into_owned();
-                drive(conn, |c| c.graceful_shutdown(), stop, activity, idle).await
+                drive(
+                    conn,
+                    |c| c.graceful_shutdown(),
+                    stop,
+                    activity,
+                    idle,
+                    deadline,
+                )
+                .await
             }
             Some((log, direction)) => {
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     if restore {
                         mtls::restore_orig_proto(&mut req);
                     }
+                    let open = Open::start(requests.as_ref(), req.version());
                     let pending = Pending::start(&mut req, &info, direction, &log);
-                    h.clone()
-                        .call(req, &info)
-                        .map(move |resp| Ok::<_, Infallible>(pending.respond(resp)))
+                    h.clone().call(req, &info).map(move |resp| {
+                        Ok::<_, Infallible>(Served::wrap(pending.respond(resp), open))
+                    })
                 });
                 let conn = builder.serve_connection(io, svc).into_owned();
-                drive(conn, |c| c.graceful_shutdown(), stop, activity, idle).await
+                drive(
+                    conn,
+                    |c| c.graceful_shutdown(),
+                    stop,
+                    activity,
+                    idle,
+                    deadline,
+                )
+                .await
             }
         };
+        if ended.1 == Ended::HeadTimeout {
+            tracing::debug!(listener = name, %peer, timeout = ?self.head_timeout, "no request head in time: connection closed");
+        }
+        let ended = (ended.0, ended.1 == Ended::Idle);
         match ended {
             (Err(e), _) => {
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
@@ -253,16 +300,28 @@ impl Conn {
     }
 }
 
+/// How [`drive`] ended a connection, when it was not the connection's own end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Done,
+    /// Shut down after the inbound idle timeout.
+    Idle,
+    /// Closed by the request-head deadline.
+    HeadTimeout,
+}
+
 /// Drives `conn` to its end, shutting it down gracefully (in-flight requests finish) when the
-/// listener drains or, with `idle`, once no byte moved through `activity` for that long.
-/// Returns the connection's result and whether the idle timeout closed it.
+/// listener drains or, with `idle`, once no byte moved through `activity` for that long; drops
+/// it (closing it) once `head_deadline` completes, which it does only while no request is in
+/// progress. Returns the connection's result and what ended it.
 async fn drive<F, E>(
     conn: F,
     shutdown: impl Fn(Pin<&mut F>),
     mut stop: watch::Receiver<bool>,
     activity: Option<Arc<Activity>>,
     idle: Option<Duration>,
-) -> (Result<(), E>, bool)
+    head_deadline: impl Future<Output = ()>,
+) -> (Result<(), E>, Ended)
 where
     F: Future<Output = Result<(), E>>,
 {
@@ -278,10 +337,11 @@ where
         }
     };
     let mut quiet = pin!(quiet);
-    let mut timed_out = false;
+    let mut head_deadline = pin!(head_deadline);
+    let mut ended = Ended::Done;
     loop {
         tokio::select! {
-            ended = conn.as_mut() => return (ended, timed_out),
+            result = conn.as_mut() => return (result, ended),
             changed = stop.changed(), if !shutting => {
                 if changed.is_err() || *stop.borrow() {
                     shutting = true;
@@ -290,9 +350,109 @@ where
             }
             () = quiet.as_mut(), if !shutting => {
                 shutting = true;
-                timed_out = true;
+                ended = Ended::Idle;
                 shutdown(conn.as_mut());
             }
+            () = head_deadline.as_mut() => return (Ok(()), Ended::HeadTimeout),
         }
+    }
+}
+
+/// The requests of one downstream connection, as the request-head deadline sees them.
+#[derive(Debug, Default)]
+struct Requests {
+    /// Request heads received so far.
+    started: AtomicU64,
+    /// Requests whose response has not been sent (or dropped) yet.
+    open: AtomicU64,
+    /// The connection speaks HTTP/2, which the deadline leaves alone.
+    h2: AtomicBool,
+}
+
+/// One request in progress: counted in [`Requests::open`] until dropped with its response body.
+struct Open(Option<Arc<Requests>>);
+
+impl Open {
+    fn start(requests: Option<&Arc<Requests>>, version: Version) -> Self {
+        Open(requests.map(|r| {
+            r.started.fetch_add(1, Ordering::Relaxed);
+            r.open.fetch_add(1, Ordering::Relaxed);
+            if version == Version::HTTP_2 {
+                r.h2.store(true, Ordering::Relaxed);
+            }
+            r.clone()
+        }))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(r) = &self.0 {
+            r.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that keeps its request [`Open`] until hyper has sent it (or given up on it).
+pub(crate) struct Served<B> {
+    body: B,
+    _open: Open,
+}
+
+impl<B> Served<B> {
+    fn wrap(resp: Response<B>, open: Open) -> Response<Served<B>> {
+        resp.map(|body| Served { body, _open: open })
+    }
+}
+
+impl<B: Body + Unpin> Body for Served<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Shortest interval between two looks at a connection's requests.
+const MIN_HEAD_TICK: Duration = Duration::from_millis(5);
+
+/// Completes once the connection has gone `timeout` with no request in progress and no new
+/// request head: its client is sending a head too slowly (or not at all), or it is an idle
+/// keep-alive connection. Looks every `timeout / 8`, so it completes between `timeout` and
+/// `1.125 × timeout` after the last response or the connection's start. Never completes on an
+/// HTTP/2 connection (known from its first request), whose streams and pings have their own
+/// limits.
+async fn head_deadline(requests: &Requests, timeout: Duration) {
+    let tick = (timeout / 8).max(MIN_HEAD_TICK);
+    let mut seen = requests.started.load(Ordering::Relaxed);
+    let mut since = tokio::time::Instant::now();
+    let sleep = tokio::time::sleep(tick);
+    let mut sleep = pin!(sleep);
+    loop {
+        sleep.as_mut().await;
+        if requests.h2.load(Ordering::Relaxed) {
+            return std::future::pending().await;
+        }
+        let now = tokio::time::Instant::now();
+        let started = requests.started.load(Ordering::Relaxed);
+        if started != seen || requests.open.load(Ordering::Relaxed) > 0 {
+            seen = started;
+            since = now;
+        } else if now >= since + timeout {
+            return;
+        }
+        sleep.as_mut().reset((now + tick).min(since + timeout));
     }
 }

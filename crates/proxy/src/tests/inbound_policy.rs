@@ -104,6 +104,7 @@ fn config(app_port: u16) -> ProxyConfig {
         weight: 1,
         ttl: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(1),
+        request_head_timeout: Duration::from_secs(30),
         join_token: None,
         trust_bundle_refresh: std::time::Duration::from_secs(60),
         upstreams: Vec::new(),
