@@ -1,13 +1,15 @@
 //! The request body sent upstream: the downstream body streamed as it arrives, or (when a
 //! retry policy applies) a body buffered for replay. See [`crate::resilience`] for when bodies
-//! are buffered.
+//! are buffered. [`collect`] reads a body into a [`Replay`], for request bodies kept for a retry
+//! and for small response bodies read whole while a retry is still possible.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 /// A request body on its way upstream.
@@ -81,6 +83,62 @@ impl Replay {
         }
         None
     }
+}
+
+/// Reads `body` to its end into a [`Replay`] (data and trailers), or, once more than `limit`
+/// bytes came, stops and gives back what was read (`Err`): the rest stays in `body`. A body of
+/// one data frame is kept as it came, without a copy.
+pub(crate) async fn collect<B>(
+    body: &mut B,
+    limit: usize,
+) -> Result<Result<Replay, Bytes>, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(chunk) => {
+                let len = match (&first, &mut more) {
+                    (None, _) => {
+                        let len = chunk.len();
+                        first = Some(chunk);
+                        len
+                    }
+                    (Some(f), None) => {
+                        let mut m = BytesMut::with_capacity(f.len() + chunk.len());
+                        m.extend_from_slice(f);
+                        m.extend_from_slice(&chunk);
+                        let len = m.len();
+                        more = Some(m);
+                        len
+                    }
+                    (Some(_), Some(m)) => {
+                        m.extend_from_slice(&chunk);
+                        m.len()
+                    }
+                };
+                if len > limit {
+                    return Ok(Err(match more {
+                        Some(m) => m.freeze(),
+                        None => first.unwrap_or_default(),
+                    }));
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    let data = match more {
+        Some(m) => m.freeze(),
+        None => first.unwrap_or_default(),
+    };
+    Ok(Ok(Replay::new(data, trailers)))
 }
 
 impl Body for ReqBody {

@@ -29,12 +29,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -521,34 +520,14 @@ impl UpstreamBody {
         if self.is_end_stream() || self.size_hint().exact().is_none_or(|n| n > limit as u64) {
             return Ok(self);
         }
-        let mut data: Option<Bytes> = None;
-        let mut more: Option<BytesMut> = None;
-        let mut trailers = None;
-        while let Some(frame) = self.frame().await {
-            match frame?.into_data() {
-                Ok(chunk) => match (&mut data, &mut more) {
-                    (None, _) => data = Some(chunk),
-                    (Some(first), None) => {
-                        let mut m = BytesMut::with_capacity(first.len() + chunk.len());
-                        m.extend_from_slice(first);
-                        m.extend_from_slice(&chunk);
-                        more = Some(m);
-                    }
-                    (Some(_), Some(m)) => m.extend_from_slice(&chunk),
-                },
-                Err(frame) => {
-                    if let Ok(t) = frame.into_trailers() {
-                        trailers = Some(t);
-                    }
-                }
-            }
-        }
-        let data = match more {
-            Some(m) => m.freeze(),
-            None => data.unwrap_or_default(),
+        // No bound on what `collect` reads: the length is known and within `limit`.
+        let replay = match crate::body::collect(&mut self, usize::MAX).await? {
+            Ok(replay) => replay,
+            // Only past usize::MAX bytes, which no body reaches.
+            Err(read) => Replay::new(read, None),
         };
         Ok(UpstreamBody {
-            inner: Inner::Read(Replay::new(data, trailers)),
+            inner: Inner::Read(replay),
             reuse: None,
         })
     }

@@ -394,7 +394,7 @@ impl Drop for Open {
 }
 
 /// A response body that keeps its request [`Open`] until hyper has sent it (or given up on it).
-pub(crate) struct Served<B> {
+struct Served<B> {
     body: B,
     _open: Open,
 }

@@ -22,17 +22,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
-use http_body_util::{BodyExt, Either};
+use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::{Decision, Extra, record_local, upstream_failure};
 use crate::accesslog;
-use crate::body::{Replay, ReqBody};
+use crate::body::{Replay, ReqBody, collect};
 use crate::http::{
     ProxyBody, Target, UpstreamError, grpc_reply, is_grpc, local_reply, strip_hop_by_hop,
 };
@@ -219,28 +219,12 @@ async fn buffer(mut body: Incoming, limit: usize) -> Result<Result<Replay, ReqBo
     if body.size_hint().lower() > limit as u64 {
         return Ok(Err(ReqBody::Stream(body)));
     }
-    let mut data = BytesMut::new();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        match frame.into_data() {
-            Ok(chunk) => {
-                data.extend_from_slice(&chunk);
-                if data.len() > limit {
-                    return Ok(Err(ReqBody::Prefixed {
-                        prefix: Some(data.freeze()),
-                        rest: body,
-                    }));
-                }
-            }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailers = Some(t);
-                }
-            }
-        }
-    }
-    Ok(Ok(Replay::new(data.freeze(), trailers)))
+    Ok(collect(&mut body, limit)
+        .await?
+        .map_err(|prefix| ReqBody::Prefixed {
+            prefix: Some(prefix),
+            rest: body,
+        }))
 }
 
 /// A fresh request with `parts`' head and `body`.
