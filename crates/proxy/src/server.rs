@@ -72,6 +72,21 @@ pub(crate) struct Serving {
     pub head_timeout: Option<Duration>,
 }
 
+/// The HTTP/1.1 + h2c connection builder of every listener.
+///
+/// hyper turns on a 30 s `header_read_timeout` by default as soon as a timer is set (and h2
+/// needs the timer); it is turned off here, as [`head_deadline`] does its work with one timer
+/// per connection instead of one per request head.
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None);
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    builder
+}
+
 /// Serves `listener` until `stop` turns true, then drains for at most `drain`.
 pub(crate) async fn serve<H: Handler>(
     serving: Serving,
@@ -81,12 +96,7 @@ pub(crate) async fn serve<H: Handler>(
     drain: Duration,
 ) {
     let name = serving.name;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No hyper `header_read_timeout`: `head_deadline` does its work with one timer per
-    // connection instead of one per request head.
-    builder.http1().timer(hyper_util::rt::TokioTimer::new());
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder());
     // Each connection holds a clone; draining waits until every clone is gone.
     let (open, mut closed) = mpsc::channel::<()>(1);
     loop {
@@ -456,3 +466,6 @@ async fn head_deadline(requests: &Requests, timeout: Duration) {
         sleep.as_mut().reset((now + tick).min(since + timeout));
     }
 }
+
+#[cfg(test)]
+mod tests;
