@@ -75,7 +75,7 @@ pub(crate) enum UpstreamError {
     /// The response head came, but its body failed before its end (read whole for a retry,
     /// see [`UpstreamBody::read_whole`]).
     #[error("the response body broke off: {0}")]
-    Body(#[source] hyper::Error),
+    Body(#[source] crate::pool::BodyError),
 }
 
 impl UpstreamError {

@@ -1,15 +1,18 @@
 //! HTTP/1.1 upstream connection pools, one per endpoint address, resolved when a config is
 //! applied so the request path does no lookup: it pops an idle connection (LIFO: the warmest),
 //! sends, and the response body hands the connection back when it has been read to the end.
+//! The connections have no task of their own: [`h1`] writes the request and reads the
+//! response from the task that sends it.
 //!
 //! Why not hyper-util's legacy `Client`: per request it hashes the `(scheme, authority)` pool
 //! key twice under the pool's lock, allocates request extensions, and spawns a task that waits
 //! for the connection to become idle again. Here checkout is a `Vec::pop` under an uncontended
 //! mutex and the connection is returned by the body itself.
 //!
-//! A request that finds its pooled connection closed before anything was written (the server
-//! closed an idle keep-alive connection) is retried once per pooled connection and then on a
-//! fresh one, as the legacy client does. Idle connections older than [`IDLE_TIMEOUT`] are
+//! A request that finds its pooled connection closed by the server (an idle keep-alive
+//! connection it timed out) goes to the next pooled connection and then to a fresh one, when
+//! nothing of it was written, or when it has no body, an idempotent method, and the
+//! connection closed before any byte of an answer. Idle connections older than [`IDLE_TIMEOUT`] are
 //! closed when the pool is next used; a pool and its connections go away when no cluster refers
 //! to the endpoint any more.
 //!
@@ -35,8 +38,6 @@ use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -45,6 +46,9 @@ use crate::body::{Replay, ReqBody};
 use crate::metrics::{Direction, TlsMetrics};
 use crate::resilience::Breaker;
 use crate::resilience::breaker::Slot;
+
+pub(crate) mod h1;
+use h1::{Conn, Failure, H1Body, H1Error, Head, Io};
 
 /// Idle connections older than this are closed instead of reused, unless the cluster sets
 /// an idle timeout (`common_http_protocol_options.idle_timeout`).
@@ -81,6 +85,7 @@ impl H1Pools {
         map.retain(|_, w| w.strong_count() > 0);
         let pool = Arc::new(EndpointPool {
             addr,
+            host: addr.to_string(),
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
             idle: Mutex::new(Vec::new()),
@@ -96,6 +101,8 @@ impl H1Pools {
 #[derive(Debug)]
 pub(crate) struct EndpointPool {
     addr: SocketAddr,
+    /// `addr` as text, the `Host` of requests that come without one.
+    host: String,
     connect_timeout: Duration,
     /// Idle connections older than this are closed instead of reused.
     idle_timeout: Duration,
@@ -132,7 +139,7 @@ struct Live {
     freed: tokio::sync::Notify,
 }
 
-/// Held by a connection's task: counts it open, and holds its `maxConnections` slot.
+/// Held by a connection: counts it open, and holds its `maxConnections` slot.
 struct LiveConn {
     live: Arc<Live>,
     _slot: Option<Slot>,
@@ -158,7 +165,7 @@ impl Drop for LiveConn {
 
 #[derive(Debug)]
 struct Idle {
-    tx: SendRequest<ReqBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -172,11 +179,6 @@ pub(crate) enum PoolError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("HTTP/1.1 handshake with {addr}: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
     #[error("mTLS handshake with {addr} failed ({reason}): {source}")]
     Tls {
         addr: SocketAddr,
@@ -188,7 +190,7 @@ pub(crate) enum PoolError {
     )]
     PendingOverflow { addr: SocketAddr, pending: u32 },
     #[error(transparent)]
-    Http(#[from] hyper::Error),
+    Http(#[from] H1Error),
 }
 
 impl PoolError {
@@ -208,6 +210,7 @@ impl EndpointPool {
     ) -> Arc<Self> {
         Arc::new(EndpointPool {
             addr,
+            host: addr.to_string(),
             connect_timeout,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
@@ -216,13 +219,14 @@ impl EndpointPool {
         })
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) over a pooled or new connection, under
-    /// `breaker`'s `maxConnections` and `maxPendingRequests` if there is one. `now` is the
-    /// request's start, used as a coarse clock for idle expiry (no extra clock read).
+    /// Sends `req` (origin-form URI, hop-by-hop headers removed) over a pooled or new
+    /// connection, under `breaker`'s `maxConnections` and `maxPendingRequests` if there is one.
+    /// `now` is the request's start, used as a coarse clock for idle expiry (no extra clock
+    /// read).
     ///
-    /// The common case — an idle connection that is ready — hands the request to it before
-    /// returning, so the future only waits for the response head and stays small (it is moved
-    /// into hyper's per-connection slot on every request); anything else runs boxed.
+    /// The request head is encoded before this returns. With an idle connection (the common
+    /// case) the future writes it and waits for the response head, unboxed; anything else
+    /// (connect, wait for a free connection, a stale connection's retry) runs boxed.
     pub fn send(
         self: &Arc<Self>,
         req: Request<ReqBody>,
@@ -232,47 +236,39 @@ impl EndpointPool {
     {
         let pool = self.clone();
         let breaker = breaker.cloned();
+        let (parts, body) = req.into_parts();
+        let head = h1::encode(&parts, &body, &self.host);
+        drop(parts);
         match self.pop_idle(now) {
-            Some(mut tx) if tx.is_ready() => {
-                // Combinators, not an `async` block: a block would hold `sent` twice.
-                Either::Left(tx.try_send_request(req).then(move |sent| match sent {
-                    Ok(resp) => Either::Left(ready(Ok(
-                        resp.map(|body| UpstreamBody::pooled(body, tx, pool, now)),
-                    ))),
-                    Err(mut e) => match e.take_message() {
-                        // Closed before the request was written: safe to send it elsewhere.
-                        Some(req) => {
-                            Either::Right(Box::pin(pool.send_slow(req, None, now, breaker)))
+            Some(conn) => {
+                Either::Left(
+                    h1::exchange(conn, head, body, true).then(move |sent| match sent {
+                        Ok(answer) => Either::Left(ready(Ok(answer.into_response(pool, now)))),
+                        Err(Failure::Stale(head, body)) => {
+                            Either::Right(Box::pin(pool.send_slow(head, body, now, breaker)))
                         }
-                        None => Either::Left(ready(Err(PoolError::Http(e.into_error())))),
-                    },
-                }))
+                        Err(Failure::Error(e)) => Either::Left(ready(Err(PoolError::Http(e)))),
+                    }),
+                )
             }
-            idle => Either::Right(Box::pin(pool.send_slow(req, idle, now, breaker))),
+            None => Either::Right(Box::pin(pool.send_slow(head, body, now, breaker))),
         }
     }
 
-    /// [`Self::send`] when no idle connection was ready: wait for `first` (if any) to become
-    /// ready, else try the other idle ones, else connect — under `breaker`, as a pending
-    /// request, and waiting for a free connection when the cluster's are at their limit.
+    /// [`Self::send`] when no idle connection was usable: the other idle ones, else a new
+    /// connection — under `breaker`, as a pending request, and waiting for a free connection
+    /// when the cluster's are at their limit.
     async fn send_slow(
         self: Arc<Self>,
-        mut req: Request<ReqBody>,
-        mut first: Option<SendRequest<ReqBody>>,
+        mut head: Head,
+        mut body: ReqBody,
         now: Instant,
         breaker: Option<Arc<Breaker>>,
     ) -> Result<Response<UpstreamBody>, PoolError> {
         let mut pending = None;
         loop {
-            let pooled = match first.take() {
-                Some(mut tx) => match tx.ready().await {
-                    Ok(()) => Some(tx),
-                    Err(_) => continue,
-                },
-                None => self.checkout(now).await,
-            };
-            let (mut tx, reused) = match (pooled, &breaker) {
-                (Some(tx), _) => (tx, true),
+            let (conn, reused) = match (self.pop_idle(now), &breaker) {
+                (Some(conn), _) => (conn, true),
                 (None, None) => (self.connect(None).await?, false),
                 (None, Some(b)) => {
                     if pending.is_none() {
@@ -294,16 +290,11 @@ impl EndpointPool {
                 }
             };
             drop(pending.take());
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    let pool = self.clone();
-                    return Ok(resp.map(|body| UpstreamBody::pooled(body, tx, pool, now)));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Closed before the request was written: safe to send it elsewhere.
-                    Some(r) if reused => req = r,
-                    _ => return Err(PoolError::Http(e.into_error())),
-                },
+            match h1::exchange(conn, head, body, reused).await {
+                Ok(answer) => return Ok(answer.into_response(self.clone(), now)),
+                // Only a reused connection is stale; the next try takes another or a new one.
+                Err(Failure::Stale(h, b)) => (head, body) = (h, b),
+                Err(Failure::Error(e)) => return Err(PoolError::Http(e)),
             }
         }
     }
@@ -333,36 +324,19 @@ impl EndpointPool {
     }
 
     /// The most recently used idle connection that is still open and not expired.
-    fn pop_idle(&self, now: Instant) -> Option<SendRequest<ReqBody>> {
+    fn pop_idle(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.lock();
-        while let Some(i) = idle.pop() {
-            if !i.tx.is_closed() && now.saturating_duration_since(i.since) <= self.idle_timeout {
-                return Some(i.tx);
+        while let Some(mut i) = idle.pop() {
+            if now.saturating_duration_since(i.since) <= self.idle_timeout && i.conn.idle_usable() {
+                return Some(i.conn);
             }
         }
         None
     }
 
-    /// An idle connection that is ready for a request, if any.
-    async fn checkout(&self, now: Instant) -> Option<SendRequest<ReqBody>> {
-        loop {
-            let idle = self.lock().pop()?;
-            if idle.tx.is_closed() || now.saturating_duration_since(idle.since) > self.idle_timeout
-            {
-                continue;
-            }
-            let mut tx = idle.tx;
-            // Usually ready at once; right after a body ended, the connection task may still be
-            // finishing that response.
-            if tx.ready().await.is_ok() {
-                return Some(tx);
-            }
-        }
-    }
-
     /// A new connection; `slot` (the cluster's `maxConnections` slot, if any) is held until it
     /// closes.
-    async fn connect(&self, slot: Option<Slot>) -> Result<SendRequest<ReqBody>, PoolError> {
+    async fn connect(&self, slot: Option<Slot>) -> Result<Conn, PoolError> {
         let addr = self.addr;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
@@ -373,7 +347,10 @@ impl EndpointPool {
             .map_err(|source| PoolError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            return h1_handshake(TokioIo::new(stream), addr, LiveConn::new(&self.live, slot)).await;
+            return Ok(Conn::new(
+                Io::Plain(stream),
+                LiveConn::new(&self.live, slot),
+            ));
         };
         let handshake = tls.connector.connect(tls.sni.clone(), stream);
         let stream = match tokio::time::timeout(crate::mtls::HANDSHAKE_TIMEOUT, handshake).await {
@@ -400,13 +377,14 @@ impl EndpointPool {
             }
         };
         tls.metrics.handshake(Direction::Outbound);
-        h1_handshake(TokioIo::new(stream), addr, LiveConn::new(&self.live, slot)).await
+        Ok(Conn::new(
+            Io::Tls(Box::new(stream)),
+            LiveConn::new(&self.live, slot),
+        ))
     }
 
-    fn put(&self, tx: SendRequest<ReqBody>, since: Instant) {
-        if tx.is_closed() {
-            return;
-        }
+    /// Takes back a connection whose response was read to the end.
+    fn put(&self, conn: Conn, since: Instant) {
         let mut idle = self.lock();
         // Oldest first: drop the expired ones from the front.
         let expired = idle
@@ -417,7 +395,7 @@ impl EndpointPool {
             idle.drain(..expired);
         }
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { tx, since });
+            idle.push(Idle { conn, since });
         }
         drop(idle);
         if self.live.waiting.load(Ordering::Relaxed) > 0 {
@@ -437,26 +415,27 @@ impl EndpointPool {
     }
 }
 
-/// An HTTP/1.1 client handshake on a new connection, its task spawned.
-async fn h1_handshake<I>(
-    io: I,
-    addr: SocketAddr,
-    live: LiveConn,
-) -> Result<SendRequest<ReqBody>, PoolError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (tx, conn) = http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|source| PoolError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        let _live = live;
-        if let Err(e) = conn.await {
-            tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(tx)
+impl h1::Answer {
+    fn into_response(self, pool: Arc<EndpointPool>, since: Instant) -> Response<UpstreamBody> {
+        let mut body = self.body;
+        body.home = Some((pool, since));
+        body.release_if_done();
+        Response::from_parts(
+            self.head,
+            UpstreamBody {
+                inner: Inner::H1(body),
+            },
+        )
+    }
+}
+
+/// Why an upstream response body failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    H1(#[from] H1Error),
 }
 
 /// An upstream response body. One from a pooled HTTP/1.1 connection gives the connection back
@@ -466,20 +445,13 @@ where
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
     inner: Inner,
-    reuse: Option<Reuse>,
 }
 
 #[derive(Debug)]
 enum Inner {
     Stream(Incoming),
     Read(Replay),
-}
-
-#[derive(Debug)]
-struct Reuse {
-    tx: SendRequest<ReqBody>,
-    pool: Arc<EndpointPool>,
-    since: Instant,
+    H1(H1Body),
 }
 
 impl UpstreamBody {
@@ -487,36 +459,13 @@ impl UpstreamBody {
     pub fn plain(inner: Incoming) -> Self {
         UpstreamBody {
             inner: Inner::Stream(inner),
-            reuse: None,
-        }
-    }
-
-    fn pooled(
-        inner: Incoming,
-        tx: SendRequest<ReqBody>,
-        pool: Arc<EndpointPool>,
-        since: Instant,
-    ) -> Self {
-        let mut body = UpstreamBody {
-            inner: Inner::Stream(inner),
-            reuse: Some(Reuse { tx, pool, since }),
-        };
-        body.release_if_done();
-        body
-    }
-
-    fn release_if_done(&mut self) {
-        if self.is_end_stream()
-            && let Some(r) = self.reuse.take()
-        {
-            r.pool.put(r.tx, r.since);
         }
     }
 
     /// Reads the whole body when its length is known and at most `limit` bytes, so that a
     /// peer failing mid-body is an error here, while a retry is still possible, rather than
     /// a truncated response downstream. Bodies of unknown or larger length stay streamed.
-    pub async fn read_whole(mut self, limit: usize) -> Result<Self, hyper::Error> {
+    pub async fn read_whole(mut self, limit: usize) -> Result<Self, BodyError> {
         if self.is_end_stream() || self.size_hint().exact().is_none_or(|n| n > limit as u64) {
             return Ok(self);
         }
@@ -528,41 +477,30 @@ impl UpstreamBody {
         };
         Ok(UpstreamBody {
             inner: Inner::Read(replay),
-            reuse: None,
         })
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = match &mut this.inner {
-            Inner::Stream(b) => Pin::new(b).poll_frame(cx),
-            Inner::Read(r) => return Poll::Ready(r.next_frame().map(Ok)),
-        };
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some(r) = this.reuse.take() {
-                    r.pool.put(r.tx, r.since);
-                }
-            }
-            Poll::Ready(Some(Ok(_))) => this.release_if_done(),
-            Poll::Ready(Some(Err(_))) => this.reuse = None,
-            Poll::Pending => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.inner {
+            Inner::Stream(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Hyper),
+            Inner::Read(r) => Poll::Ready(r.next_frame().map(Ok)),
+            Inner::H1(b) => b.poll_frame(cx).map_err(BodyError::H1),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Stream(b) => b.is_end_stream(),
             Inner::Read(r) => r.done(),
+            Inner::H1(b) => b.is_end_stream(),
         }
     }
 
@@ -570,6 +508,7 @@ impl Body for UpstreamBody {
         match &self.inner {
             Inner::Stream(b) => b.size_hint(),
             Inner::Read(r) => SizeHint::with_exact(r.remaining()),
+            Inner::H1(b) => b.size_hint(),
         }
     }
 }
