@@ -18,6 +18,7 @@
 
 use std::future::poll_fn;
 use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -119,6 +120,8 @@ impl AsyncWrite for Io {
 pub(crate) struct Conn {
     io: Io,
     buf: BytesMut,
+    /// Scratch space for parsing response heads.
+    fields: Vec<Field>,
     _live: LiveConn,
 }
 
@@ -135,6 +138,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            fields: Vec::new(),
             _live: live,
         }
     }
@@ -416,7 +420,7 @@ pub(crate) async fn exchange(
     loop {
         if !conn.buf.is_empty() {
             got_any = true;
-            match parse_head(&mut conn.buf, is_head) {
+            match parse_head(&mut conn.buf, &mut conn.fields, is_head) {
                 Ok(None) => {}
                 Ok(Some(Parsed::Interim)) => continue,
                 Ok(Some(Parsed::Final {
@@ -525,6 +529,9 @@ fn encode_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     }
 }
 
+/// Where a header field sits in the head: name offset and length, value offset and length.
+type Field = (usize, usize, usize, usize);
+
 enum Parsed {
     /// A 1xx response other than 101: skipped, the final one follows.
     Interim,
@@ -536,10 +543,21 @@ enum Parsed {
 }
 
 /// Parses a response head from the front of `buf` (consumed when complete).
-fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, H1Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
+/// `at` is scratch space, kept with the connection so no request allocates it.
+fn parse_head(
+    buf: &mut BytesMut,
+    at: &mut Vec<Field>,
+    is_head: bool,
+) -> Result<Option<Parsed>, H1Error> {
+    // Left uninitialised: httparse writes the fields it finds.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
         Ok(_) => return Err(H1Error::HeadTooLarge),
@@ -557,15 +575,15 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, H1Err
     // Where each field sits, so names and values can share the head's bytes.
     let base = buf.as_ptr() as usize;
     let count = resp.headers.len();
-    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    for (slot, f) in at.iter_mut().zip(resp.headers.iter()) {
-        *slot = (
+    at.clear();
+    at.extend(resp.headers.iter().map(|f| {
+        (
             f.name.as_ptr() as usize - base,
             f.name.len(),
             f.value.as_ptr() as usize - base,
             f.value.len(),
-        );
-    }
+        )
+    }));
     let bytes = buf.split_to(len).freeze();
     if (100..200).contains(&code) {
         return if code == 101 {
@@ -581,7 +599,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, H1Err
     let mut keep_alive = version == Version::HTTP_11;
     let mut chunked = None;
     let mut length: Option<u64> = None;
-    for &(ns, nl, vs, vl) in &at[..count] {
+    for &(ns, nl, vs, vl) in at.iter() {
         let name = HeaderName::from_bytes(&bytes[ns..ns + nl])
             .map_err(|_| H1Error::Parse("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl))
