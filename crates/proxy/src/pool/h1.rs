@@ -153,6 +153,33 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
+    /// While the request is still being sent: drops the complete interim (1xx) answers at the
+    /// front of the buffer, and tells whether what follows is the start of a final one (or
+    /// something that cannot be parsed, left for the response-head reader to report).
+    fn final_answer_came(&mut self) -> bool {
+        loop {
+            if self.buf.is_empty() {
+                return false;
+            }
+            let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                &self.buf,
+                &mut fields,
+            );
+            match (parsed, resp.code) {
+                (Ok(httparse::Status::Complete(n)), Some(code))
+                    if (100..200).contains(&code) && code != 101 =>
+                {
+                    self.buf.advance(n);
+                }
+                (Ok(httparse::Status::Partial), _) => return self.buf.len() >= MAX_HEAD,
+                _ => return true,
+            }
+        }
+    }
+
     /// Whether an idle connection can take a request: false once the server closed it or
     /// sent something nobody asked for. No system call unless the socket became readable.
     pub(super) fn idle_usable(&mut self) -> bool {
@@ -174,7 +201,8 @@ impl Conn {
     }
 
     /// Writes `bytes` and flushes. While the server does not take them, watches for an
-    /// answer: `Ok(false)` when one (or the end of the stream) arrived before all was written.
+    /// answer: `Ok(false)` when a final one (or the end of the stream) arrived before all was
+    /// written. Interim answers (`100 Continue`) are consumed and sending goes on.
     async fn write_watching(&mut self, bytes: &[u8]) -> io::Result<bool> {
         let mut off = 0;
         poll_fn(|cx| {
@@ -192,13 +220,16 @@ impl Conn {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => off += n,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        return match self.poll_fill(cx, READ_MIN) {
-                            Poll::Ready(Ok(_)) => Poll::Ready(Ok(false)),
-                            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                            Poll::Pending => Poll::Pending,
-                        };
-                    }
+                    Poll::Pending => match self.poll_fill(cx, READ_MIN) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(false)),
+                        Poll::Ready(Ok(_)) if self.final_answer_came() => {
+                            return Poll::Ready(Ok(false));
+                        }
+                        // Only an interim answer, or not enough to tell: keep writing.
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    },
                 }
             }
         })
@@ -407,10 +438,12 @@ pub(crate) async fn exchange(
                     (body_done, large) =
                         push_frame(&mut wbuf, framing, &mut sent, frame).map_err(Failure::Error)?;
                 }
-                Event::Read(Ok(_)) => {
+                Event::Read(Ok(n)) if n == 0 || conn.final_answer_came() => {
                     answered_early = true;
                     break;
                 }
+                // An interim answer (`100 Continue`), consumed: the body goes on.
+                Event::Read(Ok(_)) => {}
                 Event::Read(Err(e)) => return Err(Failure::Error(H1Error::Io(e))),
             }
         }

@@ -377,3 +377,57 @@ async fn a_body_error_names_the_upstream_failure() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_100_continue_while_the_body_is_sent_does_not_stop_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.expect("head");
+            head.push(byte[0]);
+        }
+        // The interim answer goes out before any of the body is read, then the whole body is
+        // read and counted.
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .expect("continue");
+        let mut got = 0usize;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while got < 32 << 20 {
+            match stream.read(&mut chunk).await.expect("body") {
+                0 => break,
+                n => got += n,
+            }
+        }
+        let text = got.to_string();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        stream.write_all(answer.as_bytes()).await.expect("answer");
+        let _ = stream.read(&mut chunk).await;
+    });
+    static BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let body = BODY.get_or_init(|| vec![b'x'; 32 << 20]);
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/upload")
+        .header("host", "svc")
+        .header("expect", "100-continue")
+        .header("content-length", body.len())
+        .body(ReqBody::Replay(Replay::new(Bytes::from_static(body), None)))
+        .expect("request");
+    let pool = pool(addr);
+    let answer = tokio::time::timeout(Duration::from_secs(60), exchange(&pool, req))
+        .await
+        .expect("the body was sent whole and answered");
+    let (status, text, _) = answer.expect("exchange");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&text[..], (32usize << 20).to_string().as_bytes());
+    assert_eq!(pool.idle_len(), 1, "the connection stays usable");
+}
