@@ -165,7 +165,7 @@ impl Drop for LiveConn {
 
 #[derive(Debug)]
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -324,7 +324,7 @@ impl EndpointPool {
     }
 
     /// The most recently used idle connection that is still open and not expired.
-    fn pop_idle(&self, now: Instant) -> Option<Conn> {
+    fn pop_idle(&self, now: Instant) -> Option<Box<Conn>> {
         let mut idle = self.lock();
         while let Some(mut i) = idle.pop() {
             if now.saturating_duration_since(i.since) <= self.idle_timeout && i.conn.idle_usable() {
@@ -336,7 +336,7 @@ impl EndpointPool {
 
     /// A new connection; `slot` (the cluster's `maxConnections` slot, if any) is held until it
     /// closes.
-    async fn connect(&self, slot: Option<Slot>) -> Result<Conn, PoolError> {
+    async fn connect(&self, slot: Option<Slot>) -> Result<Box<Conn>, PoolError> {
         let addr = self.addr;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
@@ -384,7 +384,7 @@ impl EndpointPool {
     }
 
     /// Takes back a connection whose response was read to the end.
-    fn put(&self, conn: Conn, since: Instant) {
+    fn put(&self, conn: Box<Conn>, since: Instant) {
         let mut idle = self.lock();
         // Oldest first: drop the expired ones from the front.
         let expired = idle

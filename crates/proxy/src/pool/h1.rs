@@ -134,13 +134,15 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    pub(super) fn new(io: Io, live: LiveConn) -> Self {
-        Conn {
+    /// Boxed once for the connection's life: requests and response bodies then move a
+    /// pointer, not the connection.
+    pub(super) fn new(io: Io, live: LiveConn) -> Box<Self> {
+        Box::new(Conn {
             io,
             buf: BytesMut::new(),
             fields: Vec::new(),
             _live: live,
-        }
+        })
     }
 
     /// Reads more into the buffer (at least `READ_MIN` of room, up to `want`); `Ok(0)` at
@@ -345,7 +347,7 @@ pub(crate) struct Answer {
 /// Sends the request on `conn` and reads the response head. `reused`: the connection came
 /// from the pool (a close before any answer then means it had gone stale).
 pub(crate) async fn exchange(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     head: Head,
     mut body: ReqBody,
     reused: bool,
@@ -757,7 +759,7 @@ pub(crate) enum Chunk {
 /// (`home`) once the body was read to the end, if it can take another request.
 #[derive(Debug)]
 pub(crate) struct H1Body {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     keep_alive: bool,
     pub(super) home: Option<(std::sync::Arc<super::EndpointPool>, std::time::Instant)>,
