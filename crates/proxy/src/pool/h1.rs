@@ -284,10 +284,7 @@ pub(crate) fn encode(parts: &http::request::Parts, body: &ReqBody, host: &str) -
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
             // The downstream side already checked it; an unreadable one is replaced below.
-            match std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-            {
+            match parse_decimal(value.as_bytes().trim_ascii()) {
                 Some(n) if length.is_none() => length = Some(n),
                 _ => continue,
             }
@@ -824,6 +821,16 @@ macro_rules! fill {
     };
 }
 
+/// Takes what is buffered of the `rem` bytes still to come (at least one is buffered).
+fn take_data(conn: &mut Conn, rem: &mut u64) -> Bytes {
+    let n = conn
+        .buf
+        .len()
+        .min(usize::try_from(*rem).unwrap_or(usize::MAX));
+    *rem -= n as u64;
+    conn.buf.split_to(n).freeze()
+}
+
 fn poll_body(
     conn: &mut Conn,
     framing: &mut Framing,
@@ -833,13 +840,10 @@ fn poll_body(
         match framing {
             Framing::Done => return Poll::Ready(None),
             Framing::Length(rem) => {
-                let want = usize::try_from(*rem).unwrap_or(usize::MAX);
                 if conn.buf.is_empty() {
-                    fill!(conn, cx, want);
+                    fill!(conn, cx, usize::try_from(*rem).unwrap_or(usize::MAX));
                 }
-                let n = conn.buf.len().min(want);
-                *rem -= n as u64;
-                let data = conn.buf.split_to(n).freeze();
+                let data = take_data(conn, rem);
                 if *rem == 0 {
                     *framing = Framing::Done;
                 }
@@ -876,13 +880,10 @@ fn poll_body(
                 });
             }
             Framing::Chunked(Chunk::Data(rem)) => {
-                let want = usize::try_from(*rem).unwrap_or(usize::MAX);
                 if conn.buf.is_empty() {
-                    fill!(conn, cx, want);
+                    fill!(conn, cx, usize::try_from(*rem).unwrap_or(usize::MAX));
                 }
-                let n = conn.buf.len().min(want);
-                *rem -= n as u64;
-                let data = conn.buf.split_to(n).freeze();
+                let data = take_data(conn, rem);
                 if *rem == 0 {
                     *framing = Framing::Chunked(Chunk::DataEnd);
                 }

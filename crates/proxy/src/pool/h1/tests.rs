@@ -314,19 +314,45 @@ async fn a_pooled_connection_the_server_closed_is_replaced() {
     assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
 }
 
+/// An upload far larger than the socket buffers take, so its body cannot be written whole
+/// while the server does not read.
+const UPLOAD: usize = 32 << 20;
+
+/// A `/upload` request with an [`UPLOAD`]-byte body and its `content-length`.
+fn upload(method: Method, extra: Option<(&str, &str)>) -> Request<ReqBody> {
+    static BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let body = BODY.get_or_init(|| vec![b'x'; UPLOAD]);
+    let mut req = Request::builder()
+        .method(method)
+        .uri("/upload")
+        .header("host", "svc")
+        .header("content-length", body.len());
+    if let Some((name, value)) = extra {
+        req = req.header(name, value);
+    }
+    req.body(ReqBody::Replay(Replay::new(Bytes::from_static(body), None)))
+        .expect("request")
+}
+
+/// Accepts one connection and reads its request head, nothing of the body.
+async fn accept_head_only(listener: &TcpListener) -> TcpStream {
+    let (mut stream, _) = listener.accept().await.expect("accept");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.expect("head");
+        head.push(byte[0]);
+    }
+    stream
+}
+
 #[tokio::test]
 async fn an_answer_before_the_request_body_is_sent_is_passed_on() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.expect("accept");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).await.expect("head");
-            head.push(byte[0]);
-        }
+        let mut stream = accept_head_only(&listener).await;
         // Refuses the body without reading it, and keeps the connection open until the
         // client is done.
         stream
@@ -336,16 +362,7 @@ async fn an_answer_before_the_request_body_is_sent_is_passed_on() {
         let _ = done_rx.await;
     });
     let pool = pool(addr);
-    // Far more than the socket buffers take, so the body cannot be written whole.
-    static BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let body = BODY.get_or_init(|| vec![b'x'; 32 << 20]);
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/upload")
-        .header("host", "svc")
-        .header("content-length", body.len())
-        .body(ReqBody::Replay(Replay::new(Bytes::from_static(body), None)))
-        .expect("request");
+    let req = upload(Method::POST, None);
     let (status, answer, _) = exchange(&pool, req).await.expect("the early answer");
     assert_eq!(
         (status, &answer[..]),
@@ -383,13 +400,7 @@ async fn a_100_continue_while_the_body_is_sent_does_not_stop_it() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.expect("accept");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).await.expect("head");
-            head.push(byte[0]);
-        }
+        let mut stream = accept_head_only(&listener).await;
         // The interim answer goes out before any of the body is read, then the whole body is
         // read and counted.
         stream
@@ -398,7 +409,7 @@ async fn a_100_continue_while_the_body_is_sent_does_not_stop_it() {
             .expect("continue");
         let mut got = 0usize;
         let mut chunk = vec![0u8; 64 * 1024];
-        while got < 32 << 20 {
+        while got < UPLOAD {
             match stream.read(&mut chunk).await.expect("body") {
                 0 => break,
                 n => got += n,
@@ -412,22 +423,13 @@ async fn a_100_continue_while_the_body_is_sent_does_not_stop_it() {
         stream.write_all(answer.as_bytes()).await.expect("answer");
         let _ = stream.read(&mut chunk).await;
     });
-    static BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let body = BODY.get_or_init(|| vec![b'x'; 32 << 20]);
-    let req = Request::builder()
-        .method(Method::PUT)
-        .uri("/upload")
-        .header("host", "svc")
-        .header("expect", "100-continue")
-        .header("content-length", body.len())
-        .body(ReqBody::Replay(Replay::new(Bytes::from_static(body), None)))
-        .expect("request");
+    let req = upload(Method::PUT, Some(("expect", "100-continue")));
     let pool = pool(addr);
     let answer = tokio::time::timeout(Duration::from_secs(60), exchange(&pool, req))
         .await
         .expect("the body was sent whole and answered");
     let (status, text, _) = answer.expect("exchange");
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(&text[..], (32usize << 20).to_string().as_bytes());
+    assert_eq!(&text[..], UPLOAD.to_string().as_bytes());
     assert_eq!(pool.idle_len(), 1, "the connection stays usable");
 }
