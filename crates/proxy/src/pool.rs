@@ -234,11 +234,29 @@ impl EndpointPool {
         breaker: Option<&Arc<Breaker>>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, PoolError>> + Send + 'static + use<>
     {
+        let (parts, body) = req.into_parts();
+        let head = self.encode(&parts, body.is_end_stream());
+        drop(parts);
+        self.send_head(head, body, now, breaker)
+    }
+
+    /// The head of a request for this endpoint's connections; `empty`: the body is known to
+    /// be empty (without a `content-length`, a body is otherwise sent chunked).
+    pub fn encode(&self, parts: &http::request::Parts, empty: bool) -> Head {
+        h1::encode(parts, empty, &self.host)
+    }
+
+    /// [`Self::send`] with a head encoded already (by [`Self::encode`]).
+    pub fn send_head(
+        self: &Arc<Self>,
+        head: Head,
+        body: ReqBody,
+        now: Instant,
+        breaker: Option<&Arc<Breaker>>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, PoolError>> + Send + 'static + use<>
+    {
         let pool = self.clone();
         let breaker = breaker.cloned();
-        let (parts, body) = req.into_parts();
-        let head = h1::encode(&parts, &body, &self.host);
-        drop(parts);
         match self.pop_idle(now) {
             Some(conn) => {
                 Either::Left(
@@ -464,9 +482,13 @@ impl UpstreamBody {
 
     /// Reads the whole body when its length is known and at most `limit` bytes, so that a
     /// peer failing mid-body is an error here, while a retry is still possible, rather than
-    /// a truncated response downstream. Bodies of unknown or larger length stay streamed.
+    /// a truncated response downstream. Bodies of unknown or larger length stay streamed, and
+    /// so does one whose bytes all came with its head (nothing is left to fail).
     pub async fn read_whole(mut self, limit: usize) -> Result<Self, BodyError> {
-        if self.is_end_stream() || self.size_hint().exact().is_none_or(|n| n > limit as u64) {
+        if self.is_end_stream()
+            || matches!(&self.inner, Inner::H1(b) if b.is_buffered())
+            || self.size_hint().exact().is_none_or(|n| n > limit as u64)
+        {
             return Ok(self);
         }
         // No bound on what `collect` reads: the length is known and within `limit`.

@@ -208,7 +208,12 @@ impl UpstreamSlot {
 /// Notes that `req` goes to `cluster` (and endpoint `host`, once picked), when it is logged.
 /// Without the access log this is one check of the request's (empty) extensions.
 pub(crate) fn note<B>(req: &Request<B>, cluster: &Arc<str>, host: Option<&Authority>) {
-    if let Some(slot) = req.extensions().get::<Arc<UpstreamSlot>>() {
+    note_in(req.extensions(), cluster, host)
+}
+
+/// [`note`] for a request's head, by its extensions.
+pub(crate) fn note_in(extensions: &http::Extensions, cluster: &Arc<str>, host: Option<&Authority>) {
+    if let Some(slot) = extensions.get::<Arc<UpstreamSlot>>() {
         *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Upstream {
             cluster: cluster.clone(),
             host: host.cloned(),

@@ -17,9 +17,10 @@
 //! between the head and the end of the body costs a retry, not a truncated response. Every answer Trellis makes itself names its reason in
 //! `x-trellis-reason`; gRPC callers get a trailers-only gRPC status instead of an HTTP error.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -29,6 +30,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::Either;
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 use super::{Decision, Extra, record_local, upstream_failure};
 use crate::accesslog;
@@ -39,21 +41,85 @@ use crate::http::{
 use crate::metrics::FaultKind;
 use crate::mtls::connect::prepare_h2;
 use crate::pool::UpstreamBody;
+use crate::pool::h1::Head;
 use crate::resilience::retry::{self, Outcome, RetryPolicy};
 use crate::resilience::{RoutePolicy, fault, reason, timeout};
 use crate::shared::Shared;
 
 type Boxed = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
 
-/// Runs `req` through the resilience layers (see the module doc).
+/// Runs `req` through the resilience layers (see the module doc). What depends on the request
+/// head is done before this returns, so the head is let go before anything is awaited: hyper
+/// polls the downstream connection while the request waits, and its read buffer is then
+/// reused instead of reallocated.
 pub(super) fn forward(
     d: Decision,
     extra: Extra,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     start: Instant,
     shared: Arc<Shared>,
 ) -> Boxed {
-    Box::pin(run(d, extra, req, start, shared))
+    let grpc = is_grpc(req.headers());
+    let policy = extra.policy.unwrap_or_else(|| NO_POLICY.clone());
+    let injection = policy.faults.as_deref().map(|f| {
+        f.decide(req.method(), req.headers(), || {
+            rand::random_range(0..fault::PER_MILLION)
+        })
+    });
+    let version = req.version();
+    let caller_deadline = if version == Version::HTTP_2 {
+        timeout::grpc_timeout(req.headers())
+    } else {
+        None
+    };
+    let retries_method = policy
+        .retry
+        .as_ref()
+        .is_some_and(|r| retry::method_retriable(r, req.method()));
+    accesslog::note(&req, &d.cluster.name, None);
+    strip_hop_by_hop(req.headers_mut());
+    if version != Version::HTTP_2
+        && !req.headers().contains_key(header::HOST)
+        && let Some(a) = req.uri().authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    let (parts, body) = req.into_parts();
+    let head = if version != Version::HTTP_2 && d.cluster.tls.is_none() {
+        let pool = &d.cluster.endpoints[d.index].pool;
+        TryHead::Encoded {
+            head: Some(pool.encode(&parts, body.is_end_stream())),
+            extensions: parts.extensions,
+        }
+    } else {
+        TryHead::Parts(Some(parts))
+    };
+    let request = Prepared {
+        head,
+        body,
+        version,
+        grpc,
+        injection,
+        caller_deadline,
+        retries_method,
+    };
+    Box::pin(run(d, extra.hash, policy, request, start, shared))
+}
+
+/// What [`forward`] took from the request.
+struct Prepared {
+    head: TryHead,
+    body: Incoming,
+    version: Version,
+    /// The caller speaks gRPC (errors are answered as gRPC statuses).
+    grpc: bool,
+    /// The faults to inject, when the route or service has any.
+    injection: Option<fault::Injection>,
+    /// The caller's own deadline (`grpc-timeout`).
+    caller_deadline: Option<std::time::Duration>,
+    /// The route retries and the method may be retried.
+    retries_method: bool,
 }
 
 /// The policy of a route without one (its cluster has breakers, a budget or outlier
@@ -72,42 +138,44 @@ enum TryError {
 
 async fn run(
     d: Decision,
-    extra: Extra,
-    mut req: Request<Incoming>,
+    hash: Option<u64>,
+    policy: Arc<RoutePolicy>,
+    request: Prepared,
     start: Instant,
     shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
-    let grpc = is_grpc(req.headers());
-    let policy = extra.policy.unwrap_or_else(|| NO_POLICY.clone());
+    let Prepared {
+        mut head,
+        body,
+        version,
+        grpc,
+        injection,
+        caller_deadline,
+        retries_method,
+    } = request;
     // Faults first, as Envoy's fault filter runs before its router: a delay holds no endpoint,
     // breaker slot or deadline; an abort costs nothing upstream.
-    let (d, begun) = match policy.faults.as_deref() {
+    let (d, begun) = match injection {
         None => (d, start),
-        Some(f) => {
-            let injection = f.decide(req.method(), req.headers(), || {
-                rand::random_range(0..fault::PER_MILLION)
-            });
-            match inject(injection, d, extra.hash, grpc, start).await {
-                Ok(next) => next,
-                Err(resp) => return resp,
-            }
-        }
-    };
-    let caller_deadline = if req.version() == Version::HTTP_2 {
-        timeout::grpc_timeout(req.headers())
-    } else {
-        None
+        Some(injection) => match inject(injection, d, hash, grpc, start).await {
+            Ok(next) => next,
+            Err(resp) => return resp,
+        },
     };
     let deadline = timeout::effective(policy.request_timeout, caller_deadline);
-    let metrics = d.metrics.clone();
-    let cluster = d.cluster.clone();
-    accesslog::note(&req, &cluster.name, None);
+    let Decision {
+        cluster,
+        index,
+        load,
+        metrics,
+    } = d;
+    let resilience = cluster.resilience.as_deref();
     // The breaker first: an overflowing request costs nothing upstream.
-    let _slot = match cluster.resilience.as_ref().and_then(|r| r.breaker.as_ref()) {
+    let _slot = match resilience.and_then(|r| r.breaker.as_ref()) {
         Some(b) => match b.try_request() {
             Some(slot) => Some(slot),
             None => {
-                drop(d.load);
+                drop(load);
                 let resp = reply(
                     grpc,
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -123,30 +191,247 @@ async fn run(
         },
         None => None,
     };
-    if let Some(budget) = cluster.resilience.as_ref().and_then(|r| r.budget.as_ref()) {
+    if let Some(budget) = resilience.and_then(|r| r.budget.as_ref()) {
         budget.on_request(start);
     }
-    strip_hop_by_hop(req.headers_mut());
-    let tries = tries(d, extra.hash, req, start, &shared, policy, grpc);
-    match deadline {
-        None => tries.await,
-        Some(t) => match tokio::time::timeout_at((begun + t).into(), tries).await {
-            Ok(resp) => resp,
-            Err(_) => {
-                let resp = reply(
-                    grpc,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    reason::UPSTREAM_TIMEOUT,
-                    format!(
-                        "trellis: no response from cluster `{}` within {t:?}\n",
-                        cluster.name
-                    ),
-                );
-                record_local(&metrics, &resp, start);
-                resp
+    // One timer for the request: armed for the sooner of the request's deadline and the
+    // current try's, and only registered with the runtime if a wait is ever pending.
+    let request_deadline = deadline.map(|t| begun + t);
+    let mut timer = pin!(None::<Sleep>);
+    let timed_out = || {
+        let t = deadline.unwrap_or_default();
+        let resp = reply(
+            grpc,
+            StatusCode::GATEWAY_TIMEOUT,
+            reason::UPSTREAM_TIMEOUT,
+            format!(
+                "trellis: no response from cluster `{}` within {t:?}\n",
+                cluster.name
+            ),
+        );
+        record_local(&metrics, &resp, start);
+        resp
+    };
+
+    let outlier = resilience.and_then(|r| r.outlier.as_ref());
+    let retry: Option<&RetryPolicy> = policy.retry.as_ref().filter(|_| retries_method);
+    let mut try_start = begun;
+    let (replay, mut first) = match retry {
+        None => (None, Some(ReqBody::Stream(body))),
+        Some(_) if body.is_end_stream() => (Some(Replay::default()), None),
+        Some(r) => {
+            arm(&mut timer, request_deadline);
+            let buffered = race(pin!(buffer(body, r.buffer_limit)), timer.as_mut()).await;
+            try_start = Instant::now();
+            match buffered {
+                None => return timed_out(),
+                Some(Ok(Ok(replay))) => (Some(replay), None),
+                Some(Ok(Err(stream))) => (None, Some(stream)),
+                Some(Err(e)) => {
+                    let resp = reply(
+                        grpc,
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("trellis: reading the request body failed: {e}\n"),
+                    );
+                    record_local(&metrics, &resp, start);
+                    return resp;
+                }
             }
-        },
+        }
+    };
+    let retries_allowed = match (retry, &replay) {
+        (Some(r), Some(_)) => r.attempts,
+        _ => 0,
+    };
+    let mut index = index;
+    let mut load = Some(load);
+    let mut tried: u64 = 0;
+    let mut _retry_slot = None;
+    let mut attempt = 0u32;
+    loop {
+        if attempt > 0 {
+            try_start = Instant::now();
+            let Some(p) = cluster.pick(hash, try_start, tried) else {
+                break;
+            };
+            index = p.index;
+            load = Some(p.load);
+        }
+        if index < 64 {
+            tried |= 1 << index;
+        }
+        let body = match (&replay, first.take()) {
+            (Some(r), _) => ReqBody::Replay(r.fresh()),
+            (None, Some(b)) => b,
+            (None, None) => break,
+        };
+        // The sooner of the two deadlines; `per_try`: it is this try's own.
+        let try_deadline = policy.per_try_timeout.map(|t| try_start + t);
+        let (at, per_try) = match (try_deadline, request_deadline) {
+            (Some(p), Some(r)) if p < r => (Some(p), true),
+            (Some(p), None) => (Some(p), true),
+            (_, r) => (r, false),
+        };
+        arm(&mut timer, at);
+        let last = attempt >= retries_allowed;
+        let Some(sent) = send_try(&shared, &cluster, index, &mut head, last, body, start) else {
+            break;
+        };
+        let result = match race(pin!(sent), timer.as_mut()).await {
+            Some(result) => result,
+            None if per_try => Err(TryError::Timeout),
+            None => return timed_out(),
+        };
+        // While a reset can still be retried, a small body of known length is read whole
+        // before its head goes downstream: a peer dying mid-body is then retried, not a
+        // truncated response.
+        let read_limit = retry
+            .filter(|r| !last && retry::retriable(r, Outcome::Reset))
+            .map(|r| r.buffer_limit);
+        let result = match (result, read_limit) {
+            (Ok(resp), Some(limit)) => {
+                let (head, body) = resp.into_parts();
+                match race(pin!(body.read_whole(limit)), timer.as_mut()).await {
+                    Some(Ok(body)) => Ok(Response::from_parts(head, body)),
+                    Some(Err(e)) => Err(TryError::Upstream(UpstreamError::Body(e))),
+                    None if per_try => Err(TryError::Timeout),
+                    None => return timed_out(),
+                }
+            }
+            (result, _) => result,
+        };
+        let outcome = match &result {
+            Ok(resp) => Outcome::Response {
+                status: resp.status().as_u16(),
+                grpc: grpc.then(|| retry::grpc_status(resp.headers())).flatten(),
+            },
+            Err(TryError::Upstream(e)) if e.is_connect() => Outcome::ConnectFailure,
+            Err(TryError::Timeout) => Outcome::Timeout,
+            Err(_) => Outcome::Reset,
+        };
+        let local = matches!(
+            result,
+            Err(TryError::NoIdentity)
+                | Err(TryError::Overflow(_))
+                | Err(TryError::Upstream(UpstreamError::Uri(_)))
+        );
+        if !local
+            && let Some(o) = outlier
+            && o.record(index, outcome, Instant::now())
+        {
+            metrics.ejection();
+            tracing::debug!(cluster = %cluster.name, endpoint = %cluster.endpoints[index].authority, "endpoint ejected by outlier detection");
+        }
+        // A local refusal is no upstream failure: neither ejected for nor retried.
+        let wants_retry = !local && !last && retry.is_some_and(|r| retry::retriable(r, outcome));
+        if !wants_retry {
+            return finish(
+                result, &cluster, index, load, &metrics, version, start, grpc, None,
+            );
+        }
+        // The budget, then the retry breaker: either refusing ends the request as it is.
+        if let Some(b) = resilience.and_then(|r| r.budget.as_ref())
+            && !b.try_retry(Instant::now())
+        {
+            return finish(
+                result,
+                &cluster,
+                index,
+                load,
+                &metrics,
+                version,
+                start,
+                grpc,
+                Some(reason::RETRY_BUDGET_EXHAUSTED),
+            );
+        }
+        if let Some(b) = resilience.and_then(|r| r.breaker.as_ref()) {
+            match b.try_retry() {
+                Some(slot) => _retry_slot = Some(slot),
+                None => {
+                    return finish(
+                        result,
+                        &cluster,
+                        index,
+                        load,
+                        &metrics,
+                        version,
+                        start,
+                        grpc,
+                        Some(reason::CIRCUIT_OPEN),
+                    );
+                }
+            }
+        }
+        drop(result);
+        drop(load.take());
+        metrics.retry();
+        if let Some(r) = retry {
+            let wait = retry::backoff(
+                r.backoff_base,
+                r.backoff_max,
+                attempt,
+                rand::random::<f64>(),
+            );
+            if !wait.is_zero() {
+                // The wait ends early, in a timeout, when the request's deadline comes first.
+                let until = Instant::now() + wait;
+                let expires = request_deadline.filter(|d| *d <= until);
+                arm(&mut timer, Some(expires.unwrap_or(until)));
+                if let Some(t) = timer.as_mut().as_pin_mut() {
+                    t.await;
+                }
+                if expires.is_some() {
+                    return timed_out();
+                }
+            }
+        }
+        attempt += 1;
     }
+    let resp = reply(
+        grpc,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_healthy_endpoints",
+        format!(
+            "trellis: cluster `{}` has no endpoint left to try\n",
+            cluster.name
+        ),
+    );
+    record_local(&metrics, &resp, start);
+    resp
+}
+
+/// Sets `timer` to fire at `at` (`None`: never): a new timer the first time (registered with
+/// the runtime only when first polled), else the same one moved.
+fn arm(timer: &mut Pin<&mut Option<Sleep>>, at: Option<Instant>) {
+    let Some(at) = at.map(tokio::time::Instant::from_std) else {
+        timer.set(None);
+        return;
+    };
+    match timer.as_mut().as_pin_mut() {
+        Some(t) if t.deadline() == at => {}
+        Some(t) => t.reset(at),
+        None => timer.set(Some(tokio::time::sleep_until(at))),
+    }
+}
+
+/// Polls `fut` until it is ready (`Some`) or `timer` fires first (`None`); without a timer,
+/// until it is ready. The future is polled first, so an answer that is ready when the timer
+/// fires still counts.
+fn race<'a, F: Future>(
+    mut fut: Pin<&'a mut F>,
+    mut timer: Pin<&'a mut Option<Sleep>>,
+) -> impl Future<Output = Option<F::Output>> + 'a {
+    poll_fn(move |cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match timer.as_mut().as_pin_mut() {
+            Some(t) => t.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    })
 }
 
 /// Applies `injection`: the delay (the balancer's pick is given back for the wait and made
@@ -238,209 +523,32 @@ fn rebuild(parts: &Parts, body: ReqBody) -> Request<ReqBody> {
     r
 }
 
-async fn tries(
-    d: Decision,
-    hash: Option<u64>,
-    req: Request<Incoming>,
-    start: Instant,
-    shared: &Shared,
-    policy: Arc<RoutePolicy>,
-    grpc: bool,
-) -> Response<ProxyBody> {
-    let Decision {
-        cluster,
-        index,
-        load,
-        metrics,
-    } = d;
-    let resilience = cluster.resilience.clone();
-    let outlier = resilience.as_ref().and_then(|r| r.outlier.as_ref());
-    let version = req.version();
-    let (parts, body) = req.into_parts();
-    let mut parts = Some(parts);
-    let retry: Option<&RetryPolicy> = policy.retry.as_ref().filter(|r| {
-        parts
-            .as_ref()
-            .is_some_and(|p| retry::method_retriable(r, &p.method))
-    });
-    let (replay, mut first) = match retry {
-        None => (None, Some(ReqBody::Stream(body))),
-        Some(r) => match buffer(body, r.buffer_limit).await {
-            Ok(Ok(replay)) => (Some(replay), None),
-            Ok(Err(stream)) => (None, Some(stream)),
-            Err(e) => {
-                let resp = reply(
-                    grpc,
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("trellis: reading the request body failed: {e}\n"),
-                );
-                record_local(&metrics, &resp, start);
-                return resp;
-            }
-        },
-    };
-    let retries_allowed = match (retry, &replay) {
-        (Some(r), Some(_)) => r.attempts,
-        _ => 0,
-    };
-    let mut index = index;
-    let mut load = Some(load);
-    let mut tried: u64 = 0;
-    let mut _retry_slot = None;
-    let mut attempt = 0u32;
-    loop {
-        if attempt > 0 {
-            let Some(p) = cluster.pick(hash, Instant::now(), tried) else {
-                break;
-            };
-            index = p.index;
-            load = Some(p.load);
-        }
-        if index < 64 {
-            tried |= 1 << index;
-        }
-        let body = match (&replay, first.take()) {
-            (Some(r), _) => ReqBody::Replay(r.fresh()),
-            (None, Some(b)) => b,
-            (None, None) => break,
-        };
-        // The last try the policy allows takes the head itself; earlier ones send a copy.
-        let req = if attempt >= retries_allowed {
-            parts.take().map(|p| Request::from_parts(p, body))
-        } else {
-            parts.as_ref().map(|p| rebuild(p, body))
-        };
-        let Some(req) = req else { break };
-        let sent = send_try(shared, &cluster, index, req, start);
-        // While a reset can still be retried, a small body of known length is read whole
-        // before its head goes downstream: a peer dying mid-body is then retried, not a
-        // truncated response.
-        let read_limit = retry
-            .filter(|r| attempt < retries_allowed && retry::retriable(r, Outcome::Reset))
-            .map(|r| r.buffer_limit);
-        let sent = async move {
-            let resp = sent.await?;
-            match read_limit {
-                None => Ok(resp),
-                Some(limit) => {
-                    let (head, body) = resp.into_parts();
-                    match body.read_whole(limit).await {
-                        Ok(body) => Ok(Response::from_parts(head, body)),
-                        Err(e) => Err(TryError::Upstream(UpstreamError::Body(e))),
-                    }
-                }
-            }
-        };
-        let result = match policy.per_try_timeout {
-            None => sent.await,
-            Some(t) => tokio::time::timeout(t, sent)
-                .await
-                .unwrap_or(Err(TryError::Timeout)),
-        };
-        let outcome = match &result {
-            Ok(resp) => Outcome::Response {
-                status: resp.status().as_u16(),
-                grpc: retry::grpc_status(resp.headers()),
-            },
-            Err(TryError::Upstream(e)) if e.is_connect() => Outcome::ConnectFailure,
-            Err(TryError::Timeout) => Outcome::Timeout,
-            Err(_) => Outcome::Reset,
-        };
-        let now = Instant::now();
-        let local = matches!(
-            result,
-            Err(TryError::NoIdentity)
-                | Err(TryError::Overflow(_))
-                | Err(TryError::Upstream(UpstreamError::Uri(_)))
-        );
-        if !local
-            && let Some(o) = outlier
-            && o.record(index, outcome, now)
-        {
-            metrics.ejection();
-            tracing::debug!(cluster = %cluster.name, endpoint = %cluster.endpoints[index].authority, "endpoint ejected by outlier detection");
-        }
-        // A local refusal is no upstream failure: neither ejected for nor retried.
-        let wants_retry = !local
-            && retry.is_some_and(|r| retry::retriable(r, outcome))
-            && attempt < retries_allowed;
-        if !wants_retry {
-            return finish(
-                result, &cluster, index, load, &metrics, version, start, grpc, None,
-            );
-        }
-        // The budget, then the retry breaker: either refusing ends the request as it is.
-        if let Some(b) = resilience.as_ref().and_then(|r| r.budget.as_ref())
-            && !b.try_retry(now)
-        {
-            return finish(
-                result,
-                &cluster,
-                index,
-                load,
-                &metrics,
-                version,
-                start,
-                grpc,
-                Some(reason::RETRY_BUDGET_EXHAUSTED),
-            );
-        }
-        if let Some(b) = resilience.as_ref().and_then(|r| r.breaker.as_ref()) {
-            match b.try_retry() {
-                Some(slot) => _retry_slot = Some(slot),
-                None => {
-                    return finish(
-                        result,
-                        &cluster,
-                        index,
-                        load,
-                        &metrics,
-                        version,
-                        start,
-                        grpc,
-                        Some(reason::CIRCUIT_OPEN),
-                    );
-                }
-            }
-        }
-        drop(result);
-        drop(load.take());
-        metrics.retry();
-        if let Some(r) = retry {
-            let wait = retry::backoff(
-                r.backoff_base,
-                r.backoff_max,
-                attempt,
-                rand::random::<f64>(),
-            );
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        attempt += 1;
-    }
-    let resp = reply(
-        grpc,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no_healthy_endpoints",
-        format!(
-            "trellis: cluster `{}` has no endpoint left to try\n",
-            cluster.name
-        ),
-    );
-    record_local(&metrics, &resp, start);
-    resp
+/// The request head the tries send.
+enum TryHead {
+    /// HTTP/1.x to a plaintext cluster: encoded once for every try (the last one takes it),
+    /// and the downstream head let go before the first try is sent, so hyper can reuse its
+    /// read buffer while the answer is awaited.
+    Encoded {
+        head: Option<Head>,
+        extensions: http::Extensions,
+    },
+    /// HTTP/2, or a cluster with mTLS endpoints: each try needs a request of its own, a copy
+    /// of this head or, on the last try, the head itself.
+    Parts(Option<Parts>),
 }
 
-/// Sends one try to endpoint `index`.
+/// Sends one try to endpoint `index`; `None` when the head was taken by a last try (so no
+/// try follows one).
 fn send_try(
     shared: &Shared,
     cluster: &crate::upstream::UpstreamCluster,
     index: usize,
-    mut req: Request<ReqBody>,
+    head: &mut TryHead,
+    last: bool,
+    body: ReqBody,
     start: Instant,
-) -> impl Future<Output = Result<Response<UpstreamBody>, TryError>> + Send + 'static + use<> {
+) -> Option<impl Future<Output = Result<Response<UpstreamBody>, TryError>> + Send + 'static + use<>>
+{
     use futures_util::FutureExt;
     use futures_util::future::Either as FutEither;
     let endpoint = &cluster.endpoints[index];
@@ -452,29 +560,47 @@ fn send_try(
             TryError::Upstream(e)
         }
     };
-    accesslog::note(&req, &cluster.name, Some(&endpoint.authority));
+    let parts = match head {
+        TryHead::Encoded { head, extensions } => {
+            accesslog::note_in(extensions, &cluster.name, Some(&endpoint.authority));
+            let head = if last {
+                head.take()?
+            } else {
+                head.as_ref()?.clone()
+            };
+            return Some(FutEither::Right(FutEither::Right(
+                endpoint
+                    .pool
+                    .send_head(head, body, start, breaker)
+                    .map(move |r| r.map_err(|e| refused(UpstreamError::H1(e)))),
+            )));
+        }
+        TryHead::Parts(parts) => parts,
+    };
+    accesslog::note_in(
+        &parts.as_ref()?.extensions,
+        &cluster.name,
+        Some(&endpoint.authority),
+    );
+    let mut req = if last {
+        Request::from_parts(parts.take()?, body)
+    } else {
+        rebuild(parts.as_ref()?, body)
+    };
     if let Some(mtls) = &endpoint.mtls {
         let Some(tls) = shared.tls.get() else {
-            return FutEither::Left(FutEither::Left(std::future::ready(Err(
-                TryError::NoIdentity,
-            ))));
+            let failed = Err(TryError::NoIdentity);
+            return Some(FutEither::Left(std::future::ready(failed).left_future()));
         };
         if let Err(e) = prepare_h2(&mut req, &endpoint.authority) {
-            return FutEither::Left(FutEither::Left(std::future::ready(Err(
-                TryError::Upstream(UpstreamError::Uri(e)),
-            ))));
+            let failed = Err(TryError::Upstream(UpstreamError::Uri(e)));
+            return Some(FutEither::Left(std::future::ready(failed).left_future()));
         }
-        return FutEither::Left(FutEither::Right(
-            mtls.send(tls, req, start, breaker)
-                .map(move |r| r.map_err(|e| refused(UpstreamError::Mtls(e)))),
-        ));
-    }
-    if req.version() != Version::HTTP_2
-        && !req.headers().contains_key(header::HOST)
-        && let Some(a) = req.uri().authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        req.headers_mut().insert(header::HOST, v);
+        // Boxed, so the plaintext tries' future keeps its size.
+        let sent = mtls.send(tls, req, start, breaker);
+        let sent: Pin<Box<dyn Future<Output = _> + Send>> =
+            Box::pin(sent.map(move |r| r.map_err(|e| refused(UpstreamError::Mtls(e)))));
+        return Some(FutEither::Left(sent.right_future()));
     }
     let to = Target {
         pool: &endpoint.pool,
@@ -482,7 +608,9 @@ fn send_try(
         h2: &cluster.clients.h2,
         breaker,
     };
-    FutEither::Right(crate::http::send(req, to, start).map(move |r| r.map_err(refused)))
+    Some(FutEither::Right(FutEither::Left(
+        crate::http::send(req, to, start).map(move |r| r.map_err(refused)),
+    )))
 }
 
 /// The answer once no retry follows: the upstream's response as it is, or an error reply.
@@ -575,4 +703,39 @@ fn reply(
         _ => 14,
     };
     grpc_reply(code, why, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_timer_ends_waits_and_is_moved_or_disarmed_between_them() {
+        let mut timer = pin!(None::<Sleep>);
+        let begun = Instant::now();
+        // Armed: a wait that never ends is cut at the deadline.
+        arm(&mut timer, Some(begun + Duration::from_millis(10)));
+        let waited = race(pin!(std::future::pending::<()>()), timer.as_mut()).await;
+        assert_eq!(waited, None);
+        // An answer that is ready when the timer has already fired still counts.
+        assert_eq!(
+            race(pin!(std::future::ready(5)), timer.as_mut()).await,
+            Some(5)
+        );
+        // Moved later: the same timer fires again, at the new deadline.
+        let later = begun + Duration::from_secs(2);
+        arm(&mut timer, Some(later));
+        let waited = race(pin!(std::future::pending::<()>()), timer.as_mut()).await;
+        assert_eq!(waited, None);
+        assert!(tokio::time::Instant::now() >= tokio::time::Instant::from_std(later));
+        // Disarmed: a fired timer no longer ends a wait.
+        arm(&mut timer, None);
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            7
+        };
+        assert_eq!(race(pin!(slow), timer.as_mut()).await, Some(7));
+    }
 }

@@ -248,8 +248,8 @@ enum ReqFraming {
 }
 
 /// A request head encoded for the wire, kept so the request can go to another connection
-/// when a pooled one turns out to be closed.
-#[derive(Debug)]
+/// when a pooled one turns out to be closed (or to another endpoint, by a retry).
+#[derive(Debug, Clone)]
 pub(crate) struct Head {
     bytes: Vec<u8>,
     framing: ReqFraming,
@@ -260,8 +260,9 @@ pub(crate) struct Head {
 }
 
 /// Encodes the request line and headers (the hop-by-hop ones already removed by the
-/// caller); `host` is sent when the request has no `Host`.
-pub(crate) fn encode(parts: &http::request::Parts, body: &ReqBody, host: &str) -> Head {
+/// caller); `host` is sent when the request has no `Host`; `empty`: the body is known to be
+/// empty.
+pub(crate) fn encode(parts: &http::request::Parts, empty: bool, host: &str) -> Head {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -297,7 +298,7 @@ pub(crate) fn encode(parts: &http::request::Parts, body: &ReqBody, host: &str) -
     let framing = match length {
         Some(0) => ReqFraming::Empty,
         Some(n) => ReqFraming::Length(n),
-        None if body.is_end_stream() => {
+        None if empty => {
             if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
@@ -772,6 +773,16 @@ impl H1Body {
             Framing::Length(n) => SizeHint::with_exact(n),
             Framing::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
+        }
+    }
+
+    /// Whether the rest of the body is in the connection's buffer already, so reading it
+    /// needs no more I/O and cannot fail.
+    pub fn is_buffered(&self) -> bool {
+        match (&self.framing, &self.conn) {
+            (Framing::Done, _) => true,
+            (Framing::Length(n), Some(conn)) => conn.buf.len() as u64 >= *n,
+            _ => false,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
 
 /// Retry conditions, as a bit set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,7 +111,8 @@ impl Outcome {
 
 /// The `grpc-status` in a response head (a trailers-only answer), if any.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    let v = headers.get("grpc-status")?.to_str().ok()?;
+    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    let v = headers.get(&GRPC_STATUS)?.to_str().ok()?;
     if v.len() > 3 {
         return None;
     }

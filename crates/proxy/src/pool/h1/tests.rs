@@ -433,3 +433,45 @@ async fn a_100_continue_while_the_body_is_sent_does_not_stop_it() {
     assert_eq!(&text[..], UPLOAD.to_string().as_bytes());
     assert_eq!(pool.idle_len(), 1, "the connection stays usable");
 }
+
+#[tokio::test]
+async fn read_whole_keeps_a_body_that_came_with_its_head_and_reads_one_still_to_come() {
+    use crate::pool::Inner;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (rest_tx, rest_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut stream = accept_head_only(&listener).await;
+        let whole = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+        stream.write_all(whole).await.expect("write");
+        let mut buf = Vec::new();
+        read_request(&mut stream, &mut buf)
+            .await
+            .expect("second request");
+        // Half the body now, the rest once the client has its head.
+        let half = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe";
+        stream.write_all(half).await.expect("write");
+        rest_rx.await.expect("go");
+        stream.write_all(b"llo").await.expect("write");
+        let _ = stream.read(&mut [0u8; 1]).await;
+    });
+    let pool = pool(addr);
+    let resp = pool.send(get(), Instant::now(), None).await.expect("head");
+    let body = resp.into_body().read_whole(1024).await.expect("whole");
+    assert!(
+        matches!(body.inner, Inner::H1(_)),
+        "streamed from the buffer: {body:?}"
+    );
+    let bytes = body.collect().await.expect("body").to_bytes();
+    assert_eq!(&bytes[..], b"hello");
+
+    let resp = pool.send(get(), Instant::now(), None).await.expect("head");
+    rest_tx.send(()).expect("server waits");
+    let body = resp.into_body().read_whole(1024).await.expect("whole");
+    assert!(
+        matches!(body.inner, Inner::Read(_)),
+        "read into memory: {body:?}"
+    );
+    let bytes = body.collect().await.expect("body").to_bytes();
+    assert_eq!(&bytes[..], b"hello");
+}
