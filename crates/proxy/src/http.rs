@@ -230,42 +230,60 @@ pub(crate) fn grpc_message(text: &str) -> String {
 /// Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, and TE unless it is
 /// exactly `trailers` (which gRPC needs end to end).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: one pass over the few headers a message has (standard names compare as
-    // integers), instead of six hashed lookups; most messages carry none of these.
-    let hop = |n: &HeaderName| {
-        n == header::CONNECTION
-            || n == header::TE
-            || n == header::TRANSFER_ENCODING
+    // One pass over the few names a message has (standard names compare as integers) finds
+    // which of these it carries; most carry none, and the common one, `Connection:
+    // keep-alive` of a response, then costs no hashed lookup of a name that is absent.
+    let (mut connection, mut te, mut others) = (false, false, false);
+    for n in headers.keys() {
+        if n == header::CONNECTION {
+            connection = true;
+        } else if n == header::TE {
+            te = true;
+        } else if n == header::TRANSFER_ENCODING
             || n == header::UPGRADE
             || n.as_str() == "keep-alive"
             || n.as_str() == "proxy-connection"
-    };
-    if !headers.keys().any(hop) {
-        return;
+        {
+            others = true;
+        }
     }
-    const FIXED: [HeaderName; 4] = [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ];
-    if let Some(conn) = headers.remove(header::CONNECTION) {
-        for name in conn.to_str().unwrap_or("").split(',') {
-            let name = name.trim();
-            if !name.is_empty() && !name.eq_ignore_ascii_case("trailers") {
-                headers.remove(name);
+    if connection {
+        // The names every Connection value lists go too (RFC 9110, section 7.6.1), when
+        // present: found among the message's names, not looked up by hashing each token.
+        let mut listed = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                if token.is_empty() || token.eq_ignore_ascii_case("trailers") {
+                    continue;
+                }
+                if let Some(name) = headers
+                    .keys()
+                    .find(|k| k.as_str().eq_ignore_ascii_case(token))
+                {
+                    listed.push(name.clone());
+                }
             }
         }
-        // Any further Connection values.
-        while headers.remove(header::CONNECTION).is_some() {}
-    }
-    for name in &FIXED {
-        if headers.contains_key(name) {
+        headers.remove(header::CONNECTION);
+        for name in listed {
             headers.remove(name);
         }
     }
-    if let Some(te) = headers.get(header::TE)
-        && te.as_bytes() != b"trailers"
+    if others {
+        const FIXED: [HeaderName; 4] = [
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+        ];
+        for name in &FIXED {
+            headers.remove(name);
+        }
+    }
+    if te
+        && let Some(v) = headers.get(header::TE)
+        && v.as_bytes() != b"trailers"
     {
         headers.remove(header::TE);
     }
@@ -295,6 +313,29 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h.get("x-keep").map(|v| v.as_bytes()), Some(&b"yes"[..]));
+    }
+
+    #[test]
+    fn every_connection_value_names_headers_to_strip_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("X-Second, trailers"),
+        );
+        h.insert("x-second", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep"], "{h:?}");
+
+        // A Connection that names nothing present, and no other hop-by-hop header.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("13"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]
