@@ -15,7 +15,8 @@ use regex::Regex;
 pub struct RouteTable {
     pub vhosts: Vec<VirtualHost>,
     /// Lower-case domain (port stripped) → index into `vhosts`.
-    by_domain: HashMap<Box<str>, usize>,
+    /// Looked up per request: a fast seeded hash instead of SipHash.
+    by_domain: HashMap<Box<str>, usize, foldhash::quality::RandomState>,
     /// Index of a virtual host with the `*` domain, if any.
     wildcard: Option<usize>,
 }
@@ -118,7 +119,7 @@ impl RouteTable {
     /// Indexes `vhosts` by their domains: `svc` and `svc:*` both index `svc`; `*` is the fallback.
     /// A domain listed twice keeps its first virtual host.
     pub fn new(vhosts: Vec<VirtualHost>) -> Self {
-        let mut by_domain = HashMap::new();
+        let mut by_domain = HashMap::default();
         let mut wildcard = None;
         for (i, vh) in vhosts.iter().enumerate() {
             for d in &vh.domains {

@@ -12,7 +12,8 @@ use crate::upstream::UpstreamCluster;
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub routes: Arc<Routes>,
-    pub clusters: HashMap<Arc<str>, Arc<UpstreamCluster>>,
+    /// Looked up per request by name: a fast seeded hash instead of SipHash.
+    pub clusters: HashMap<Arc<str>, Arc<UpstreamCluster>, foldhash::quality::RandomState>,
     /// This proxy's inbound mode and policies; `None` until the `inbound` Listener has been
     /// accepted (the inbound listener then refuses requests: fail closed).
     pub inbound: Option<Arc<InboundSecurity>>,
