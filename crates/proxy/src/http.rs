@@ -226,6 +226,16 @@ pub(crate) fn grpc_message(text: &str) -> String {
     out
 }
 
+/// Sets `Host` from the URI's authority (an absolute-form request) when the request has none.
+pub(crate) fn host_from_authority<B>(req: &mut Request<B>) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(a) = req.uri().authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named by `Connection`, plus
 /// Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, and TE unless it is
 /// exactly `trailers` (which gRPC needs end to end).

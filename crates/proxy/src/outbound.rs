@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 use futures_util::future::Either as FutEither;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -258,12 +258,8 @@ fn forward(
             finish(d, result.map_err(UpstreamError::Mtls), version, start)
         }))));
     }
-    if version != Version::HTTP_2
-        && !req.headers().contains_key(header::HOST)
-        && let Some(a) = req.uri().authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        req.headers_mut().insert(header::HOST, v);
+    if version != Version::HTTP_2 {
+        crate::http::host_from_authority(&mut req);
     }
     let to = Target {
         pool: &endpoint.pool,

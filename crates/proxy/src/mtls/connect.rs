@@ -20,7 +20,7 @@ use crate::body::ReqBody;
 use arc_swap::ArcSwapOption;
 use futures_util::FutureExt;
 use futures_util::future::Either;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::client::conn::http2::{self, SendRequest};
@@ -537,12 +537,7 @@ fn to_h1<B>(req: &mut Request<B>) {
     if req.version() == Version::HTTP_2 {
         *req.version_mut() = Version::HTTP_11;
     }
-    if !req.headers().contains_key(header::HOST)
-        && let Some(a) = req.uri().authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        req.headers_mut().insert(header::HOST, v);
-    }
+    crate::http::host_from_authority(req);
     let pq = req
         .uri()
         .path_and_query()

@@ -24,7 +24,6 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
@@ -78,12 +77,8 @@ pub(super) fn forward(
         .is_some_and(|r| retry::method_retriable(r, req.method()));
     accesslog::note(&req, &d.cluster.name, None);
     strip_hop_by_hop(req.headers_mut());
-    if version != Version::HTTP_2
-        && !req.headers().contains_key(header::HOST)
-        && let Some(a) = req.uri().authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        req.headers_mut().insert(header::HOST, v);
+    if version != Version::HTTP_2 {
+        crate::http::host_from_authority(&mut req);
     }
     let (parts, body) = req.into_parts();
     let head = if version != Version::HTTP_2 && d.cluster.tls.is_none() {
