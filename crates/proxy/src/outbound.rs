@@ -301,7 +301,9 @@ fn finish(
         Ok(resp) => {
             d.load.complete();
             let (mut head, body) = resp.into_parts();
-            strip_hop_by_hop(&mut head.headers);
+            if body.may_carry_hop_by_hop() {
+                strip_hop_by_hop(&mut head.headers);
+            }
             head.version = version;
             d.metrics.record(head.status, start.elapsed());
             Response::from_parts(head, Either::Left(body))

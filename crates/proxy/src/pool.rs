@@ -442,6 +442,7 @@ impl h1::Answer {
             self.head,
             UpstreamBody {
                 inner: Inner::H1(body),
+                hop_by_hop_read: true,
             },
         )
     }
@@ -463,6 +464,9 @@ pub(crate) enum BodyError {
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
     inner: Inner,
+    /// The head came from this pool's HTTP/1.1 parser, which reads the hop-by-hop fields
+    /// and keeps none of them.
+    hop_by_hop_read: bool,
 }
 
 #[derive(Debug)]
@@ -477,7 +481,14 @@ impl UpstreamBody {
     pub fn plain(inner: Incoming) -> Self {
         UpstreamBody {
             inner: Inner::Stream(inner),
+            hop_by_hop_read: false,
         }
+    }
+
+    /// Whether the response head may still carry hop-by-hop fields (RFC 9110, section
+    /// 7.6.1) to strip before it goes downstream. A head parsed by this pool has none.
+    pub fn may_carry_hop_by_hop(&self) -> bool {
+        !self.hop_by_hop_read
     }
 
     /// Reads the whole body when its length is known and at most `limit` bytes, so that a
@@ -499,6 +510,7 @@ impl UpstreamBody {
         };
         Ok(UpstreamBody {
             inner: Inner::Read(replay),
+            hop_by_hop_read: self.hop_by_hop_read,
         })
     }
 }

@@ -238,7 +238,9 @@ impl Inbound {
         match result {
             Ok(resp) => {
                 let (mut head, body) = resp.into_parts();
-                strip_hop_by_hop(&mut head.headers);
+                if body.may_carry_hop_by_hop() {
+                    strip_hop_by_hop(&mut head.headers);
+                }
                 head.version = downstream;
                 Response::from_parts(head, Either::Left(body))
             }

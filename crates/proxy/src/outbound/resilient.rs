@@ -629,7 +629,9 @@ fn finish(
                 l.complete();
             }
             let (mut head, body) = resp.into_parts();
-            strip_hop_by_hop(&mut head.headers);
+            if body.may_carry_hop_by_hop() {
+                strip_hop_by_hop(&mut head.headers);
+            }
             head.version = version;
             metrics.record(head.status, start.elapsed());
             return Response::from_parts(head, Either::Left(body));

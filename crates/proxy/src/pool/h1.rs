@@ -629,28 +629,39 @@ fn parse_head(
     }
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Parse("invalid status code"))?;
     let mut headers = HeaderMap::with_capacity(count);
-    let mut keep_alive = version == Version::HTTP_11;
+    let (mut close, mut keep_alive_10) = (false, false);
     let mut chunked = None;
     let mut length: Option<u64> = None;
+    // `Connection` fields that list names beyond `close` and `keep-alive`: those go too.
+    let mut listed: Vec<HeaderValue> = Vec::new();
     for &(ns, nl, vs, vl) in at.iter() {
-        let name = HeaderName::from_bytes(&bytes[ns..ns + nl])
-            .map_err(|_| H1Error::Parse("invalid header name"))?;
+        let name = field_name(&bytes[ns..ns + nl])?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl))
             .map_err(|_| H1Error::Parse("invalid header value"))?;
+        // The hop-by-hop fields (RFC 9110, section 7.6.1) describe this connection only:
+        // read here, never passed on, so the head needs no stripping after.
         if name == header::CONNECTION {
+            let mut lists = false;
             for token in tokens(value.as_bytes()) {
                 if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    keep_alive = true;
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_10 = true;
+                } else if !token.eq_ignore_ascii_case(b"trailers") {
+                    lists = true;
                 }
             }
+            if lists {
+                listed.push(value);
+            }
+            continue;
         } else if name == header::TRANSFER_ENCODING {
             chunked = Some(
                 tokens(value.as_bytes())
                     .last()
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
+            continue;
         } else if name == header::CONTENT_LENGTH {
             for token in tokens(value.as_bytes()) {
                 let n = parse_decimal(token).ok_or(H1Error::Parse("invalid content-length"))?;
@@ -659,8 +670,22 @@ fn parse_head(
                 }
                 length = Some(n);
             }
+        } else if name == header::UPGRADE
+            || (name == header::TE && value.as_bytes() != b"trailers")
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+        {
+            continue;
         }
         headers.append(name, value);
+    }
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_10);
+    for value in &listed {
+        for token in tokens(value.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                headers.remove(name);
+            }
+        }
     }
     let framing = if is_head || code == 204 || code == 304 {
         Framing::Done
@@ -694,6 +719,26 @@ fn parse_head(
         framing,
         keep_alive,
     }))
+}
+
+/// A field name of a response head; the spellings servers commonly send are matched without
+/// the general parser's lower-casing and table lookups.
+fn field_name(raw: &[u8]) -> Result<HeaderName, H1Error> {
+    Ok(match raw {
+        b"Date" | b"date" => header::DATE,
+        b"Server" | b"server" => header::SERVER,
+        b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+        b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
+        b"Connection" | b"connection" => header::CONNECTION,
+        b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
+        b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
+        b"ETag" | b"etag" => header::ETAG,
+        b"Last-Modified" | b"last-modified" => header::LAST_MODIFIED,
+        b"Accept-Ranges" | b"accept-ranges" => header::ACCEPT_RANGES,
+        b"Vary" | b"vary" => header::VARY,
+        b"Set-Cookie" | b"set-cookie" => header::SET_COOKIE,
+        _ => HeaderName::from_bytes(raw).map_err(|_| H1Error::Parse("invalid header name"))?,
+    })
 }
 
 /// The comma-separated elements of a field value, trimmed, empty ones skipped.

@@ -475,3 +475,48 @@ async fn read_whole_keeps_a_body_that_came_with_its_head_and_reads_one_still_to_
     let bytes = body.collect().await.expect("body").to_bytes();
     assert_eq!(&bytes[..], b"hello");
 }
+
+#[tokio::test]
+async fn hop_by_hop_fields_are_read_and_not_passed_on() {
+    // Keep-alive, a name listed in `Connection` (before its field), `TE` other than
+    // `trailers`, `Upgrade` and `Proxy-Connection` all describe this connection only; the
+    // end-to-end fields stay, in any spelling of their names.
+    const ANSWER: &[u8] =
+        b"HTTP/1.1 200 OK\r\nServer: s\r\nX-Hop: 1\r\nconnection: X-Hop, keep-alive\r\n\
+        Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTE: gzip\r\n\
+        X-Custom: yes\r\nCONTENT-TYPE: text/plain\r\nContent-Length: 2\r\n\r\nok";
+    let s = scripted(vec![Reply(ANSWER, false), Reply(ANSWER, false)]).await;
+    let pool = pool(s.addr);
+    for _ in 0..2 {
+        let resp = pool.send(get(), Instant::now(), None).await.expect("send");
+        assert!(!resp.body().may_carry_hop_by_hop());
+        let mut names: Vec<_> = resp.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["content-length", "content-type", "server", "x-custom"],
+            "{:?}",
+            resp.headers()
+        );
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "kept alive, reused");
+}
+
+#[tokio::test]
+async fn close_in_any_connection_token_ends_the_connection() {
+    const ANSWER: &[u8] =
+        b"HTTP/1.1 200 OK\r\nConnection: x-a, close\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nok";
+    let s = scripted(vec![Reply(ANSWER, false), Reply(ANSWER, false)]).await;
+    let pool = pool(s.addr);
+    for _ in 0..2 {
+        let (status, body, _) = exchange(&pool, get()).await.expect("exchange");
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    assert_eq!(
+        s.accepted.load(Ordering::SeqCst),
+        2,
+        "closed after each answer"
+    );
+}
