@@ -22,10 +22,11 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -324,6 +325,11 @@ enum Ended {
 /// listener drains or, with `idle`, once no byte moved through `activity` for that long; drops
 /// it (closing it) once `head_deadline` completes, which it does only while no request is in
 /// progress. Returns the connection's result and what ended it.
+///
+/// The connection's own wake-ups (its sockets, its upstream requests) come several times per
+/// request; the three rare events do not. They are polled with a waker of their own
+/// ([`Control`]), and only after it was woken, so a request does not pay for polling a watch
+/// channel, an idle timer and the head deadline on every wake-up of its task.
 async fn drive<F, E>(
     conn: F,
     shutdown: impl Fn(Pin<&mut F>),
@@ -340,31 +346,71 @@ where
     if shutting {
         shutdown(conn.as_mut());
     }
-    let quiet = async {
-        match (activity.as_deref(), idle) {
-            (Some(a), Some(t)) => crate::idle::quiet(a, t).await,
-            _ => std::future::pending().await,
+    // Completes with the reason to shut down: the listener drains (or its sender is gone),
+    // or the connection was quiet for `idle`.
+    let shut = async {
+        let stopped = async { while stop.changed().await.is_ok() && !*stop.borrow() {} };
+        let quiet = async {
+            match (activity.as_deref(), idle) {
+                (Some(a), Some(t)) => crate::idle::quiet(a, t).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = stopped => Ended::Done,
+            () = quiet => Ended::Idle,
         }
     };
-    let mut quiet = pin!(quiet);
+    let mut shut = pin!(shut);
     let mut head_deadline = pin!(head_deadline);
+    let control = Arc::new(Control::default());
+    let control_waker = Waker::from(control.clone());
     let mut ended = Ended::Done;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => return (result, ended),
-            changed = stop.changed(), if !shutting => {
-                if changed.is_err() || *stop.borrow() {
-                    shutting = true;
-                    shutdown(conn.as_mut());
-                }
-            }
-            () = quiet.as_mut(), if !shutting => {
+    std::future::poll_fn(|cx| {
+        control.task.register(cx.waker());
+        if control.woken.swap(false, Ordering::AcqRel) {
+            let mut ccx = Context::from_waker(&control_waker);
+            if !shutting && let Poll::Ready(why) = shut.as_mut().poll(&mut ccx) {
                 shutting = true;
-                ended = Ended::Idle;
+                ended = why;
                 shutdown(conn.as_mut());
             }
-            () = head_deadline.as_mut() => return (Ok(()), Ended::HeadTimeout),
+            if head_deadline.as_mut().poll(&mut ccx).is_ready() {
+                return Poll::Ready((Ok(()), Ended::HeadTimeout));
+            }
         }
+        conn.as_mut().poll(cx).map(|result| (result, ended))
+    })
+    .await
+}
+
+/// The waker of [`drive`]'s rare events: it notes that one of them was woken, then wakes the
+/// connection's task.
+#[derive(Debug)]
+struct Control {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        // Woken at first, so the first poll registers every event's waker.
+        Control {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for Control {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
