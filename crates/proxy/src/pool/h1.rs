@@ -276,14 +276,13 @@ pub(crate) fn encode(parts: &http::request::Parts, empty: bool, host: &str) -> H
         },
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    let fields = out.len();
+    let mut has_host = false;
     let mut length = None;
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH {
+        if name == header::HOST {
+            has_host = true;
+        } else if name == header::CONTENT_LENGTH {
             // The downstream side already checked it; an unreadable one is replaced below.
             match parse_decimal(value.as_bytes().trim_ascii()) {
                 Some(n) if length.is_none() => length = Some(n),
@@ -294,6 +293,11 @@ pub(crate) fn encode(parts: &http::request::Parts, empty: bool, host: &str) -> H
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if !has_host {
+        // First after the request line, as RFC 9110 (section 7.2) asks.
+        let line = [b"host: ", host.as_bytes(), b"\r\n"].concat();
+        out.splice(fields..fields, line);
     }
     let framing = match length {
         Some(0) => ReqFraming::Empty,
@@ -635,7 +639,12 @@ fn parse_head(
     // `Connection` fields that list names beyond `close` and `keep-alive`: those go too.
     let mut listed: Vec<HeaderValue> = Vec::new();
     for &(ns, nl, vs, vl) in at.iter() {
-        let name = field_name(&bytes[ns..ns + nl])?;
+        let raw = &bytes[ns..ns + nl];
+        if raw.eq_ignore_ascii_case(b"keep-alive") || raw.eq_ignore_ascii_case(b"proxy-connection")
+        {
+            continue;
+        }
+        let name = field_name(raw)?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl))
             .map_err(|_| H1Error::Parse("invalid header value"))?;
         // The hop-by-hop fields (RFC 9110, section 7.6.1) describe this connection only:
@@ -670,10 +679,7 @@ fn parse_head(
                 }
                 length = Some(n);
             }
-        } else if name == header::UPGRADE
-            || (name == header::TE && value.as_bytes() != b"trailers")
-            || name.as_str() == "keep-alive"
-            || name.as_str() == "proxy-connection"
+        } else if name == header::UPGRADE || (name == header::TE && value.as_bytes() != b"trailers")
         {
             continue;
         }

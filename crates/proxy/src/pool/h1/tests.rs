@@ -520,3 +520,30 @@ async fn close_in_any_connection_token_ends_the_connection() {
         "closed after each answer"
     );
 }
+
+#[test]
+fn a_head_without_host_gets_one_first_and_one_with_host_keeps_its_own() {
+    let no_host = Request::builder()
+        .method(Method::POST)
+        .uri("http://ignored/up?x=1")
+        .header("x-a", "1")
+        .header("content-length", "3")
+        .body(())
+        .expect("request");
+    let head = super::encode(&no_host.into_parts().0, false, "10.0.0.1:8080");
+    assert_eq!(
+        String::from_utf8_lossy(&head.bytes),
+        "POST /up?x=1 HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\ncontent-length: 3\r\n\r\n"
+    );
+    let with_host = Request::builder()
+        .uri("/")
+        .header("x-a", "1")
+        .header("host", "svc")
+        .body(())
+        .expect("request");
+    let head = super::encode(&with_host.into_parts().0, true, "10.0.0.1:8080");
+    assert_eq!(
+        String::from_utf8_lossy(&head.bytes),
+        "GET / HTTP/1.1\r\nx-a: 1\r\nhost: svc\r\n\r\n"
+    );
+}
