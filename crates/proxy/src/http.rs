@@ -228,8 +228,10 @@ pub(crate) fn grpc_message(text: &str) -> String {
 
 /// Sets `Host` from the URI's authority (an absolute-form request) when the request has none.
 pub(crate) fn host_from_authority<B>(req: &mut Request<B>) {
-    if !req.headers().contains_key(header::HOST)
-        && let Some(a) = req.uri().authority()
+    // The authority first: an origin-form request (the usual HTTP/1.1 one) has none, and
+    // then the header map is not searched.
+    if let Some(a) = req.uri().authority()
+        && !req.headers().contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
         req.headers_mut().insert(header::HOST, v);
