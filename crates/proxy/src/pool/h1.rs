@@ -632,7 +632,10 @@ fn parse_head(
         };
     }
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Parse("invalid status code"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Filled in place: a map built apart would drop the empty one `Response::new` made.
+    let (mut head, ()) = Response::new(()).into_parts();
+    let headers = &mut head.headers;
+    headers.reserve(count);
     let (mut close, mut keep_alive_10) = (false, false);
     let mut chunked = None;
     let mut length: Option<u64> = None;
@@ -716,10 +719,8 @@ fn parse_head(
             }
         }
     };
-    let (mut head, ()) = Response::new(()).into_parts();
     head.status = status;
     head.version = version;
-    head.headers = headers;
     Ok(Some(Parsed::Final {
         head,
         framing,
