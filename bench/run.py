@@ -608,6 +608,33 @@ def ratio(v, base):
     return f"{v / base:.2f}x"
 
 
+def one_hop_rounds(by: dict, names: list[str]) -> list[str]:
+    """CPU per request of the one-hop proxies round by round, and the sidecar's as a ratio to
+    nginx's and haproxy's of the same round: the machine's speed drifts between rounds, so a
+    ratio within a round is steadier than a ratio of medians."""
+    cols = [n for n in ("trellis", "trellis resilience", "nginx", "haproxy", "envoy") if n in names]
+    if not {"trellis", "nginx", "haproxy"} <= set(cols):
+        return []
+
+    def cpu(r):
+        return r["max"]["proxy_cpu_s"] / max(r["max"]["requests"], 1) * 1e6
+
+    lines = ["", "### One hop, round by round (proxy CPU per request in the throughput runs)", "",
+             "| round | direct req/s | " + " | ".join(cols) + " | trellis / nginx | trellis / haproxy |",
+             "|---|---|" + "---|" * len(cols) + "---|---|"]
+    ratios = {"nginx": [], "haproxy": []}
+    for i, d in enumerate(by["direct"]):
+        row = {n: cpu(by[n][i]) for n in cols}
+        for peer in ratios:
+            ratios[peer].append(row["trellis"] / row[peer])
+        lines.append(f"| {i + 1} | {fmt(d['max']['rps'])} | " + " | ".join(fmt(row[n], " us", 1) for n in cols)
+                     + f" | {ratios['nginx'][-1]:.2f} | {ratios['haproxy'][-1]:.2f} |")
+    lines.append("")
+    lines.append(f"Median of the per-round ratios: trellis / nginx {statistics.median(ratios['nginx']):.2f}, "
+                 f"trellis / haproxy {statistics.median(ratios['haproxy']):.2f} (below 1: less CPU per request).")
+    return lines
+
+
 def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
     names = [t.name for t in targets]
     by = {n: results[n] for n in names}
@@ -646,6 +673,7 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
                      f"{fmt(cpu_of[t.name], ' us', 1)}{vs(cpu_of[t.name], cpu_of)} | "
                      f"{fmt(t.rss_idle, ' MiB', 1) if t.pids else '-'} -> {fmt(rss_of[t.name], ' MiB', 1)}{vs(rss_of[t.name], rss_of)} | "
                      f"{fmt(anon_of[t.name], ' MiB', 1)}{vs(anon_of[t.name], anon_of)} | {errs} | {t.features or '-'} |")
+    lines += one_hop_rounds(by, names)
     for rate in args.rates:
         lines.append("")
         lines.append(f"### Latency at {rate:,} req/s (oha, open loop, latency-corrected), microseconds")
