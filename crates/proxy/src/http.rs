@@ -238,6 +238,20 @@ pub(crate) fn host_from_authority<B>(req: &mut Request<B>) {
     }
 }
 
+/// An upstream response as it goes downstream: its hop-by-hop fields gone (a head this proxy's
+/// HTTP/1.1 pool parsed carries none, so it is not scanned again) and the downstream's version.
+pub(crate) fn downstream_response(
+    resp: Response<UpstreamBody>,
+    version: Version,
+) -> Response<ProxyBody> {
+    let (mut head, body) = resp.into_parts();
+    if body.may_carry_hop_by_hop() {
+        strip_hop_by_hop(&mut head.headers);
+    }
+    head.version = version;
+    Response::from_parts(head, Either::Left(body))
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named by `Connection`, plus
 /// Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, and TE unless it is
 /// exactly `trailers` (which gRPC needs end to end).

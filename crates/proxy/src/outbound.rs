@@ -15,7 +15,6 @@ use futures_util::FutureExt;
 use futures_util::future::Either as FutEither;
 use http::header;
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::accesslog;
@@ -300,13 +299,9 @@ fn finish(
     match result {
         Ok(resp) => {
             d.load.complete();
-            let (mut head, body) = resp.into_parts();
-            if body.may_carry_hop_by_hop() {
-                strip_hop_by_hop(&mut head.headers);
-            }
-            head.version = version;
-            d.metrics.record(head.status, start.elapsed());
-            Response::from_parts(head, Either::Left(body))
+            let resp = crate::http::downstream_response(resp, version);
+            d.metrics.record(resp.status(), start.elapsed());
+            resp
         }
         Err(e) => {
             drop(d.load);

@@ -33,7 +33,6 @@ use futures_util::future::Either as FutEither;
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use trellis_model::Protocol;
 
@@ -236,14 +235,7 @@ impl Inbound {
         downstream: Version,
     ) -> Response<ProxyBody> {
         match result {
-            Ok(resp) => {
-                let (mut head, body) = resp.into_parts();
-                if body.may_carry_hop_by_hop() {
-                    strip_hop_by_hop(&mut head.headers);
-                }
-                head.version = downstream;
-                Response::from_parts(head, Either::Left(body))
-            }
+            Ok(resp) => crate::http::downstream_response(resp, downstream),
             Err(UpstreamError::Uri(e)) => local_reply(
                 StatusCode::BAD_REQUEST,
                 "bad_request",

@@ -27,7 +27,6 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
-use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
@@ -628,13 +627,9 @@ fn finish(
             if let Some(l) = load {
                 l.complete();
             }
-            let (mut head, body) = resp.into_parts();
-            if body.may_carry_hop_by_hop() {
-                strip_hop_by_hop(&mut head.headers);
-            }
-            head.version = version;
-            metrics.record(head.status, start.elapsed());
-            return Response::from_parts(head, Either::Left(body));
+            let resp = crate::http::downstream_response(resp, version);
+            metrics.record(resp.status(), start.elapsed());
+            return resp;
         }
         Err(TryError::NoIdentity) => (
             StatusCode::SERVICE_UNAVAILABLE,
