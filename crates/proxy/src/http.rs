@@ -252,31 +252,39 @@ pub(crate) fn downstream_response(
     Response::from_parts(head, Either::Left(body))
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named by `Connection`, plus
-/// Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, and TE unless it is
-/// exactly `trailers` (which gRPC needs end to end).
+/// Whether a field describes one connection only (RFC 9110, section 7.6.1) and so is never
+/// passed on: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`,
+/// and `TE` unless it is exactly `trailers` (which gRPC needs end to end). The names a
+/// `Connection` field lists go too; that takes the whole message ([`strip_hop_by_hop`]).
+/// The HTTP/1.1 pool's parser ([`crate::pool`]) asks this of each field it reads.
+pub(crate) fn is_hop_by_hop(name: &HeaderName, value: &[u8]) -> bool {
+    // Standard names compare as integers; the two that are not standard, as strings.
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || (name == header::TE && value != b"trailers")
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Removes the hop-by-hop fields ([`is_hop_by_hop`]) and the names `Connection` lists.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the few names a message has (standard names compare as integers) finds
-    // which of these it carries; most carry none, and the common one, `Connection:
-    // keep-alive` of a response, then costs no hashed lookup of a name that is absent.
-    let (mut connection, mut te, mut others) = (false, false, false);
-    for n in headers.keys() {
-        if n == header::CONNECTION {
-            connection = true;
-        } else if n == header::TE {
-            te = true;
-        } else if n == header::TRANSFER_ENCODING
-            || n == header::UPGRADE
-            || n.as_str() == "keep-alive"
-            || n.as_str() == "proxy-connection"
-        {
-            others = true;
+    // One pass over the few fields a message has finds whether it carries any; most carry
+    // none, and then nothing is looked up by hashing a name that is absent.
+    let (mut found, mut connection) = (false, false);
+    for (name, value) in headers.iter() {
+        if is_hop_by_hop(name, value.as_bytes()) {
+            found = true;
+            connection |= name == header::CONNECTION;
         }
     }
+    if !found {
+        return;
+    }
+    let mut gone: Vec<HeaderName> = Vec::new();
     if connection {
-        // The names every Connection value lists go too (RFC 9110, section 7.6.1), when
-        // present: found among the message's names, not looked up by hashing each token.
-        let mut listed = Vec::new();
+        // The names every Connection value lists, when present: found among the message's
+        // names, not looked up by hashing each token.
         for value in headers.get_all(header::CONNECTION) {
             for token in value.to_str().unwrap_or("").split(',') {
                 let token = token.trim();
@@ -287,31 +295,19 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
                     .keys()
                     .find(|k| k.as_str().eq_ignore_ascii_case(token))
                 {
-                    listed.push(name.clone());
+                    gone.push(name.clone());
                 }
             }
         }
-        headers.remove(header::CONNECTION);
-        for name in listed {
-            headers.remove(name);
+    }
+    for (name, value) in headers.iter() {
+        if is_hop_by_hop(name, value.as_bytes()) {
+            gone.push(name.clone());
         }
     }
-    if others {
-        const FIXED: [HeaderName; 4] = [
-            HeaderName::from_static("keep-alive"),
-            HeaderName::from_static("proxy-connection"),
-            header::TRANSFER_ENCODING,
-            header::UPGRADE,
-        ];
-        for name in &FIXED {
-            headers.remove(name);
-        }
-    }
-    if te
-        && let Some(v) = headers.get(header::TE)
-        && v.as_bytes() != b"trailers"
-    {
-        headers.remove(header::TE);
+    for name in gone {
+        // A name met twice (two values) was removed, both values, the first time.
+        headers.remove(name);
     }
 }
 
@@ -361,6 +357,17 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("13"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn te_goes_when_any_of_its_values_is_more_than_trailers() {
+        let mut h = HeaderMap::new();
+        h.append(header::TE, HeaderValue::from_static("trailers"));
+        h.append(header::TE, HeaderValue::from_static("gzip"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key(header::TE), "{h:?}");
         assert!(h.contains_key(header::CONTENT_LENGTH));
     }
 

@@ -83,7 +83,8 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(None);
+        .header_read_timeout(None)
+        .writev(false);
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     builder
 }

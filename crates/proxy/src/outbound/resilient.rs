@@ -319,44 +319,30 @@ async fn run(
         }
         // A local refusal is no upstream failure: neither ejected for nor retried.
         let wants_retry = !local && !last && retry.is_some_and(|r| retry::retriable(r, outcome));
-        if !wants_retry {
-            return finish(
-                result, &cluster, index, load, &metrics, version, start, grpc, None,
-            );
-        }
-        // The budget, then the retry breaker: either refusing ends the request as it is.
-        if let Some(b) = resilience.and_then(|r| r.budget.as_ref())
-            && !b.try_retry(Instant::now())
+        // This try's result is the answer when no retry is wanted (`Some(None)`), or when the
+        // budget or then the retry breaker refuses the one wanted (`Some(Some(why))`).
+        let answer = if !wants_retry {
+            Some(None)
+        } else if resilience
+            .and_then(|r| r.budget.as_ref())
+            .is_some_and(|b| !b.try_retry(Instant::now()))
         {
-            return finish(
-                result,
-                &cluster,
-                index,
-                load,
-                &metrics,
-                version,
-                start,
-                grpc,
-                Some(reason::RETRY_BUDGET_EXHAUSTED),
-            );
-        }
-        if let Some(b) = resilience.and_then(|r| r.breaker.as_ref()) {
+            Some(Some(reason::RETRY_BUDGET_EXHAUSTED))
+        } else if let Some(b) = resilience.and_then(|r| r.breaker.as_ref()) {
             match b.try_retry() {
-                Some(slot) => _retry_slot = Some(slot),
-                None => {
-                    return finish(
-                        result,
-                        &cluster,
-                        index,
-                        load,
-                        &metrics,
-                        version,
-                        start,
-                        grpc,
-                        Some(reason::CIRCUIT_OPEN),
-                    );
+                Some(slot) => {
+                    _retry_slot = Some(slot);
+                    None
                 }
+                None => Some(Some(reason::CIRCUIT_OPEN)),
             }
+        } else {
+            None
+        };
+        if let Some(refused) = answer {
+            return finish(
+                result, &cluster, index, load, &metrics, version, start, grpc, refused,
+            );
         }
         drop(result);
         drop(load.take());

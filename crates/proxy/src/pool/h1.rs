@@ -642,12 +642,7 @@ fn parse_head(
     // `Connection` fields that list names beyond `close` and `keep-alive`: those go too.
     let mut listed: Vec<HeaderValue> = Vec::new();
     for &(ns, nl, vs, vl) in at.iter() {
-        let raw = &bytes[ns..ns + nl];
-        if raw.eq_ignore_ascii_case(b"keep-alive") || raw.eq_ignore_ascii_case(b"proxy-connection")
-        {
-            continue;
-        }
-        let name = field_name(raw)?;
+        let name = field_name(&bytes[ns..ns + nl])?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..vs + vl))
             .map_err(|_| H1Error::Parse("invalid header value"))?;
         // The hop-by-hop fields (RFC 9110, section 7.6.1) describe this connection only:
@@ -682,8 +677,7 @@ fn parse_head(
                 }
                 length = Some(n);
             }
-        } else if name == header::UPGRADE || (name == header::TE && value.as_bytes() != b"trailers")
-        {
+        } else if crate::http::is_hop_by_hop(&name, value.as_bytes()) {
             continue;
         }
         headers.append(name, value);

@@ -334,25 +334,32 @@ fn upload(method: Method, extra: Option<(&str, &str)>) -> Request<ReqBody> {
         .expect("request")
 }
 
-/// Accepts one connection and reads its request head, nothing of the body.
-async fn accept_head_only(listener: &TcpListener) -> TcpStream {
-    let (mut stream, _) = listener.accept().await.expect("accept");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.expect("head");
-        head.push(byte[0]);
-    }
-    stream
+/// A server for one connection: once its first request head is read (nothing of the body),
+/// `serve` has the connection.
+async fn after_first_head<F, Fut>(serve: F) -> SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.expect("head");
+            head.push(byte[0]);
+        }
+        serve(stream).await;
+    });
+    addr
 }
 
 #[tokio::test]
 async fn an_answer_before_the_request_body_is_sent_is_passed_on() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let mut stream = accept_head_only(&listener).await;
+    let addr = after_first_head(|mut stream| async move {
         // Refuses the body without reading it, and keeps the connection open until the
         // client is done.
         stream
@@ -360,7 +367,8 @@ async fn an_answer_before_the_request_body_is_sent_is_passed_on() {
             .await
             .expect("answer");
         let _ = done_rx.await;
-    });
+    })
+    .await;
     let pool = pool(addr);
     let req = upload(Method::POST, None);
     let (status, answer, _) = exchange(&pool, req).await.expect("the early answer");
@@ -397,10 +405,7 @@ async fn a_body_error_names_the_upstream_failure() {
 
 #[tokio::test]
 async fn a_100_continue_while_the_body_is_sent_does_not_stop_it() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut stream = accept_head_only(&listener).await;
+    let addr = after_first_head(|mut stream| async move {
         // The interim answer goes out before any of the body is read, then the whole body is
         // read and counted.
         stream
@@ -422,7 +427,8 @@ async fn a_100_continue_while_the_body_is_sent_does_not_stop_it() {
         );
         stream.write_all(answer.as_bytes()).await.expect("answer");
         let _ = stream.read(&mut chunk).await;
-    });
+    })
+    .await;
     let req = upload(Method::PUT, Some(("expect", "100-continue")));
     let pool = pool(addr);
     let answer = tokio::time::timeout(Duration::from_secs(60), exchange(&pool, req))
@@ -437,11 +443,8 @@ async fn a_100_continue_while_the_body_is_sent_does_not_stop_it() {
 #[tokio::test]
 async fn read_whole_keeps_a_body_that_came_with_its_head_and_reads_one_still_to_come() {
     use crate::pool::Inner;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let (rest_tx, rest_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let mut stream = accept_head_only(&listener).await;
+    let addr = after_first_head(|mut stream| async move {
         let whole = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
         stream.write_all(whole).await.expect("write");
         let mut buf = Vec::new();
@@ -454,7 +457,8 @@ async fn read_whole_keeps_a_body_that_came_with_its_head_and_reads_one_still_to_
         rest_rx.await.expect("go");
         stream.write_all(b"llo").await.expect("write");
         let _ = stream.read(&mut [0u8; 1]).await;
-    });
+    })
+    .await;
     let pool = pool(addr);
     let resp = pool.send(get(), Instant::now(), None).await.expect("head");
     let body = resp.into_body().read_whole(1024).await.expect("whole");
