@@ -269,19 +269,16 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName, value: &[u8]) -> bool {
 
 /// Removes the hop-by-hop fields ([`is_hop_by_hop`]) and the names `Connection` lists.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the few fields a message has finds whether it carries any; most carry
-    // none, and then nothing is looked up by hashing a name that is absent.
-    let (mut found, mut connection) = (false, false);
+    // One pass over the few fields a message has collects the ones to remove; most carry
+    // none, and then nothing is allocated or looked up by hashing a name that is absent.
+    let mut gone: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
     for (name, value) in headers.iter() {
         if is_hop_by_hop(name, value.as_bytes()) {
-            found = true;
             connection |= name == header::CONNECTION;
+            gone.push(name.clone());
         }
     }
-    if !found {
-        return;
-    }
-    let mut gone: Vec<HeaderName> = Vec::new();
     if connection {
         // The names every Connection value lists, when present: found among the message's
         // names, not looked up by hashing each token.
@@ -298,11 +295,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
                     gone.push(name.clone());
                 }
             }
-        }
-    }
-    for (name, value) in headers.iter() {
-        if is_hop_by_hop(name, value.as_bytes()) {
-            gone.push(name.clone());
         }
     }
     for name in gone {
