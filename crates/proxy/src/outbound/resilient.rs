@@ -319,27 +319,25 @@ async fn run(
         }
         // A local refusal is no upstream failure: neither ejected for nor retried.
         let wants_retry = !local && !last && retry.is_some_and(|r| retry::retriable(r, outcome));
-        // This try's result is the answer when no retry is wanted (`Some(None)`), or when the
-        // budget or then the retry breaker refuses the one wanted (`Some(Some(why))`).
-        let answer = if !wants_retry {
-            Some(None)
+        let next = if !wants_retry {
+            Next::Answer(None)
         } else if resilience
             .and_then(|r| r.budget.as_ref())
             .is_some_and(|b| !b.try_retry(Instant::now()))
         {
-            Some(Some(reason::RETRY_BUDGET_EXHAUSTED))
+            Next::Answer(Some(reason::RETRY_BUDGET_EXHAUSTED))
         } else if let Some(b) = resilience.and_then(|r| r.breaker.as_ref()) {
             match b.try_retry() {
                 Some(slot) => {
                     _retry_slot = Some(slot);
-                    None
+                    Next::Retry
                 }
-                None => Some(Some(reason::CIRCUIT_OPEN)),
+                None => Next::Answer(Some(reason::CIRCUIT_OPEN)),
             }
         } else {
-            None
+            Next::Retry
         };
-        if let Some(refused) = answer {
+        if let Next::Answer(refused) = next {
             return finish(
                 result, &cluster, index, load, &metrics, version, start, grpc, refused,
             );
@@ -591,6 +589,15 @@ fn send_try(
     Some(FutEither::Right(FutEither::Left(
         crate::http::send(req, to, start).map(move |r| r.map_err(refused)),
     )))
+}
+
+/// What follows a try.
+enum Next {
+    /// Another try.
+    Retry,
+    /// This try's result is the answer. With a reason when a retry was wanted and the retry
+    /// budget or the retry circuit breaker refused it.
+    Answer(Option<&'static str>),
 }
 
 /// The answer once no retry follows: the upstream's response as it is, or an error reply.
