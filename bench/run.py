@@ -413,6 +413,19 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
                           features="as trellis, plus request/per-try timeouts, 2 retries with a budget, "
                                    "outlier detection, circuit breaker"))
 
+    # The sidecar built without profile-guided optimisation (plain `cargo build --release`), one
+    # hop: what a user building from source without bench/pgo.sh runs.
+    if args.proxy_plain:
+        plain = procs.start("trellis-sidecar-no-pgo", [args.proxy_plain, "--log", "warn", "--service", "bench-client-np",
+                                                       "--app-port", str(b1), "--control", control,
+                                                       "--admin-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0",
+                                                       "--inbound-addr", "127.0.0.1:0", "--ttl", "1h"],
+                            PROXY_CPU, stdout=subprocess.PIPE)
+        plain_ready = read_ready(plain)
+        wait_proxy_knows(plain_ready["admin"], "backend")
+        targets.append(Target("trellis no-pgo", port_of(plain_ready["outbound"]), host="backend", pids=[plain.pid],
+                              features="as trellis; release build without PGO"))
+
     # Envoy, nginx and haproxy, one hop: for each, one process for HTTP/1.1 and one for h2c,
     # the same program and configuration (Envoy's codec is AUTO, so its config is the same).
     def one_hop(name, h2, ext, conf_of, cmd_of):
@@ -436,7 +449,7 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
          lambda port, h2: haproxy_conf(port, h2, b1),
          lambda conf, h2: ["haproxy", "-f", conf, "-db"]),
     ]
-    for name, ext, features, conf_of, cmd_of in peers:
+    for name, ext, features, conf_of, cmd_of in peers if not args.train else []:
         port, p = one_hop(name, False, ext, conf_of, cmd_of)
         port_h2, p_h2 = one_hop(name, True, ext, conf_of, cmd_of)
         targets.append(Target(name, port, pids=[p.pid], features=features, h2_port=port_h2, h2_pids=[p_h2.pid]))
@@ -461,6 +474,9 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
                           pids=[tcli.pid, tsrv.pid], peer="envoy mtls pair",
                           features="mTLS 1.3 (SPIFFE checks), h2 between sidecars",
                           handshakes=lambda: trellis_handshakes(tsrv_ready["admin"])))
+
+    if args.train:
+        return targets, {"control": control}
 
     # Mesh path: Envoy pair.
     es_port, es_admin, ec_port, ec_admin = free_port(), free_port(), free_port(), free_port()
@@ -612,7 +628,7 @@ def one_hop_rounds(by: dict, names: list[str]) -> list[str]:
     """CPU per request of the one-hop proxies round by round, and the sidecar's as a ratio to
     nginx's and haproxy's of the same round: the machine's speed drifts between rounds, so a
     ratio within a round is steadier than a ratio of medians."""
-    cols = [n for n in ("trellis", "trellis resilience", "nginx", "haproxy", "envoy") if n in names]
+    cols = [n for n in ("trellis", "trellis no-pgo", "trellis resilience", "nginx", "haproxy", "envoy") if n in names]
     if not {"trellis", "nginx", "haproxy"} <= set(cols):
         return []
 
@@ -747,7 +763,7 @@ def versions(args) -> str:
     envoy = re.search(r"/(\d+\.\d+\.\d+)/", first_line([args.envoy, "--version"]) + "/")
     return ", ".join([
         "trellis " + first_line([args.trellis, "--version"]).split()[-1]
-        + f" (sidecars: {os.path.basename(args.proxy)})",
+        + f" (sidecars: {os.path.basename(args.proxy)}, {args.build})",
         "envoy " + (envoy.group(1) if envoy else "?"),
         first_line(["nginx", "-v"]).replace("nginx version: ", ""),
         "haproxy " + first_line(["haproxy", "-v"]).split()[2],
@@ -768,11 +784,37 @@ def write_doc(section: str) -> None:
     open(path, "w").write(f"{head}{begin}\n{section}{end}{tail}")
 
 
+def train(args) -> int:
+    """The PGO training run: every Trellis sidecar shape of the benchmark (one hop plain and with
+    failure recovery, HTTP/2 downstream, the plaintext and the mTLS pair) under closed-loop and
+    fixed-rate load. The instrumented sidecars write their profiles when they exit on SIGTERM."""
+    workdir = tempfile.mkdtemp(prefix="train-", dir=os.path.join(ROOT, "bench", "out"))
+    procs = Procs(workdir)
+    try:
+        targets, _ = setup(procs, args, workdir)
+        for t in targets:
+            if not t.pids:
+                continue
+            m = wrk_run(t, args.duration, args.conns)
+            oha_rate(t, 1000, max(args.duration // 2, 1), args.conns)
+            h2 = h2load_max(t, max(args.duration // 2, 1), args.conns)["rps"] if t.h2_pids else None
+            print(f"pgo: trained {t.name}: {m['rps']:,.0f} req/s (instrumented)"
+                  + (f", h2 {h2:,.0f} req/s" if h2 is not None else ""), flush=True)
+        return 0
+    finally:
+        procs.stop_all()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trellis", required=True)
     ap.add_argument("--proxy", help="the sidecar binary (default: trellis-proxy next to --trellis)")
-    ap.add_argument("--envoy", required=True)
+    ap.add_argument("--envoy", help="the envoy binary (not needed with --train)")
+    ap.add_argument("--proxy-plain", help="a second sidecar binary, the release build without PGO, measured "
+                                          "one hop beside the first as `trellis no-pgo`")
+    ap.add_argument("--build", default="release", help="how --proxy was built, for the report")
+    ap.add_argument("--train", action="store_true",
+                    help="PGO training (bench/pgo.sh): drive the Trellis targets only, print no figures")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--conns", type=int, default=50)
@@ -784,6 +826,10 @@ def main() -> int:
         args.rounds, args.duration = 1, 3
     if not args.proxy:
         args.proxy = os.path.join(os.path.dirname(os.path.abspath(args.trellis)), "trellis-proxy")
+    if not args.envoy and not args.train:
+        ap.error("--envoy is needed (except with --train)")
+    if args.train:
+        return train(args)
     if os.cpu_count() < 2:
         print("bench: needs 2 CPUs (one for the proxy, one for load)", file=sys.stderr)
         return 1

