@@ -6,7 +6,8 @@
 #   3. the profiles merged with llvm-profdata (Debian llvm-19; it reads rustc's LLVM 22 profiles);
 #   4. the optimised release build (-Cprofile-use) in target/pgo.
 # Prints the path of the optimised binary on its last line. Reuses an earlier build when the
-# sources (HEAD and the uncommitted diff) are the same as they were for it.
+# sources (every tracked or untracked file under crates/, Cargo.toml, Cargo.lock, and this
+# script) are the same as they were for it.
 # Usage: bash bench/pgo.sh            (needs what bench/run.sh installs: nginx, wrk, oha, h2load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/.."
 triple=$(rustc -vV | sed -n 's/^host: //p')
 out="target/pgo/$triple/release/trellis-proxy"
 stamp_file="target/pgo/sources.stamp"
-stamp=$( (git rev-parse HEAD; git diff HEAD -- crates Cargo.toml Cargo.lock) | sha256sum | cut -d' ' -f1)
+stamp=$(git ls-files -z --cached --others --exclude-standard -- crates Cargo.toml Cargo.lock bench/pgo.sh bench/run.py \
+  | { xargs -0 sha256sum 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
 if [ -x "$out" ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
   echo "pgo: sources unchanged since the last PGO build, reusing it" >&2
   echo "$out"
