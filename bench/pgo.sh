@@ -7,7 +7,7 @@
 #   4. the optimised release build (-Cprofile-use) in target/pgo.
 # Prints the path of the optimised binary on its last line. Reuses an earlier build when the
 # sources (every tracked or untracked file under crates/, Cargo.toml, Cargo.lock, and this
-# script) are the same as they were for it.
+# script, and the toolchain: `rustc -vV` and rust-toolchain.toml) are the same as they were for it.
 # Usage: bash bench/pgo.sh            (needs what bench/run.sh installs: nginx, wrk, oha, h2load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 triple=$(rustc -vV | sed -n 's/^host: //p')
 out="target/pgo/$triple/release/trellis-proxy"
 stamp_file="target/pgo/sources.stamp"
-stamp=$(git ls-files -z --cached --others --exclude-standard -- crates Cargo.toml Cargo.lock bench/pgo.sh bench/run.py \
-  | { xargs -0 sha256sum 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
+stamp=$( (rustc -vV; git ls-files -z --cached --others --exclude-standard -- crates Cargo.toml Cargo.lock \
+  rust-toolchain.toml bench/pgo.sh bench/run.py | { xargs -0 sha256sum 2>/dev/null || true; }) | sha256sum | cut -d' ' -f1)
 if [ -x "$out" ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
   echo "pgo: sources unchanged since the last PGO build, reusing it" >&2
   echo "$out"
@@ -50,8 +50,12 @@ fi
 
 echo "pgo: 3/4 merging ${#raws[@]} raw profile file(s) (the sidecars merge into one per binary as they exit) with $("$profdata" --version | sed -n 's/.*LLVM version /LLVM /p' | head -1)" >&2
 mkdir -p target/pgo
-"$profdata" merge -o target/pgo/trellis-proxy.profdata "${raws[@]}"
-functions=$("$profdata" show target/pgo/trellis-proxy.profdata | sed -n 's/^Total functions: //p')
+# The profile's name carries the stamp: cargo does not look at the profile's contents, but a new
+# path in RUSTFLAGS makes it rebuild with the new profile.
+profile="$PWD/target/pgo/trellis-proxy-${stamp:0:16}.profdata"
+rm -f target/pgo/trellis-proxy*.profdata
+"$profdata" merge -o "$profile" "${raws[@]}"
+functions=$("$profdata" show "$profile" | sed -n 's/^Total functions: //p')
 echo "pgo: profile covers $functions functions" >&2
 if [ "${functions:-0}" -lt 1000 ]; then
   echo "pgo: the merged profile covers too few functions ($functions); not building with it" >&2
@@ -59,7 +63,7 @@ if [ "${functions:-0}" -lt 1000 ]; then
 fi
 
 echo "pgo: 4/4 building the optimised sidecar" >&2
-RUSTFLAGS="-Cprofile-use=$PWD/target/pgo/trellis-proxy.profdata" \
+RUSTFLAGS="-Cprofile-use=$profile" \
   cargo build --release --locked -p trellis-cli --bin trellis-proxy --target "$triple" --target-dir target/pgo >&2
 echo "$stamp" > "$stamp_file"
 echo "$out"

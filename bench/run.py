@@ -76,6 +76,7 @@ class Procs:
             stderr=log,
             start_new_session=True,
         )
+        p.bench_name = name
         self.procs.append(p)
         return p
 
@@ -375,6 +376,9 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
                                                "port": port, "protocol": proto, "ttl_ms": 3600000})
 
     def sidecar(name, service, app_port, extra=(), token=None):
+        if args.train:
+            # Stopped well inside Procs.stop_all's wait, so each writes its profile on exit.
+            extra = (*extra, "--drain-timeout", "1s")
         if token:
             extra = (*extra, "--join-token", api(control, "POST", "/v1/tokens", {"service": service})["token"])
         p = procs.start(name, [args.proxy, "--log", "warn", "--service", service,
@@ -788,21 +792,36 @@ def train(args) -> int:
     """The PGO training run: every Trellis sidecar shape of the benchmark (one hop plain and with
     failure recovery, HTTP/2 downstream, the plaintext and the mTLS pair) under closed-loop and
     fixed-rate load. The instrumented sidecars write their profiles when they exit on SIGTERM."""
-    workdir = tempfile.mkdtemp(prefix="train-", dir=os.path.join(ROOT, "bench", "out"))
+    out = os.path.join(ROOT, "bench", "out")
+    os.makedirs(out, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="train-", dir=out)
     procs = Procs(workdir)
+    failed = []
     try:
         targets, _ = setup(procs, args, workdir)
+        short = max(args.duration // 2, 1)
         for t in targets:
             if not t.pids:
                 continue
+            # A run answered with errors would train the error paths instead of the proxying.
             m = wrk_run(t, args.duration, args.conns)
-            oha_rate(t, 1000, max(args.duration // 2, 1), args.conns)
-            h2 = h2load_max(t, max(args.duration // 2, 1), args.conns)["rps"] if t.h2_pids else None
+            r = oha_rate(t, 1000, short, args.conns)
+            h2 = h2load_max(t, short, args.conns) if t.h2_pids else None
+            if m["errors"] or m["socket_errors"] or r["errors"] or (h2 and h2["errors"]):
+                failed.append(f"{t.name}: wrk {m['errors']} non-2xx, socket errors '{m['socket_errors']}'; "
+                              f"oha {r['errors']} errors" + (f"; h2load {h2['errors']} errors" if h2 else ""))
             print(f"pgo: trained {t.name}: {m['rps']:,.0f} req/s (instrumented)"
-                  + (f", h2 {h2:,.0f} req/s" if h2 is not None else ""), flush=True)
-        return 0
+                  + (f", h2 {h2['rps']:,.0f} req/s" if h2 else ""), flush=True)
     finally:
+        started = list(procs.procs)
         procs.stop_all()
+    # A sidecar killed instead of exiting on SIGTERM writes no profile.
+    for p in started:
+        if p.returncode != 0:
+            failed.append(f"{p.bench_name} exited with {p.returncode} on SIGTERM (log: {workdir}/{p.bench_name}.log)")
+    for f in failed:
+        print(f"pgo: training failed: {f}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main() -> int:
