@@ -81,18 +81,23 @@ class Procs:
         return p
 
     def stop_all(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
+        # The proxies first, then what they depend on (the control plane, the backend), so a
+        # draining sidecar still reaches both.
+        last = {"trellis-control", "backend"}
+        for group in ([p for p in self.procs if p.bench_name not in last],
+                      [p for p in self.procs if p.bench_name in last]):
+            for p in reversed(group):
+                if p.poll() is None:
+                    try:
+                        os.killpg(p.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            for p in reversed(group):
                 try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for p in reversed(self.procs):
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
         self.procs.clear()
 
 
@@ -108,16 +113,22 @@ def proc_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """User and kernel CPU seconds of `pids` (utime, stime)."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            user += int(fields[11])
+            system += int(fields[12])
         except FileNotFoundError:
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_split(pids))
 
 
 def rss_mib(pids: list[int], field: str = "VmRSS") -> float:
@@ -548,10 +559,12 @@ def run_load(cmd: list[str]) -> str:
 
 def measure(t: Target, fn, h2=False):
     pids = t.all_h2_pids() if h2 else t.all_pids()
-    c0, busy0 = cpu_seconds(pids), core_busy_seconds(PROXY_CPU)
+    (u0, s0), busy0 = cpu_split(pids), core_busy_seconds(PROXY_CPU)
     result = fn()
-    c1, busy1 = cpu_seconds(pids), core_busy_seconds(PROXY_CPU)
-    result["proxy_cpu_s"] = c1 - c0
+    (u1, s1), busy1 = cpu_split(pids), core_busy_seconds(PROXY_CPU)
+    result["proxy_cpu_s"] = (u1 - u0) + (s1 - s0)
+    result["proxy_user_s"] = u1 - u0
+    result["proxy_sys_s"] = s1 - s0
     result["core_busy_s"] = busy1 - busy0
     return result
 
@@ -628,34 +641,64 @@ def ratio(v, base):
     return f"{v / base:.2f}x"
 
 
-def one_hop_rounds(by: dict, names: list[str]) -> list[str]:
-    """CPU per request of the one-hop proxies round by round, and the sidecar's as a ratio to
-    nginx's and haproxy's of the same round: the machine's speed drifts between rounds, so a
-    ratio within a round is steadier than a ratio of medians."""
-    cols = [n for n in ("trellis", "trellis no-pgo", "trellis resilience", "nginx", "haproxy", "envoy") if n in names]
-    if not {"trellis", "nginx", "haproxy"} <= set(cols):
+ONE_HOP = ("trellis", "trellis no-pgo", "trellis resilience", "nginx", "haproxy", "envoy")
+TRELLIS_BUILDS = ("trellis", "trellis no-pgo")
+
+
+def per_req_us(m: dict, key: str = "proxy_cpu_s") -> float:
+    return m[key] / max(m["requests"], 1) * 1e6
+
+
+def one_hop_rounds(rounds: list[dict], title: str, note: str) -> list[str]:
+    """CPU per request of the one-hop proxies round by round (each round: name -> measurement),
+    and each Trellis build's as a ratio to nginx's and haproxy's of the same round: the machine's
+    speed drifts between rounds, so a ratio within a round is steadier than a ratio of medians."""
+    if not rounds:
         return []
-
-    def cpu(r):
-        return r["max"]["proxy_cpu_s"] / max(r["max"]["requests"], 1) * 1e6
-
-    lines = ["", "### One hop, round by round (proxy CPU per request in the throughput runs)", "",
-             "| round | direct req/s | " + " | ".join(cols) + " | trellis / nginx | trellis / haproxy |",
-             "|---|---|" + "---|" * len(cols) + "---|---|"]
-    ratios = {"nginx": [], "haproxy": []}
-    for i, d in enumerate(by["direct"]):
-        row = {n: cpu(by[n][i]) for n in cols}
-        for peer in ratios:
-            ratios[peer].append(row["trellis"] / row[peer])
-        lines.append(f"| {i + 1} | {fmt(d['max']['rps'])} | " + " | ".join(fmt(row[n], " us", 1) for n in cols)
-                     + f" | {ratios['nginx'][-1]:.2f} | {ratios['haproxy'][-1]:.2f} |")
+    present = set(rounds[0])
+    cols = [n for n in ONE_HOP if n in present]
+    builds = [b for b in TRELLIS_BUILDS if b in present]
+    pairs = [(b, peer) for b in builds for peer in ("nginx", "haproxy") if peer in present]
+    if not builds or not pairs:
+        return []
+    lines = ["", f"### {title}", "", note, "",
+             "| round | " + " | ".join(cols) + " | " + " | ".join(f"{b} / {p}" for b, p in pairs) + " |",
+             "|---|" + "---|" * (len(cols) + len(pairs))]
+    ratios = {pair: [] for pair in pairs}
+    for i, r in enumerate(rounds):
+        row = {n: per_req_us(r[n]) for n in cols}
+        for b, peer in pairs:
+            ratios[(b, peer)].append(row[b] / row[peer])
+        lines.append(f"| {i + 1} | " + " | ".join(fmt(row[n], " us", 1) for n in cols) + " | "
+                     + " | ".join(f"{ratios[pair][-1]:.2f}" for pair in pairs) + " |")
     lines.append("")
-    lines.append(f"Median of the per-round ratios: trellis / nginx {statistics.median(ratios['nginx']):.2f}, "
-                 f"trellis / haproxy {statistics.median(ratios['haproxy']):.2f} (below 1: less CPU per request).")
+    lines.append("Median of the per-round ratios (below 1: less CPU per request than the peer): "
+                 + "; ".join(f"{b} / {p} {statistics.median(ratios[(b, p)]):.2f} "
+                             f"(below 1 in {sum(x < 1 for x in ratios[(b, p)])} of {len(ratios[(b, p)])} rounds)"
+                             for b, p in pairs) + ".")
     return lines
 
 
-def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
+def user_kernel(rounds: list[dict]) -> list[str]:
+    """Each one-hop proxy's CPU per request split into user and kernel time (utime and stime)."""
+    if not rounds:
+        return []
+    cols = [n for n in ONE_HOP if n in rounds[0]]
+    lines = ["", "### One hop, user and kernel time per request (medians over the rounds above and the short rounds)", "",
+             "utime and stime of the proxy's processes over each throughput run, divided by requests. Kernel time "
+             "(the TCP/IP work of its four system calls per request, loopback delivery and waking the peer) is "
+             "most of every proxy's CPU; user time is the proxy's own code.", "",
+             "| target | user | kernel | total | user share |", "|---|---|---|---|---|"]
+    for n in cols:
+        ms = [r[n] for r in rounds if n in r]
+        u = statistics.median(per_req_us(m, "proxy_user_s") for m in ms)
+        k = statistics.median(per_req_us(m, "proxy_sys_s") for m in ms)
+        t = statistics.median(per_req_us(m) for m in ms)
+        lines.append(f"| {n} | {u:.1f} us | {k:.1f} us | {t:.1f} us | {u / (u + k):.0%} |")
+    return lines
+
+
+def report(results: dict, duel: list[dict], targets: list[Target], args, notes: list[str]) -> str:
     names = [t.name for t in targets]
     by = {n: results[n] for n in names}
     direct_rps = med([r["max"]["rps"] for r in by["direct"]])[0]
@@ -674,8 +717,8 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
     lines.append("Ratios in parentheses are to the Envoy setup of the same shape in this run (Envoy for one "
                  "hop, the Envoy pair for the pairs).")
     lines.append("")
-    lines.append("| target | req/s | vs direct | vs Envoy | proxy CPU per request | RSS idle -> after load | private (RssAnon) after load | errors | features on |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("| target | req/s | vs direct | vs Envoy | proxy CPU per request | RSS idle -> after load | peak RSS (VmHWM) | private (RssAnon) after load | errors | features on |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
 
     def per_request(rs, key="max"):
         return med([r[key]["proxy_cpu_s"] / max(r[key]["requests"], 1) * 1e6 for r in rs])[0]
@@ -683,6 +726,7 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
     cpu_of = {t.name: per_request(by[t.name]) if t.pids else None for t in targets}
     rss_of = {t.name: med([r["rss_after"] for r in by[t.name]])[0] if t.pids else None for t in targets}
     anon_of = {t.name: med([r["anon_after"] for r in by[t.name]])[0] if t.pids else None for t in targets}
+    peak_of = {t.name: max(r["peak_after"] for r in by[t.name]) if t.pids else None for t in targets}
     for t in targets:
         rs = by[t.name]
         rps, lo, hi = med([r["max"]["rps"] for r in rs])
@@ -692,14 +736,22 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
         lines.append(f"| {t.name} | {fmt(rps)} [{fmt(lo)}–{fmt(hi)}] | {ratio(rps, direct_rps)} | {ratio(rps, base)} | "
                      f"{fmt(cpu_of[t.name], ' us', 1)}{vs(cpu_of[t.name], cpu_of)} | "
                      f"{fmt(t.rss_idle, ' MiB', 1) if t.pids else '-'} -> {fmt(rss_of[t.name], ' MiB', 1)}{vs(rss_of[t.name], rss_of)} | "
+                     f"{fmt(peak_of[t.name], ' MiB', 1)} | "
                      f"{fmt(anon_of[t.name], ' MiB', 1)}{vs(anon_of[t.name], anon_of)} | {errs} | {t.features or '-'} |")
-    lines += one_hop_rounds(by, names)
+    main_rounds = [{n: by[n][i]["max"] for n in ONE_HOP if n in by} for i in range(len(by["direct"]))]
+    lines += one_hop_rounds(main_rounds, "One hop, round by round (proxy CPU per request in the throughput runs)",
+                            f"The wrk runs of the {len(main_rounds)} rounds above ({args.duration} s each).")
+    lines += one_hop_rounds(duel, "One hop, short interleaved rounds (proxy CPU per request)",
+                            f"After the main rounds: wrk for {args.duel_duration} s on each one-hop proxy in turn, "
+                            f"{len(duel)} rounds, the order rotated every round, so that each proxy's runs spread "
+                            f"over the same stretch of time.")
+    lines += user_kernel(main_rounds + duel)
     for rate in args.rates:
         lines.append("")
         lines.append(f"### Latency at {rate:,} req/s (oha, open loop, latency-corrected), microseconds")
         lines.append("")
-        lines.append("| target | p50 | p90 | p99 | p99.9 | added p50 / p99 vs direct | p50 / p99 vs direct | p50 / p99 vs Envoy | errors |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("| target | p50 | p90 | p99 | p99.9 | added p50 / p99 vs direct | p50 / p99 vs direct | p50 / p99 vs Envoy | proxy CPU per request | errors |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
 
         def pct(name, k):
             return med([r[f"rate{rate}"][k] for r in by[name]])[0]
@@ -715,7 +767,8 @@ def report(results: dict, targets: list[Target], args, notes: list[str]) -> str:
             vs_envoy = ("-" if t.name == "direct"
                         else f"{ratio(p50, pct(t.peer, 'p50'))} / {ratio(p99, pct(t.peer, 'p99'))}")
             cells = " | ".join(f"{fmt(v[0])} [{fmt(v[1])}–{fmt(v[2])}]" for v in vals.values())
-            lines.append(f"| {t.name} | {cells} | {added} | {vs_direct} | {vs_envoy} | {errs} |")
+            cpu = fmt(per_request(rs, f"rate{rate}"), " us", 1) if t.pids else "-"
+            lines.append(f"| {t.name} | {cells} | {added} | {vs_direct} | {vs_envoy} | {cpu} | {errs} |")
     lines.append("")
     lines.append("### HTTP/2 downstream (h2load, h2c prior knowledge, 10 streams per connection)")
     lines.append("")
@@ -835,14 +888,18 @@ def main() -> int:
     ap.add_argument("--train", action="store_true",
                     help="PGO training (bench/pgo.sh): drive the Trellis targets only, print no figures")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=8)
+    # 7 s keeps the default run (11 targets, 3 rounds) inside 15 minutes.
+    ap.add_argument("--duration", type=int, default=7)
+    ap.add_argument("--duel-rounds", type=int, default=6,
+                    help="short interleaved wrk rounds of the one-hop proxies after the main rounds")
+    ap.add_argument("--duel-duration", type=int, default=3)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--rates", type=int, nargs="+", default=[1000, 5000])
     ap.add_argument("--quick", action="store_true", help="1 round of 3 s: a smoke run, not for the record")
     ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/ alone")
     args = ap.parse_args()
     if args.quick:
-        args.rounds, args.duration = 1, 3
+        args.rounds, args.duration, args.duel_rounds, args.duel_duration = 1, 3, 2, 2
     if not args.proxy:
         args.proxy = os.path.join(os.path.dirname(os.path.abspath(args.trellis)), "trellis-proxy")
     if not args.envoy and not args.train:
@@ -862,6 +919,12 @@ def main() -> int:
         targets, _ = setup(procs, args, workdir)
         print(f"bench: {len(targets)} targets up; proxy on CPU {PROXY_CPU}, load and backend on CPU {LOAD_CPU}; logs in {workdir}",
               flush=True)
+        per_round = sum(1 + len(args.rates) + (1 if t.name == "direct" or t.h2_pids else 0) for t in targets)
+        duel_n = sum(1 for t in targets if t.name in ONE_HOP and t.name not in ("envoy", "trellis resilience"))
+        planned = per_round * args.rounds * args.duration + duel_n * args.duel_rounds * args.duel_duration
+        print(f"bench: {per_round * args.rounds} measurements of {args.duration} s: about {planned / 60:.0f} min"
+              + (" (over the 15 minutes a run should take: fewer --rounds or a shorter --duration)"
+                 if planned > 14 * 60 else ""), flush=True)
         results = {t.name: [] for t in targets}
         for rnd in range(1, args.rounds + 1):
             for t in targets:
@@ -869,6 +932,7 @@ def main() -> int:
                 r["max"] = measure(t, lambda: wrk_max(t, args.duration, args.conns))
                 r["rss_after"] = rss_mib(t.all_pids())
                 r["anon_after"] = rss_mib(t.all_pids(), "RssAnon")
+                r["peak_after"] = rss_mib(t.all_pids(), "VmHWM")
                 for rate in args.rates:
                     r[f"rate{rate}"] = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns))
                 if t.name == "direct" or t.h2_pids:
@@ -885,8 +949,19 @@ def main() -> int:
                 print(f"bench: round {rnd}/{args.rounds} {t.name:13s} max {r['max']['rps']:>9,.0f} req/s  "
                       + "  ".join(f"p99@{rate} {r[f'rate{rate}']['p99']:,.0f}us" for rate in args.rates)
                       + (f"  h2 {r['h2']['rps']:,.0f} req/s" if "h2" in r else ""), flush=True)
-        json.dump(results, open(os.path.join(workdir, "results.json"), "w"), indent=1)
-        section = report(results, targets, args, notes)
+        # Short rounds of the one-hop proxies only, the order rotated each round.
+        duel_targets = [t for t in targets if t.name in ONE_HOP and t.name != "envoy" and t.name != "trellis resilience"]
+        duel = []
+        for rnd in range(args.duel_rounds):
+            k = rnd % len(duel_targets)
+            row = {}
+            for t in duel_targets[k:] + duel_targets[:k]:
+                row[t.name] = measure(t, lambda: wrk_run(t, args.duel_duration, args.conns))
+            duel.append(row)
+            print(f"bench: short round {rnd + 1}/{args.duel_rounds}: "
+                  + "  ".join(f"{n} {per_req_us(m):.1f} us" for n, m in row.items()), flush=True)
+        json.dump({"rounds": results, "short_rounds": duel}, open(os.path.join(workdir, "results.json"), "w"), indent=1)
+        section = report(results, duel, targets, args, notes)
         section += f"\nWhole run: {time.monotonic() - started:.0f} s.\n"
         print(section)
         if not args.no_write and not args.quick:
