@@ -924,7 +924,7 @@ def main() -> int:
         planned = per_round * args.rounds * args.duration + duel_n * args.duel_rounds * args.duel_duration
         print(f"bench: {per_round * args.rounds} measurements of {args.duration} s: about {planned / 60:.0f} min"
               + (" (over the 15 minutes a run should take: fewer --rounds or a shorter --duration)"
-                 if planned > 14 * 60 else ""), flush=True)
+                 if planned > 14.5 * 60 else ""), flush=True)
         results = {t.name: [] for t in targets}
         for rnd in range(1, args.rounds + 1):
             for t in targets:
