@@ -127,10 +127,6 @@ def cpu_split(pids: list[int]) -> tuple[float, float]:
     return user / CLK_TCK, system / CLK_TCK
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    return sum(cpu_split(pids))
-
-
 def rss_mib(pids: list[int], field: str = "VmRSS") -> float:
     """`field` of /proc/<pid>/status summed over `pids`: VmRSS, or RssAnon (private memory)."""
     total = 0
@@ -386,13 +382,13 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
         api(control, "POST", "/v1/instances", {"service": svc, "id": f"{svc}-1", "address": "127.0.0.1",
                                                "port": port, "protocol": proto, "ttl_ms": 3600000})
 
-    def sidecar(name, service, app_port, extra=(), token=None):
+    def sidecar(name, service, app_port, extra=(), token=None, binary=None):
         if args.train:
             # Stopped well inside Procs.stop_all's wait, so each writes its profile on exit.
             extra = (*extra, "--drain-timeout", "1s")
         if token:
             extra = (*extra, "--join-token", api(control, "POST", "/v1/tokens", {"service": service})["token"])
-        p = procs.start(name, [args.proxy, "--log", "warn", "--service", service,
+        p = procs.start(name, [binary or args.proxy, "--log", "warn", "--service", service,
                                "--app-port", str(app_port), "--control", control,
                                "--admin-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0",
                                "--inbound-addr", "127.0.0.1:0", "--ttl", "1h", *extra],
@@ -431,12 +427,7 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
     # The sidecar built without profile-guided optimisation (plain `cargo build --release`), one
     # hop: what a user building from source without bench/pgo.sh runs.
     if args.proxy_plain:
-        plain = procs.start("trellis-sidecar-no-pgo", [args.proxy_plain, "--log", "warn", "--service", "bench-client-np",
-                                                       "--app-port", str(b1), "--control", control,
-                                                       "--admin-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0",
-                                                       "--inbound-addr", "127.0.0.1:0", "--ttl", "1h"],
-                            PROXY_CPU, stdout=subprocess.PIPE)
-        plain_ready = read_ready(plain)
+        plain, plain_ready = sidecar("trellis-sidecar-no-pgo", "bench-client-np", b1, binary=args.proxy_plain)
         wait_proxy_knows(plain_ready["admin"], "backend")
         targets.append(Target("trellis no-pgo", port_of(plain_ready["outbound"]), host="backend", pids=[plain.pid],
                               features="as trellis; release build without PGO"))
@@ -643,6 +634,8 @@ def ratio(v, base):
 
 ONE_HOP = ("trellis", "trellis no-pgo", "trellis resilience", "nginx", "haproxy", "envoy")
 TRELLIS_BUILDS = ("trellis", "trellis no-pgo")
+# The one-hop proxies of the short rotated rounds after the main ones.
+SHORT_ROUNDS = ("trellis", "trellis no-pgo", "nginx", "haproxy")
 
 
 def per_req_us(m: dict, key: str = "proxy_cpu_s") -> float:
@@ -721,7 +714,7 @@ def report(results: dict, duel: list[dict], targets: list[Target], args, notes: 
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
 
     def per_request(rs, key="max"):
-        return med([r[key]["proxy_cpu_s"] / max(r[key]["requests"], 1) * 1e6 for r in rs])[0]
+        return med([per_req_us(r[key]) for r in rs])[0]
 
     cpu_of = {t.name: per_request(by[t.name]) if t.pids else None for t in targets}
     rss_of = {t.name: med([r["rss_after"] for r in by[t.name]])[0] if t.pids else None for t in targets}
@@ -919,9 +912,9 @@ def main() -> int:
         targets, _ = setup(procs, args, workdir)
         print(f"bench: {len(targets)} targets up; proxy on CPU {PROXY_CPU}, load and backend on CPU {LOAD_CPU}; logs in {workdir}",
               flush=True)
+        duel_targets = [t for t in targets if t.name in SHORT_ROUNDS]
         per_round = sum(1 + len(args.rates) + (1 if t.name == "direct" or t.h2_pids else 0) for t in targets)
-        duel_n = sum(1 for t in targets if t.name in ONE_HOP and t.name not in ("envoy", "trellis resilience"))
-        planned = per_round * args.rounds * args.duration + duel_n * args.duel_rounds * args.duel_duration
+        planned = per_round * args.rounds * args.duration + len(duel_targets) * args.duel_rounds * args.duel_duration
         print(f"bench: {per_round * args.rounds} measurements of {args.duration} s: about {planned / 60:.0f} min"
               + (" (over the 15 minutes a run should take: fewer --rounds or a shorter --duration)"
                  if planned > 14.5 * 60 else ""), flush=True)
@@ -950,7 +943,6 @@ def main() -> int:
                       + "  ".join(f"p99@{rate} {r[f'rate{rate}']['p99']:,.0f}us" for rate in args.rates)
                       + (f"  h2 {r['h2']['rps']:,.0f} req/s" if "h2" in r else ""), flush=True)
         # Short rounds of the one-hop proxies only, the order rotated each round.
-        duel_targets = [t for t in targets if t.name in ONE_HOP and t.name != "envoy" and t.name != "trellis resilience"]
         duel = []
         for rnd in range(args.duel_rounds):
             k = rnd % len(duel_targets)
