@@ -85,3 +85,57 @@ fn trellis_proxy_flags_are_the_proxy_commands() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Wake-ups (voluntary context switches) of every thread of process `pid` so far.
+fn wakeups(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread that exits between the listing and the read is skipped.
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// A sidecar with its config, its certificate and no traffic sleeps: no background task polls
+/// on a timer (a 50 ms poll would wake it at least 10 times in each half second). The registry
+/// TTL is long so that no heartbeat falls inside the windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sidecar_does_not_wake_up() -> anyhow::Result<()> {
+    let log = TestLog::new("sidecar-binary-idle")?;
+    let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
+    let url = control.url();
+    let mut server = Instance::start(
+        PROXY_BIN,
+        &log,
+        &url,
+        "catalog",
+        "catalog-1",
+        std::time::Duration::ZERO,
+        SidecarOpts::default().ttl("1h"),
+    )
+    .await?;
+    let pid = server.sidecar.process().pid();
+    // The quietest of four half-second windows, so that start-up work still finishing (the
+    // registration, the first xDS acknowledgements) cannot count against it.
+    let mut quietest = u64::MAX;
+    for _ in 0..4 {
+        let before = wakeups(pid)?;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        quietest = quietest.min(wakeups(pid)?.saturating_sub(before));
+    }
+    ensure!(
+        quietest < 4,
+        "an idle sidecar woke {quietest} times in its quietest half second \
+         (a background task polling on a timer?)"
+    );
+    drop((server, control));
+    log.passed();
+    Ok(())
+}

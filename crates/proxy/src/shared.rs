@@ -3,6 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::accesslog::AccessLog;
 use crate::config::ProxyConfig;
@@ -17,8 +18,11 @@ use crate::upstream::ClientCache;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub config: ProxyConfig,
-    /// The live config; the request path `load()`s it, xDS `store()`s a new one.
+    /// The live config; the request path `load()`s it, xDS replaces it through [`Shared::publish`].
     pub live: ArcSwap<Snapshot>,
+    /// Bumped after every new live config, for background tasks that wait for one instead of
+    /// polling `live` (an idle sidecar arms no timer for them).
+    live_changed: watch::Sender<u64>,
     pub metrics: Metrics,
     pub status: Status,
     pub clients: ClientCache,
@@ -39,6 +43,7 @@ impl Shared {
             control: ControlTrust::unchecked(config.control_ca.clone()),
             config,
             live: ArcSwap::from_pointee(Snapshot::default()),
+            live_changed: watch::Sender::new(0),
             metrics: Metrics::new(),
             status: Status::default(),
             clients: ClientCache::default(),
@@ -46,5 +51,16 @@ impl Shared {
             access_log: None,
             prober: Prober::default(),
         }
+    }
+
+    /// Makes `next` the live config and tells the [`Shared::live_changes`] receivers.
+    pub fn publish(&self, next: Arc<Snapshot>) {
+        self.live.store(next);
+        self.live_changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// A receiver that sees a change after each [`Shared::publish`] (stored before it tells).
+    pub fn live_changes(&self) -> watch::Receiver<u64> {
+        self.live_changed.subscribe()
     }
 }

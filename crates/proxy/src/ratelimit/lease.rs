@@ -15,8 +15,6 @@ use crate::control_tls::ControlHttp;
 use crate::security::InboundSecurity;
 use crate::shared::Shared;
 
-/// How often the task looks for a new limiter.
-const POLL: Duration = Duration::from_millis(50);
 /// The lease interval unless the control plane says otherwise.
 const DEFAULT_LEASE: Duration = Duration::from_millis(500);
 
@@ -41,26 +39,36 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut next = Instant::now();
     let mut interval = DEFAULT_LEASE;
     let mut last_grant = Instant::now();
+    let mut changes = shared.live_changes();
     loop {
-        tokio::time::sleep(POLL).await;
+        // Marked seen before the load: a config published after it wakes the wait below.
+        changes.borrow_and_update();
         let snap = shared.live.load();
-        let Some(security) = snap.inbound.clone() else {
+        let limiter = snap
+            .inbound
+            .as_ref()
+            .and_then(|security| security.ratelimit.as_ref().map(|l| (security, l)));
+        let rules = limiter.map(|(_, l)| l.global_rules()).unwrap_or_default();
+        let Some((security, limiter)) = limiter.filter(|_| !rules.is_empty()) else {
+            // Nothing to lease: sleep until the next config, with no timer armed.
+            current = None;
+            if changes.changed().await.is_err() {
+                return;
+            }
             continue;
         };
-        let Some(limiter) = security.ratelimit.as_ref() else {
-            continue;
-        };
-        let rules = limiter.global_rules();
-        if rules.is_empty() {
-            continue;
-        }
-        let fresh = current.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &security));
+        let fresh = current.as_ref().is_none_or(|c| !Arc::ptr_eq(c, security));
         let now = Instant::now();
         if !fresh && now < next {
+            // Until the next lease is due, or sooner if the limiter is replaced or removed.
+            tokio::select! {
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+                changed = changes.changed() => if changed.is_err() { return },
+            }
             continue;
         }
         if fresh {
-            current = Some(security.clone());
+            current = Some(Arc::clone(security));
             seen.clear();
             last_grant = now;
         }

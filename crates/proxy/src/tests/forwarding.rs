@@ -217,7 +217,7 @@ impl Harness {
             mode: crate::security::InboundMode::Permissive,
             ..Default::default()
         }));
-        self.shared.live.store(Arc::new(snapshot));
+        self.shared.publish(Arc::new(snapshot));
     }
 }
 

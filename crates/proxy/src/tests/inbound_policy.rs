@@ -160,7 +160,7 @@ impl Harness {
             inbound: Some(Arc::new(security)),
             ..Snapshot::default()
         };
-        self.shared.live.store(Arc::new(snapshot));
+        self.shared.publish(Arc::new(snapshot));
     }
 
     fn seen(&self) -> Vec<Seen> {

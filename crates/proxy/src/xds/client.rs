@@ -210,7 +210,7 @@ fn handle_response(
                 .tls
                 .set_inbound_mode(mode.map(|m| m.as_str()));
             let next = Arc::new(next);
-            shared.live.store(next.clone());
+            shared.publish(next.clone());
             shared.prober.sync(&next, shared);
             let complete = state.complete();
             shared.status.update(|s| {

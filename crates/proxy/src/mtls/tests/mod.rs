@@ -238,7 +238,7 @@ impl Proxy {
             [Arc::new(cluster)],
         );
         snap.inbound = inbound.map(security);
-        self.shared.live.store(Arc::new(snap));
+        self.shared.publish(Arc::new(snap));
     }
 
     /// Only this proxy's inbound mode changes.
@@ -249,7 +249,7 @@ impl Proxy {
             clusters: old.clusters.clone(),
             inbound: mode.map(security),
         };
-        self.shared.live.store(Arc::new(snap));
+        self.shared.publish(Arc::new(snap));
     }
 
     /// The sum of a metric's samples whose labels include `labels`.
