@@ -21,13 +21,16 @@ corrected for coordinated omission), proxy CPU per request, proxy RSS idle and a
 Results go to docs/BENCHMARKS.md (the section between the BENCH markers) and bench/out/.
 """
 import argparse
+import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import re
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -581,19 +584,29 @@ def wrk_run(t: Target, duration: int, conns: int) -> dict:
             "errors": int(errors.group(1)) if errors else 0, "socket_errors": sock.group(1) if sock else ""}
 
 
-def oha_rate(t: Target, rate: int, duration: int, conns: int) -> dict:
+def oha_rate(t: Target, rate: int, duration: int, conns: int, db: str | None = None) -> dict:
+    """oha at a fixed rate. With `db`, oha also writes every succeeded request to that sqlite file
+    (after the run, outside the measured stretch), and the result carries their latencies
+    (`samples`, microseconds, corrected for coordinated omission like the percentiles) for the
+    pooled percentiles; the file is deleted once read."""
     cmd = ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-q", str(rate),
-           "--latency-correction", "-c", str(conns), "--disable-keepalive=false"]
-    cmd = [c for c in cmd if c != "--disable-keepalive=false"]
+           "--latency-correction", "-c", str(conns)]
     if t.host:
         cmd += ["-H", f"Host: {t.host}"]
+    if db:
+        cmd += ["--db-url", db]
     out = json.loads(run_load([*cmd, f"http://127.0.0.1:{t.port}/"]))
     pct = out["latencyPercentiles"]
     status = out.get("statusCodeDistribution", {})
     ok = sum(v for k, v in status.items() if k.startswith("2"))
     total = sum(status.values())
-    return {"p50": pct["p50"] * 1e6, "p90": pct["p90"] * 1e6, "p99": pct["p99"] * 1e6,
-            "p999": pct["p99.9"] * 1e6, "requests": total, "errors": total - ok}
+    r = {"p50": pct["p50"] * 1e6, "p90": pct["p90"] * 1e6, "p99": pct["p99"] * 1e6,
+         "p999": pct["p99.9"] * 1e6, "requests": total, "errors": total - ok}
+    if db:
+        with contextlib.closing(sqlite3.connect(db)) as c:
+            r["samples"] = [d * 1e6 for (d,) in c.execute("SELECT duration FROM oha")]
+        os.unlink(db)
+    return r
 
 
 def h2load_max(t: Target, duration: int, conns: int) -> dict:
@@ -636,6 +649,9 @@ ONE_HOP = ("trellis", "trellis no-pgo", "trellis resilience", "nginx", "haproxy"
 TRELLIS_BUILDS = ("trellis", "trellis no-pgo")
 # The one-hop proxies of the short rotated rounds after the main ones.
 SHORT_ROUNDS = ("trellis", "trellis no-pgo", "nginx", "haproxy")
+# Targets whose fixed-rate runs also keep every request's latency, and that get latency runs in
+# the short rounds too: their percentiles are then also taken over all those requests pooled.
+LATENCY_POOL = ("direct", "trellis", "nginx", "haproxy")
 
 
 def per_req_us(m: dict, key: str = "proxy_cpu_s") -> float:
@@ -691,7 +707,56 @@ def user_kernel(rounds: list[dict]) -> list[str]:
     return lines
 
 
-def report(results: dict, duel: list[dict], targets: list[Target], args, notes: list[str]) -> str:
+def plural(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank q-quantile of an ascending list."""
+    return sorted_values[max(math.ceil(q * len(sorted_values)) - 1, 0)]
+
+
+def pooled_latency(pooled: dict, runs: dict, args) -> list[str]:
+    """Percentiles of the one-hop targets over every request of all their fixed-rate runs (main
+    and short rounds, interleaved over the same stretch of time), and run by run how often each
+    Trellis p50 and p99 was at or below nginx's and haproxy's in the same round."""
+    names = [n for n in LATENCY_POOL if any((n, rate) in pooled for rate in args.rates)]
+    if "direct" not in names or "trellis" not in names:
+        return []
+    lines = ["", "### One hop, latency over all runs pooled (microseconds)", "",
+             f"Every request of every fixed-rate run of these targets, {plural(args.rounds, 'main round')} "
+             f"({args.duration} s each) and {plural(args.duel_rounds, 'short round')} ({args.duel_duration} s each), "
+             "pooled, and the percentiles taken over all of them: steadier than the median of a few runs' "
+             "percentiles, as the machine's speed drifts from run to run. Latency-corrected like the tables "
+             "above. The last column compares run by run: in how many of the runs trellis's p50 and p99 were at "
+             "or below the peer's in the same round.", "",
+             "| rate | target | requests | p50 | p90 | p99 | p99.9 | added p50 / p99 vs direct | "
+             "runs with trellis p50 / p99 at or below it |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for rate in args.rates:
+        qs = {}
+        for n in names:
+            v = sorted(pooled.get((n, rate), []))
+            if v:
+                qs[n] = (len(v), *(quantile(v, q) for q in (0.5, 0.9, 0.99, 0.999)))
+        if "direct" not in qs:
+            continue
+        d50, d99 = qs["direct"][1], qs["direct"][3]
+        for n, (count, p50, p90, p99, p999) in qs.items():
+            added = "-" if n == "direct" else f"+{p50 - d50:,.0f} / +{p99 - d99:,.0f}"
+            paired = "-"
+            if n not in ("direct", "trellis"):
+                both = [k[2] for k in runs if k[:2] == ("trellis", rate) and (n, rate, k[2]) in runs]
+                at50 = sum(runs[("trellis", rate, r)][0] <= runs[(n, rate, r)][0] for r in both)
+                at99 = sum(runs[("trellis", rate, r)][1] <= runs[(n, rate, r)][1] for r in both)
+                paired = f"{at50} / {at99} of {len(both)}"
+            lines.append(f"| {rate:,} | {n} | {count:,} | {fmt(p50)} | {fmt(p90)} | {fmt(p99)} | {fmt(p999)} | "
+                         f"{added} | {paired} |")
+    return lines
+
+
+def report(results: dict, duel: list[dict], targets: list[Target], args, notes: list[str],
+           pooled_lines: list[str]) -> str:
     names = [t.name for t in targets]
     by = {n: results[n] for n in names}
     direct_rps = med([r["max"]["rps"] for r in by["direct"]])[0]
@@ -762,6 +827,7 @@ def report(results: dict, duel: list[dict], targets: list[Target], args, notes: 
             cells = " | ".join(f"{fmt(v[0])} [{fmt(v[1])}–{fmt(v[2])}]" for v in vals.values())
             cpu = fmt(per_request(rs, f"rate{rate}"), " us", 1) if t.pids else "-"
             lines.append(f"| {t.name} | {cells} | {added} | {vs_direct} | {vs_envoy} | {cpu} | {errs} |")
+    lines += pooled_lines
     lines.append("")
     lines.append("### HTTP/2 downstream (h2load, h2c prior knowledge, 10 streams per connection)")
     lines.append("")
@@ -881,10 +947,11 @@ def main() -> int:
     ap.add_argument("--train", action="store_true",
                     help="PGO training (bench/pgo.sh): drive the Trellis targets only, print no figures")
     ap.add_argument("--rounds", type=int, default=3)
-    # 7 s keeps the default run (11 targets, 3 rounds) inside 15 minutes.
-    ap.add_argument("--duration", type=int, default=7)
+    # 5 s keeps the default run (11 targets, 3 rounds, then the short rounds) inside 15 minutes.
+    ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--duel-rounds", type=int, default=6,
-                    help="short interleaved wrk rounds of the one-hop proxies after the main rounds")
+                    help="short interleaved rounds of the one-hop proxies after the main rounds: wrk, "
+                         "and oha at each rate for direct, trellis, nginx and haproxy")
     ap.add_argument("--duel-duration", type=int, default=3)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--rates", type=int, nargs="+", default=[1000, 5000])
@@ -912,13 +979,25 @@ def main() -> int:
         targets, _ = setup(procs, args, workdir)
         print(f"bench: {len(targets)} targets up; proxy on CPU {PROXY_CPU}, load and backend on CPU {LOAD_CPU}; logs in {workdir}",
               flush=True)
-        duel_targets = [t for t in targets if t.name in SHORT_ROUNDS]
+        duel_targets = [t for t in targets if t.name in SHORT_ROUNDS or t.name in LATENCY_POOL]
         per_round = sum(1 + len(args.rates) + (1 if t.name == "direct" or t.h2_pids else 0) for t in targets)
-        planned = per_round * args.rounds * args.duration + len(duel_targets) * args.duel_rounds * args.duel_duration
+        per_short = sum((t.name != "direct") + len(args.rates) * (t.name in LATENCY_POOL) for t in duel_targets)
+        planned = per_round * args.rounds * args.duration + per_short * args.duel_rounds * args.duel_duration
         print(f"bench: {per_round * args.rounds} measurements of {args.duration} s: about {planned / 60:.0f} min"
               + (" (over the 15 minutes a run should take: fewer --rounds or a shorter --duration)"
                  if planned > 14.5 * 60 else ""), flush=True)
         results = {t.name: [] for t in targets}
+        # (name, rate) -> every request's latency; (name, rate, run) -> that run's p50 and p99.
+        pooled, runs = {}, {}
+
+        def db_for(t):
+            return os.path.join(workdir, "oha.db") if t.name in LATENCY_POOL else None
+
+        def keep_samples(t, rate, m, run):
+            if "samples" in m:
+                pooled.setdefault((t.name, rate), []).extend(m.pop("samples"))
+                runs[(t.name, rate, run)] = (m["p50"], m["p99"])
+
         for rnd in range(1, args.rounds + 1):
             for t in targets:
                 r = {}
@@ -927,7 +1006,9 @@ def main() -> int:
                 r["anon_after"] = rss_mib(t.all_pids(), "RssAnon")
                 r["peak_after"] = rss_mib(t.all_pids(), "VmHWM")
                 for rate in args.rates:
-                    r[f"rate{rate}"] = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns))
+                    r[f"rate{rate}"] = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns,
+                                                                   db_for(t)))
+                    keep_samples(t, rate, r[f"rate{rate}"], rnd)
                 if t.name == "direct" or t.h2_pids:
                     r["h2"] = measure(t, lambda: h2load_max(t, args.duration, args.conns), h2=True)
                     r["h2_rss_after"] = rss_mib(t.all_h2_pids())
@@ -948,12 +1029,23 @@ def main() -> int:
             k = rnd % len(duel_targets)
             row = {}
             for t in duel_targets[k:] + duel_targets[:k]:
-                row[t.name] = measure(t, lambda: wrk_run(t, args.duel_duration, args.conns))
+                if t.name != "direct":
+                    row[t.name] = measure(t, lambda: wrk_run(t, args.duel_duration, args.conns))
+                if t.name in LATENCY_POOL:
+                    for rate in args.rates:
+                        m = oha_rate(t, rate, args.duel_duration, args.conns, db_for(t))
+                        keep_samples(t, rate, m, f"s{rnd + 1}")
             duel.append(row)
             print(f"bench: short round {rnd + 1}/{args.duel_rounds}: "
-                  + "  ".join(f"{n} {per_req_us(m):.1f} us" for n, m in row.items()), flush=True)
-        json.dump({"rounds": results, "short_rounds": duel}, open(os.path.join(workdir, "results.json"), "w"), indent=1)
-        section = report(results, duel, targets, args, notes)
+                  + "  ".join(f"{n} {per_req_us(m):.1f} us" for n, m in row.items())
+                  + "  p50/p99 " + "  ".join(f"{n}@{rate} {runs[(n, rate, f's{rnd + 1}')][0]:.0f}/"
+                                            f"{runs[(n, rate, f's{rnd + 1}')][1]:.0f}"
+                                            for n in LATENCY_POOL for rate in args.rates
+                                            if (n, rate, f"s{rnd + 1}") in runs), flush=True)
+        json.dump({"rounds": results, "short_rounds": duel,
+                   "latency_runs": [[*k, *v] for k, v in runs.items()]},
+                  open(os.path.join(workdir, "results.json"), "w"), indent=1)
+        section = report(results, duel, targets, args, notes, pooled_latency(pooled, runs, args))
         section += f"\nWhole run: {time.monotonic() - started:.0f} s.\n"
         print(section)
         if not args.no_write and not args.quick:
