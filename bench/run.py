@@ -716,6 +716,22 @@ def quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[max(math.ceil(q * len(sorted_values)) - 1, 0)]
 
 
+def median_interval(values: list[float]) -> str:
+    """The median of `values` and the sign test's interval for it (the widest pair of order
+    statistics d(k), d(n-k+1) whose two-sided miss chance is at most 5%), e.g. "+5 [-40, +29]";
+    the median alone when there are too few values for such an interval (fewer than 6)."""
+    v, n = sorted(values), len(values)
+    if not v:
+        return "-"
+    text = f"{statistics.median(v):+,.0f}"
+    k = 0
+    while 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n <= 0.05:
+        k += 1
+    if k == 0:
+        return text
+    return f"{text} [{v[k - 1]:+,.0f}, {v[n - k]:+,.0f}]"
+
+
 def pooled_latency(pooled: dict, runs: dict, args) -> list[str]:
     """Percentiles of the one-hop targets over every request of all their fixed-rate runs (main
     and short rounds, interleaved over the same stretch of time), and run by run how often each
@@ -728,11 +744,13 @@ def pooled_latency(pooled: dict, runs: dict, args) -> list[str]:
              f"({args.duration} s each) and {plural(args.duel_rounds, 'short round')} ({args.duel_duration} s each), "
              "pooled, and the percentiles taken over all of them: steadier than the median of a few runs' "
              "percentiles, as the machine's speed drifts from run to run. Latency-corrected like the tables "
-             "above. The last column compares run by run: in how many of the runs trellis's p50 and p99 were at "
-             "or below the peer's in the same round.", "",
+             "above. The last two columns compare run by run: in how many runs trellis's p50 and p99 were at "
+             "or below the peer's in the same round, and the median of the per-run differences (trellis minus the "
+             "peer) with the sign test's 95% interval for it: an interval that holds 0 means these "
+             "runs cannot tell the two apart.", "",
              "| rate | target | requests | p50 | p90 | p99 | p99.9 | added p50 / p99 vs direct | "
-             "runs with trellis p50 / p99 at or below it |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "runs with trellis p50 / p99 at or below it | trellis minus it per run, p50 / p99 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for rate in args.rates:
         qs = {}
         for n in names:
@@ -744,14 +762,14 @@ def pooled_latency(pooled: dict, runs: dict, args) -> list[str]:
         d50, d99 = qs["direct"][1], qs["direct"][3]
         for n, (count, p50, p90, p99, p999) in qs.items():
             added = "-" if n == "direct" else f"+{p50 - d50:,.0f} / +{p99 - d99:,.0f}"
-            paired = "-"
+            paired, diffs = "-", "-"
             if n not in ("direct", "trellis"):
                 both = [k[2] for k in runs if k[:2] == ("trellis", rate) and (n, rate, k[2]) in runs]
-                at50 = sum(runs[("trellis", rate, r)][0] <= runs[(n, rate, r)][0] for r in both)
-                at99 = sum(runs[("trellis", rate, r)][1] <= runs[(n, rate, r)][1] for r in both)
-                paired = f"{at50} / {at99} of {len(both)}"
+                d = [[runs[("trellis", rate, r)][i] - runs[(n, rate, r)][i] for r in both] for i in (0, 1)]
+                paired = f"{sum(x <= 0 for x in d[0])} / {sum(x <= 0 for x in d[1])} of {len(both)}"
+                diffs = " / ".join(median_interval(x) for x in d)
             lines.append(f"| {rate:,} | {n} | {count:,} | {fmt(p50)} | {fmt(p90)} | {fmt(p99)} | {fmt(p999)} | "
-                         f"{added} | {paired} |")
+                         f"{added} | {paired} | {diffs} |")
     return lines
 
 
