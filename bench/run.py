@@ -1045,6 +1045,7 @@ def main() -> int:
         duel = []
         for rnd in range(args.duel_rounds):
             k = rnd % len(duel_targets)
+            label = f"s{rnd + 1}"
             row = {}
             for t in duel_targets[k:] + duel_targets[:k]:
                 if t.name != "direct":
@@ -1052,14 +1053,14 @@ def main() -> int:
                 if t.name in LATENCY_POOL:
                     for rate in args.rates:
                         m = oha_rate(t, rate, args.duel_duration, args.conns, db_for(t))
-                        keep_samples(t, rate, m, f"s{rnd + 1}")
+                        keep_samples(t, rate, m, label)
             duel.append(row)
+            lat = {(n, rate): runs[(n, rate, label)] for n in LATENCY_POOL for rate in args.rates
+                   if (n, rate, label) in runs}
             print(f"bench: short round {rnd + 1}/{args.duel_rounds}: "
                   + "  ".join(f"{n} {per_req_us(m):.1f} us" for n, m in row.items())
-                  + "  p50/p99 " + "  ".join(f"{n}@{rate} {runs[(n, rate, f's{rnd + 1}')][0]:.0f}/"
-                                            f"{runs[(n, rate, f's{rnd + 1}')][1]:.0f}"
-                                            for n in LATENCY_POOL for rate in args.rates
-                                            if (n, rate, f"s{rnd + 1}") in runs), flush=True)
+                  + "  p50/p99 " + "  ".join(f"{n}@{rate} {p50:.0f}/{p99:.0f}"
+                                            for (n, rate), (p50, p99) in lat.items()), flush=True)
         json.dump({"rounds": results, "short_rounds": duel,
                    "latency_runs": [[*k, *v] for k, v in runs.items()]},
                   open(os.path.join(workdir, "results.json"), "w"), indent=1)

@@ -44,12 +44,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         // Marked seen before the load: a config published after it wakes the wait below.
         changes.borrow_and_update();
         let snap = shared.live.load();
-        let limiter = snap
-            .inbound
-            .as_ref()
-            .and_then(|security| security.ratelimit.as_ref().map(|l| (security, l)));
-        let rules = limiter.map(|(_, l)| l.global_rules()).unwrap_or_default();
-        let Some((security, limiter)) = limiter.filter(|_| !rules.is_empty()) else {
+        let leased = snap.inbound.as_ref().and_then(|security| {
+            let limiter = security.ratelimit.as_ref()?;
+            let rules = limiter.global_rules();
+            (!rules.is_empty()).then_some((security, limiter, rules))
+        });
+        let Some((security, limiter, rules)) = leased else {
             // Nothing to lease: sleep until the next config, with no timer armed.
             current = None;
             if changes.changed().await.is_err() {
