@@ -103,13 +103,14 @@ fn wakeups(pid: u32) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// A sidecar with its config, its certificate and no traffic sleeps: no background task polls
-/// on a timer (a 50 ms poll would wake it at least 10 times in each half second). The registry
-/// TTL is long so that no heartbeat falls inside the windows.
+/// A sidecar with its config, its certificate and no traffic sleeps, and so does its control
+/// plane: no background task polls on a timer (a 50 ms poll would wake a process at least 10
+/// times in each half second). The registry TTL is long so that no heartbeat, and no reaper
+/// deadline, falls inside the windows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_sidecar_does_not_wake_up() -> anyhow::Result<()> {
+async fn an_idle_sidecar_and_control_plane_do_not_wake_up() -> anyhow::Result<()> {
     let log = TestLog::new("sidecar-binary-idle")?;
-    let control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
+    let mut control = ControlPlane::start(BIN, &log, &log.dir().join("data")).await?;
     let url = control.url();
     let mut server = Instance::start(
         PROXY_BIN,
@@ -121,20 +122,28 @@ async fn an_idle_sidecar_does_not_wake_up() -> anyhow::Result<()> {
         SidecarOpts::default().ttl("1h"),
     )
     .await?;
-    let pid = server.sidecar.process().pid();
+    let pids = [
+        ("sidecar", server.sidecar.process().pid()),
+        ("control plane", control.process().pid()),
+    ];
     // The quietest of four half-second windows, so that start-up work still finishing (the
-    // registration, the first xDS acknowledgements) cannot count against it.
-    let mut quietest = u64::MAX;
+    // registration, the first xDS acknowledgements, the first snapshot's push) cannot count
+    // against it.
+    let mut quietest = [u64::MAX; 2];
     for _ in 0..4 {
-        let before = wakeups(pid)?;
+        let before = [wakeups(pids[0].1)?, wakeups(pids[1].1)?];
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        quietest = quietest.min(wakeups(pid)?.saturating_sub(before));
+        for (q, (b, (_, pid))) in quietest.iter_mut().zip(before.iter().zip(pids)) {
+            *q = (*q).min(wakeups(pid)?.saturating_sub(*b));
+        }
     }
-    ensure!(
-        quietest < 4,
-        "an idle sidecar woke {quietest} times in its quietest half second \
-         (a background task polling on a timer?)"
-    );
+    for (woke, (who, _)) in quietest.iter().zip(pids) {
+        ensure!(
+            *woke < 4,
+            "an idle {who} woke {woke} times in its quietest half second \
+             (a background task polling on a timer?)"
+        );
+    }
     drop((server, control));
     log.passed();
     Ok(())

@@ -4,7 +4,8 @@
 //! Writes go to the store first (one transaction each) and only then to memory, under one
 //! async write lock, so memory never holds what the store does not. Heartbeats are memory only.
 //! A reaper task turns instances unhealthy after their TTL and removes them after
-//! `remove_after`; a publisher task coalesces changes and publishes at most once per
+//! `remove_after`, sleeping until the next of those moments (an idle registry does not wake);
+//! a publisher task coalesces changes and publishes at most once per
 //! `push_debounce`, only when what proxies see changed.
 
 mod build;
@@ -46,7 +47,9 @@ pub struct RegistryConfig {
     pub restart_grace: Duration,
     pub remove_after: Duration,
     pub push_debounce: Duration,
-    /// How often the reaper checks TTLs.
+    /// The shortest time between two reaper passes: the reaper sleeps until the next TTL
+    /// falls due, and takes a burst of registrations within this window together. TTLs are
+    /// acted on within it.
     pub reap_interval: Duration,
     /// The mesh CA's trust domain: published in snapshots, and the domain a registration's
     /// `identity` must be in.
@@ -145,6 +148,9 @@ struct Inner {
     /// Held across "store write, then memory update" so both see writes in the same order.
     writes: tokio::sync::Mutex<()>,
     changed: Notify,
+    /// Wakes the reaper when a deadline may have come nearer or self-preservation may have
+    /// to change: an instance registered or deregistered, a lapsed heartbeat or check renewed.
+    reap: Notify,
     snapshots: watch::Sender<Arc<MeshSnapshot>>,
     metrics: Arc<Metrics>,
     /// Who shares each global rate limit now (memory only).
@@ -232,6 +238,7 @@ impl Registry {
             state: Mutex::new(state),
             writes: tokio::sync::Mutex::new(()),
             changed: Notify::new(),
+            reap: Notify::new(),
             snapshots,
             metrics,
             leases: crate::ratelimit::Leases::default(),
@@ -263,6 +270,10 @@ impl Registry {
 
     fn mark_changed(&self) {
         self.inner.changed.notify_one();
+    }
+
+    fn wake_reaper(&self) {
+        self.inner.reap.notify_one();
     }
 
     /// Registers (or re-registers) an instance; counts as a heartbeat.
@@ -314,6 +325,7 @@ impl Registry {
         st.instances.insert(key, inst);
         drop(st);
         self.inner.metrics.registrations.inc();
+        self.wake_reaper();
         if !unchanged || was_endpoint != is_endpoint {
             self.mark_changed();
         }
@@ -362,6 +374,7 @@ impl Registry {
             return Err(not_found_instance(service, id));
         };
         let before = checks::status_of(inst);
+        let revived = !inst.healthy || inst.held;
         inst.last_heartbeat = now;
         inst.healthy = true;
         inst.held = false;
@@ -372,6 +385,9 @@ impl Registry {
         let view = view_of(inst, now);
         drop(st);
         self.inner.metrics.heartbeats.inc();
+        if revived {
+            self.wake_reaper();
+        }
         if changed {
             self.mark_changed();
         }
@@ -386,6 +402,7 @@ impl Registry {
         }
         self.inner.store.delete_instance(service, id).await?;
         self.state().instances.remove(&key);
+        self.wake_reaper();
         self.mark_changed();
         Ok(())
     }
@@ -533,90 +550,112 @@ fn not_found_instance(service: &str, id: &str) -> RegistryError {
 
 /// Marks instances unhealthy after their TTL and removes them after `remove_after` (or the
 /// TTL, when longer) without a heartbeat, within the limit of self-preservation
-/// ([`preservation`]): instances it holds stay healthy and are not removed.
+/// ([`preservation`]): instances it holds stay healthy and are not removed. Between passes it
+/// sleeps until the next deadline or until [`Inner::reap`] wakes it, and at least
+/// `reap_interval`.
 async fn reaper(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(inner.config.reap_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut preserving = 0usize;
     loop {
-        tick.tick().await;
-        let expired = |i: &InstanceState, now: Instant| {
-            let ttl = Duration::from_millis(i.registration.ttl_ms);
-            i.since_heartbeat(now) >= inner.config.remove_after.max(ttl)
-        };
-        let now = Instant::now();
-        let mut changed = false;
-        let mut any_expired = false;
-        let held = {
-            let mut st = lock(&inner.state);
-            let total = st.instances.len();
-            let lapsed: Vec<_> = st
-                .instances
-                .iter()
-                .filter(|(_, i)| !i.is_healthy(now))
-                .map(|(k, i)| (i.since_heartbeat(now), k.clone()))
-                .collect();
-            let lapsed_count = lapsed.len();
-            let limit = preservation::eviction_limit(total, inner.config.max_eviction_fraction);
-            let held = preservation::held(lapsed, limit);
-            if held.len() != preserving {
-                if preserving == 0 {
-                    tracing::warn!(
-                        lapsed = lapsed_count,
-                        total,
-                        held = held.len(),
-                        max_fraction = inner.config.max_eviction_fraction,
-                        "self-preservation: many instances missed their heartbeats at once \
-                         (the control plane may be cut off from them); keeping some as \
-                         endpoints instead of evicting them"
-                    );
-                } else if held.is_empty() {
-                    tracing::info!("self-preservation ended: heartbeats are back");
-                }
-                preserving = held.len();
-                inner
-                    .metrics
-                    .instances_held
-                    .set(i64::try_from(preserving).unwrap_or(i64::MAX));
-            }
-            for (key, i) in st.instances.iter_mut() {
-                let fresh = i.is_healthy(now);
-                i.held = !fresh && held.contains(key);
-                let healthy = fresh || i.held;
-                if healthy != i.healthy {
-                    i.healthy = healthy;
-                    changed = true;
-                    tracing::info!(service = %i.registration.service, id = %i.registration.id,
-                        healthy, "instance health changed");
-                }
-                any_expired |= !healthy && expired(i, now);
-            }
-            changed |= checks::expire_all(st.instances.values_mut(), now);
-            held
-        };
-        if any_expired {
-            let _w = inner.writes.lock().await;
-            let now = Instant::now();
-            let mut removed = Vec::new();
-            lock(&inner.state).instances.retain(|key, i| {
-                let keep = held.contains(key) || !expired(i, now);
-                if !keep {
-                    removed.push(key.clone());
-                }
-                keep
-            });
-            for (service, id) in removed {
-                tracing::info!(%service, %id, "instance removed after missing heartbeats");
-                if let Err(e) = inner.store.delete_instance(&service, &id).await {
-                    tracing::warn!(%service, %id, error = %e, "cannot remove instance from the store");
-                }
-                changed = true;
-            }
+        let next = reap(&inner, &mut preserving).await;
+        let earliest = Instant::now() + inner.config.reap_interval;
+        match next {
+            Some(at) => tokio::select! {
+                () = tokio::time::sleep_until(at.max(earliest)) => {}
+                () = inner.reap.notified() => {}
+            },
+            None => inner.reap.notified().await,
         }
-        if changed {
-            inner.changed.notify_one();
+        if Instant::now() < earliest {
+            tokio::time::sleep_until(earliest).await;
         }
     }
+}
+
+/// One pass of the reaper; returns when the next one is due (None: only an event can change
+/// anything).
+async fn reap(inner: &Inner, preserving: &mut usize) -> Option<Instant> {
+    let expired = |i: &InstanceState, now: Instant| {
+        let ttl = Duration::from_millis(i.registration.ttl_ms);
+        i.since_heartbeat(now) >= inner.config.remove_after.max(ttl)
+    };
+    let now = Instant::now();
+    let mut changed = false;
+    let mut any_expired = false;
+    let (held, next) = {
+        let mut st = lock(&inner.state);
+        let total = st.instances.len();
+        let lapsed: Vec<_> = st
+            .instances
+            .iter()
+            .filter(|(_, i)| !i.is_healthy(now))
+            .map(|(k, i)| (i.since_heartbeat(now), k.clone()))
+            .collect();
+        let lapsed_count = lapsed.len();
+        let limit = preservation::eviction_limit(total, inner.config.max_eviction_fraction);
+        let held = preservation::held(lapsed, limit);
+        if held.len() != *preserving {
+            if *preserving == 0 {
+                tracing::warn!(
+                    lapsed = lapsed_count,
+                    total,
+                    held = held.len(),
+                    max_fraction = inner.config.max_eviction_fraction,
+                    "self-preservation: many instances missed their heartbeats at once \
+                     (the control plane may be cut off from them); keeping some as \
+                     endpoints instead of evicting them"
+                );
+            } else if held.is_empty() {
+                tracing::info!("self-preservation ended: heartbeats are back");
+            }
+            *preserving = held.len();
+            inner
+                .metrics
+                .instances_held
+                .set(i64::try_from(*preserving).unwrap_or(i64::MAX));
+        }
+        for (key, i) in st.instances.iter_mut() {
+            let fresh = i.is_healthy(now);
+            i.held = !fresh && held.contains(key);
+            let healthy = fresh || i.held;
+            if healthy != i.healthy {
+                i.healthy = healthy;
+                changed = true;
+                tracing::info!(service = %i.registration.service, id = %i.registration.id,
+                    healthy, "instance health changed");
+            }
+            any_expired |= !healthy && expired(i, now);
+        }
+        changed |= checks::expire_all(st.instances.values_mut(), now);
+        let next = st
+            .instances
+            .values()
+            .filter_map(|i| i.next_deadline(inner.config.remove_after, now))
+            .min();
+        (held, next)
+    };
+    if any_expired {
+        let _w = inner.writes.lock().await;
+        let now = Instant::now();
+        let mut removed = Vec::new();
+        lock(&inner.state).instances.retain(|key, i| {
+            let keep = held.contains(key) || !expired(i, now);
+            if !keep {
+                removed.push(key.clone());
+            }
+            keep
+        });
+        for (service, id) in removed {
+            tracing::info!(%service, %id, "instance removed after missing heartbeats");
+            if let Err(e) = inner.store.delete_instance(&service, &id).await {
+                tracing::warn!(%service, %id, error = %e, "cannot remove instance from the store");
+            }
+            changed = true;
+        }
+    }
+    if changed {
+        inner.changed.notify_one();
+    }
+    next
 }
 
 /// Waits for a change, lets the debounce window collect more, then publishes one snapshot if

@@ -45,6 +45,26 @@ impl InstanceState {
         now.saturating_duration_since(self.last_heartbeat)
     }
 
+    /// The first moment after `now` at which the reaper's verdict on this instance can change
+    /// by itself: its heartbeat lapsing, its removal falling due (`remove_after`, or the TTL
+    /// when longer), one of its TTL checks lapsing. None once all of those have passed.
+    pub fn next_deadline(
+        &self,
+        remove_after: std::time::Duration,
+        now: Instant,
+    ) -> Option<Instant> {
+        let ttl = std::time::Duration::from_millis(self.registration.ttl_ms);
+        let heartbeat = [ttl, remove_after.max(ttl)]
+            .into_iter()
+            .filter_map(|d| self.last_heartbeat.checked_add(d));
+        let checks = self
+            .ttl_checks
+            .values()
+            .filter(|c| !c.lapsed)
+            .filter_map(|c| c.updated.checked_add(c.ttl));
+        heartbeat.chain(checks).filter(|&at| at > now).min()
+    }
+
     pub fn health(&self, now: Instant) -> Health {
         if self.is_healthy(now) {
             Health::Healthy

@@ -195,6 +195,7 @@ impl Registry {
             .find(|c| c.name == name)
             .ok_or_else(|| RegistryError::NotFound(format!("check `{name}`")))?;
         drop(st);
+        self.wake_reaper();
         if changed {
             self.mark_changed();
         }
@@ -223,6 +224,7 @@ impl Registry {
                 "check `{name}` of instance `{id}` is not registered; register it with PUT /v1/instances/{service}/{id}/checks/{name}"
             )));
         };
+        let revived = check.lapsed;
         check.status = status;
         check.note = note.unwrap_or_default();
         check.updated = now;
@@ -234,6 +236,9 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(format!("check `{name}`")))?;
         drop(st);
         self.inner.metrics.heartbeats.inc();
+        if revived {
+            self.wake_reaper();
+        }
         if changed {
             self.mark_changed();
         }

@@ -494,3 +494,39 @@ spec:
         .expect("from-only is fine on a TCP service");
     run.stop().await;
 }
+
+/// The reaper sleeps until the first of an instance's own deadlines: its heartbeat lapsing,
+/// then its removal; a TTL check adds its own until it lapses.
+#[tokio::test(start_paused = true)]
+async fn an_instance_names_the_reapers_next_deadline() {
+    let now = Instant::now();
+    let remove_after = Duration::from_secs(60);
+    let mut inst = InstanceState {
+        registration: reg("api", "a", 10_000),
+        registered_at_ms: 0,
+        last_heartbeat: now,
+        healthy: true,
+        held: false,
+        ttl_checks: checks::TtlChecks::new(),
+    };
+    let at = |secs| now + Duration::from_secs(secs);
+    assert_eq!(inst.next_deadline(remove_after, now), Some(at(10)));
+    assert_eq!(inst.next_deadline(remove_after, at(10)), Some(at(60)));
+    assert_eq!(inst.next_deadline(remove_after, at(60)), None);
+    inst.ttl_checks.insert(
+        "db".to_string(),
+        checks::TtlCheck {
+            ttl: Duration::from_secs(3),
+            status: trellis_model::CheckStatus::Passing,
+            note: String::new(),
+            updated: now,
+            lapsed: false,
+        },
+    );
+    assert_eq!(inst.next_deadline(remove_after, now), Some(at(3)));
+    inst.ttl_checks.get_mut("db").expect("check").lapsed = true;
+    assert_eq!(inst.next_deadline(remove_after, now), Some(at(10)));
+    // A TTL longer than `remove_after` is the removal deadline too.
+    inst.registration.ttl_ms = 120_000;
+    assert_eq!(inst.next_deadline(remove_after, at(60)), Some(at(120)));
+}
