@@ -419,17 +419,20 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
                           features="routing + load balancing + metrics; no TLS",
                           h2_port=port_of(one_h2_ready["outbound"]), h2_pids=[one_h2.pid],
                           h2_host="backend-h2"))
-    # Its own sidecar, so that each one's CPU and memory are its own.
-    res, res_ready = sidecar("trellis-sidecar-r", "bench-client-r", b1)
-    wait_proxy_knows(res_ready["admin"], "backend-r")
-    targets.append(Target("trellis resilience", port_of(res_ready["outbound"]), host="backend-r",
-                          pids=[res.pid],
-                          features="as trellis, plus request/per-try timeouts, 2 retries with a budget, "
-                                   "outlier detection, circuit breaker"))
+    # --latency: direct, trellis, nginx and haproxy only (LATENCY_POOL), nothing else running.
+    latency_only = getattr(args, "latency", False)
+    if not latency_only:
+        # Its own sidecar, so that each one's CPU and memory are its own.
+        res, res_ready = sidecar("trellis-sidecar-r", "bench-client-r", b1)
+        wait_proxy_knows(res_ready["admin"], "backend-r")
+        targets.append(Target("trellis resilience", port_of(res_ready["outbound"]), host="backend-r",
+                              pids=[res.pid],
+                              features="as trellis, plus request/per-try timeouts, 2 retries with a budget, "
+                                       "outlier detection, circuit breaker"))
 
     # The sidecar built without profile-guided optimisation (plain `cargo build --release`), one
     # hop: what a user building from source without bench/pgo.sh runs.
-    if args.proxy_plain:
+    if args.proxy_plain and not latency_only:
         plain, plain_ready = sidecar("trellis-sidecar-no-pgo", "bench-client-np", b1, binary=args.proxy_plain)
         wait_proxy_knows(plain_ready["admin"], "backend")
         targets.append(Target("trellis no-pgo", port_of(plain_ready["outbound"]), host="backend", pids=[plain.pid],
@@ -459,9 +462,14 @@ def setup(procs: Procs, args, workdir: str) -> tuple[list[Target], dict]:
          lambda conf, h2: ["haproxy", "-f", conf, "-db"]),
     ]
     for name, ext, features, conf_of, cmd_of in peers if not args.train else []:
+        if latency_only and name not in LATENCY_POOL:
+            continue
         port, p = one_hop(name, False, ext, conf_of, cmd_of)
         port_h2, p_h2 = one_hop(name, True, ext, conf_of, cmd_of)
         targets.append(Target(name, port, pids=[p.pid], features=features, h2_port=port_h2, h2_pids=[p_h2.pid]))
+
+    if latency_only:
+        return targets, {"control": control}
 
     # Mesh path: Trellis pair. The server sidecar fronts the backend as service `mesh-backend`,
     # PERMISSIVE and without certificates: plaintext HTTP/1.1 between the sidecars.
@@ -732,16 +740,16 @@ def median_interval(values: list[float]) -> str:
     return f"{text} [{v[k - 1]:+,.0f}, {v[n - k]:+,.0f}]"
 
 
-def pooled_latency(pooled: dict, runs: dict, args) -> list[str]:
-    """Percentiles of the one-hop targets over every request of all their fixed-rate runs (main
-    and short rounds, interleaved over the same stretch of time), and run by run how often each
-    Trellis p50 and p99 was at or below nginx's and haproxy's in the same round."""
+def pooled_latency(pooled: dict, runs: dict, args, which: str) -> list[str]:
+    """Percentiles of the one-hop targets over every request of all their fixed-rate runs
+    (`which` says what those runs were, interleaved over the same stretch of time), and run by
+    run how often each Trellis p50 and p99 was at or below nginx's and haproxy's in the same
+    round."""
     names = [n for n in LATENCY_POOL if any((n, rate) in pooled for rate in args.rates)]
     if "direct" not in names or "trellis" not in names:
         return []
     lines = ["", "### One hop, latency over all runs pooled (microseconds)", "",
-             f"Every request of every fixed-rate run of these targets, {plural(args.rounds, 'main round')} "
-             f"({args.duration} s each) and {plural(args.duel_rounds, 'short round')} ({args.duel_duration} s each), "
+             f"Every request of every fixed-rate run of these targets, {which}, "
              "pooled, and the percentiles taken over all of them: steadier than the median of a few runs' "
              "percentiles, as the machine's speed drifts from run to run. Latency-corrected like the tables "
              "above. The last two columns compare run by run: in how many runs trellis's p50 and p99 were at "
@@ -887,13 +895,21 @@ def report(results: dict, duel: list[dict], targets: list[Target], args, notes: 
     return "\n".join(lines) + "\n"
 
 
-def versions(args) -> str:
+def versions(args, latency_only: bool = False) -> str:
     def first_line(cmd):
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
             return (r.stdout + r.stderr).strip().splitlines()[0]
         except Exception:  # noqa: BLE001 - a missing version string is not fatal
             return "?"
+    if latency_only:
+        return ", ".join([
+            "trellis " + first_line([args.trellis, "--version"]).split()[-1]
+            + f" (sidecar: {os.path.basename(args.proxy)}, {args.build})",
+            first_line(["nginx", "-v"]).replace("nginx version: ", ""),
+            "haproxy " + first_line(["haproxy", "-v"]).split()[2],
+            "oha " + first_line(["oha", "--version"]).split()[-1],
+        ])
     envoy = re.search(r"/(\d+\.\d+\.\d+)/", first_line([args.envoy, "--version"]) + "/")
     return ", ".join([
         "trellis " + first_line([args.trellis, "--version"]).split()[-1]
@@ -907,9 +923,9 @@ def versions(args) -> str:
     ])
 
 
-def write_doc(section: str) -> None:
+def write_doc(section: str, marker: str = "BENCH") -> None:
     path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
-    begin, end = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
+    begin, end = f"<!-- {marker}:BEGIN -->", f"<!-- {marker}:END -->"
     doc = open(path).read() if os.path.exists(path) else f"# Benchmarks\n\n{begin}\n{end}\n"
     if begin not in doc:
         doc += f"\n{begin}\n{end}\n"
@@ -954,6 +970,87 @@ def train(args) -> int:
     return 1 if failed else 0
 
 
+def latency_main(args) -> int:
+    """--latency: the one-hop latency comparison alone, with more paired runs than the full run
+    has time for. Only direct, trellis, nginx and haproxy run (and the control plane, idle); each
+    round runs oha at each rate on each of them, the order rotated every round, so that every
+    target's runs spread over the same stretch of time and each trellis run sits next to its
+    peers' at the same rate. Writes the LATENCY section of docs/BENCHMARKS.md."""
+    out = os.path.join(ROOT, "bench", "out")
+    os.makedirs(out, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="latency-", dir=out)
+    procs = Procs(workdir)
+    started = time.monotonic()
+    try:
+        targets, _ = setup(procs, args, workdir)
+        planned = len(targets) * len(args.rates) * args.rounds * args.duration
+        print(f"bench: latency only: {len(targets)} targets, {args.rounds} rounds of oha at "
+              f"{', '.join(f'{r:,}' for r in args.rates)} req/s, {args.duration} s each: about "
+              f"{planned / 60:.0f} min; logs in {workdir}", flush=True)
+        pooled, runs, cpu, notes = {}, {}, {}, []
+        db = os.path.join(workdir, "oha.db")
+        for rnd in range(1, args.rounds + 1):
+            k = (rnd - 1) % len(targets)
+            order = targets[k:] + targets[:k]
+            for rate in args.rates:
+                for t in order:
+                    m = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns, db))
+                    pooled.setdefault((t.name, rate), []).extend(m.pop("samples"))
+                    runs[(t.name, rate, rnd)] = (m["p50"], m["p99"])
+                    if t.pids:
+                        cpu.setdefault((t.name, rate), []).append(m)
+                        foreign = m["core_busy_s"] - m["proxy_cpu_s"]
+                        # Interrupts and softirqs of the proxy's own loopback traffic count as
+                        # busy but not as its CPU: note only load beyond a tenth of the core.
+                        if foreign > 0.1 * args.duration and foreign > m["proxy_cpu_s"]:
+                            notes.append(f"round {rnd}, {t.name} at {rate:,} req/s: {foreign:.2f} s of CPU "
+                                         f"{PROXY_CPU} used by other processes (the proxy: "
+                                         f"{m['proxy_cpu_s']:.2f} s)")
+                    if m["errors"]:
+                        notes.append(f"round {rnd}, {t.name} at {rate:,} req/s: {m['errors']} errors")
+            print(f"bench: latency round {rnd}/{args.rounds}: " + "  ".join(
+                f"{t.name}@{rate} {runs[(t.name, rate, rnd)][0]:.0f}/{runs[(t.name, rate, rnd)][1]:.0f}"
+                for rate in args.rates for t in targets), flush=True)
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        lines = [
+            f"Run: {date}; {plural(args.rounds, 'round')}, each of them oha at "
+            f"{' and '.join(f'{r:,}' for r in args.rates)} req/s for {args.duration} s on each target, "
+            f"the order rotated every round; {args.conns} connections, {len(BODY)}-byte body, latency-corrected. "
+            f"Proxy under test pinned to CPU {PROXY_CPU}; backend (nginx, 1 worker) and oha pinned to "
+            f"CPU {LOAD_CPU}. Only these targets run.",
+            "",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, kernel {platform.release()}. "
+            f"Versions: {versions(args, latency_only=True)}.",
+            "",
+            "### Run by run (microseconds; medians over the runs, min–max in brackets) and proxy CPU per request",
+            "",
+            "| rate | target | p50 | p99 | user | kernel | total |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for rate in args.rates:
+            for t in targets:
+                mine = [v for k, v in runs.items() if k[:2] == (t.name, rate)]
+                p50, p99 = (med([v[i] for v in mine]) for i in (0, 1))
+                ms = cpu.get((t.name, rate), [])
+                per = [med([per_req_us(m, key) for m in ms])[0] for key in
+                       ("proxy_user_s", "proxy_sys_s", "proxy_cpu_s")] if ms else [None] * 3
+                lines.append(f"| {rate:,} | {t.name} | {fmt(p50[0])} [{fmt(p50[1])}–{fmt(p50[2])}] | "
+                             f"{fmt(p99[0])} [{fmt(p99[1])}–{fmt(p99[2])}] | "
+                             + " | ".join(fmt(v, ' us', 1) for v in per) + " |")
+        which = f"{plural(args.rounds, 'round')} of {args.duration} s"
+        lines += pooled_latency(pooled, runs, args, which)
+        if notes:
+            lines += ["", "Disturbances and errors:", ""] + [f"- {n}" for n in notes]
+        section = "\n".join(lines) + f"\n\nWhole run: {time.monotonic() - started:.0f} s.\n"
+        print(section)
+        if not args.no_write and not args.quick:
+            write_doc(section, "LATENCY")
+            print("bench: wrote the LATENCY section of docs/BENCHMARKS.md")
+        return 0
+    finally:
+        procs.stop_all()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trellis", required=True)
@@ -964,9 +1061,12 @@ def main() -> int:
     ap.add_argument("--build", default="release", help="how --proxy was built, for the report")
     ap.add_argument("--train", action="store_true",
                     help="PGO training (bench/pgo.sh): drive the Trellis targets only, print no figures")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--latency", action="store_true",
+                    help="the one-hop latency comparison alone (direct, trellis, nginx, haproxy): "
+                         "more paired runs; default 24 rounds of 3 s")
+    ap.add_argument("--rounds", type=int, help="rounds (default 3; 24 with --latency)")
     # 5 s keeps the default run (11 targets, 3 rounds, then the short rounds) inside 15 minutes.
-    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--duration", type=int, help="seconds per measurement (default 5; 3 with --latency)")
     ap.add_argument("--duel-rounds", type=int, default=6,
                     help="short interleaved rounds of the one-hop proxies after the main rounds: wrk, "
                          "and oha at each rate for direct, trellis, nginx and haproxy")
@@ -976,17 +1076,23 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 round of 3 s: a smoke run, not for the record")
     ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/ alone")
     args = ap.parse_args()
+    if args.rounds is None:
+        args.rounds = 24 if args.latency else 3
+    if args.duration is None:
+        args.duration = 3 if args.latency else 5
     if args.quick:
         args.rounds, args.duration, args.duel_rounds, args.duel_duration = 1, 3, 2, 2
     if not args.proxy:
         args.proxy = os.path.join(os.path.dirname(os.path.abspath(args.trellis)), "trellis-proxy")
-    if not args.envoy and not args.train:
-        ap.error("--envoy is needed (except with --train)")
+    if not args.envoy and not args.train and not args.latency:
+        ap.error("--envoy is needed (except with --train or --latency)")
     if args.train:
         return train(args)
     if os.cpu_count() < 2:
         print("bench: needs 2 CPUs (one for the proxy, one for load)", file=sys.stderr)
         return 1
+    if args.latency:
+        return latency_main(args)
     out = os.path.join(ROOT, "bench", "out")
     os.makedirs(out, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="run-", dir=out)
@@ -1064,7 +1170,9 @@ def main() -> int:
         json.dump({"rounds": results, "short_rounds": duel,
                    "latency_runs": [[*k, *v] for k, v in runs.items()]},
                   open(os.path.join(workdir, "results.json"), "w"), indent=1)
-        section = report(results, duel, targets, args, notes, pooled_latency(pooled, runs, args))
+        which = (f"{plural(args.rounds, 'main round')} ({args.duration} s each) and "
+                 f"{plural(args.duel_rounds, 'short round')} ({args.duel_duration} s each)")
+        section = report(results, duel, targets, args, notes, pooled_latency(pooled, runs, args, which))
         section += f"\nWhole run: {time.monotonic() - started:.0f} s.\n"
         print(section)
         if not args.no_write and not args.quick:
