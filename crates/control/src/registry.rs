@@ -633,6 +633,7 @@ async fn reap(inner: &Inner, preserving: &mut usize) -> Option<Instant> {
             .min();
         (held, next)
     };
+    let mut next = next;
     if any_expired {
         let _w = inner.writes.lock().await;
         let now = Instant::now();
@@ -650,6 +651,8 @@ async fn reap(inner: &Inner, preserving: &mut usize) -> Option<Instant> {
                 tracing::warn!(%service, %id, error = %e, "cannot remove instance from the store");
             }
             changed = true;
+            // Fewer instances lower self-preservation's limit: the next pass re-counts at once.
+            next = Some(now);
         }
     }
     if changed {
