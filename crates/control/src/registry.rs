@@ -550,9 +550,9 @@ fn not_found_instance(service: &str, id: &str) -> RegistryError {
 
 /// Marks instances unhealthy after their TTL and removes them after `remove_after` (or the
 /// TTL, when longer) without a heartbeat, within the limit of self-preservation
-/// ([`preservation`]): instances it holds stay healthy and are not removed. Between passes it
-/// sleeps until the next deadline or until [`Inner::reap`] wakes it, and at least
-/// `reap_interval`.
+/// ([`preservation`]): instances it holds stay healthy, and while it holds any, no instance is
+/// removed. Between passes it sleeps until the next deadline or until [`Inner::reap`] wakes it,
+/// and at least `reap_interval`.
 async fn reaper(inner: Arc<Inner>) {
     let mut preserving = 0usize;
     loop {
@@ -602,7 +602,7 @@ async fn reap(inner: &Inner, preserving: &mut usize) -> Option<Instant> {
                     max_fraction = inner.config.max_eviction_fraction,
                     "self-preservation: many instances missed their heartbeats at once \
                      (the control plane may be cut off from them); keeping some as \
-                     endpoints instead of evicting them"
+                     endpoints instead of evicting them, and removing none until it ends"
                 );
             } else if held.is_empty() {
                 tracing::info!("self-preservation ended: heartbeats are back");
@@ -634,7 +634,9 @@ async fn reap(inner: &Inner, preserving: &mut usize) -> Option<Instant> {
         (held, next)
     };
     let mut next = next;
-    if any_expired {
+    // While self-preservation holds instances, nothing is removed: each removal would shrink
+    // the total its limit is a fraction of, and so evict the held ones in turn.
+    if any_expired && held.is_empty() {
         let _w = inner.writes.lock().await;
         let now = Instant::now();
         let mut removed = Vec::new();

@@ -2,7 +2,9 @@
 //! is that the control plane is cut off from them, not that they all died. The registry then
 //! marks at most a fraction of all instances unhealthy (longest silent first) and keeps the
 //! rest as endpoints until their heartbeats return, so proxies never receive an empty endpoint
-//! set because of a partition. Small meshes (fewer than [`MIN_INSTANCES`]) are exempt: losing
+//! set because of a partition. While it holds any instance, the registry removes none for
+//! missed heartbeats (the evicted ones stay listed, unhealthy): removing them would shrink the
+//! total the limit is a fraction of, and evict the held ones in turn. Small meshes (fewer than [`MIN_INSTANCES`]) are exempt: losing
 //! one of two instances is an ordinary failure.
 
 use std::collections::BTreeSet;

@@ -530,3 +530,63 @@ async fn an_instance_names_the_reapers_next_deadline() {
     inst.registration.ttl_ms = 120_000;
     assert_eq!(inst.next_deadline(remove_after, at(60)), Some(at(120)));
 }
+
+/// Self-preservation lasts as long as the silence: while it holds instances as endpoints, the
+/// reaper removes no instance for missed heartbeats, not even those it let go unhealthy, since
+/// each removal would shrink the total its limit is a fraction of and evict the held ones in
+/// turn. Once the heartbeats return, the instances still silent past `remove_after` go.
+#[tokio::test(start_paused = true)]
+async fn self_preservation_removes_nothing_while_it_holds_instances() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = start(dir.path(), config()).await;
+    for id in ["a", "b", "c", "d", "e"] {
+        run.registry
+            .register(reg("api", id, 1000))
+            .await
+            .expect("register");
+    }
+    let states = |r: &Registry| {
+        r.instances(None)
+            .into_iter()
+            .map(|i| (i.registration.id, i.health, i.held))
+            .collect::<Vec<_>>()
+    };
+    // `e` keeps its heartbeat; the other four fall silent for five times `remove_after` (2 s).
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        run.registry
+            .heartbeat("api", "e", None)
+            .await
+            .expect("heartbeat");
+    }
+    let (healthy, unhealthy) = (Health::Healthy, Health::Unhealthy);
+    let held_view = vec![
+        ("a".to_string(), unhealthy, false),
+        ("b".to_string(), unhealthy, false),
+        ("c".to_string(), healthy, true),
+        ("d".to_string(), healthy, true),
+        ("e".to_string(), healthy, false),
+    ];
+    assert_eq!(states(&run.registry), held_view);
+    assert_eq!(run.store.list_instances().await.expect("list").len(), 5);
+
+    // The partition heals for `c` and `d`: nothing is held any more, and the two still silent
+    // are removed.
+    for id in ["c", "d"] {
+        run.registry
+            .heartbeat("api", id, None)
+            .await
+            .expect("heartbeat");
+    }
+    eventually("a and b removed", || async {
+        run.registry.instances(None).len() == 3
+    })
+    .await;
+    assert!(
+        states(&run.registry).iter().all(|(id, h, held)| {
+            ["c", "d", "e"].contains(&id.as_str()) && *h == healthy && !held
+        })
+    );
+    assert_eq!(run.store.list_instances().await.expect("list").len(), 3);
+    run.stop().await;
+}
