@@ -5,7 +5,7 @@
 # optimisation (bench/pgo.sh), then runs bench/run.py. The sidecar without PGO runs one hop beside
 # it as `trellis no-pgo`; --no-pgo measures the plain release build alone.
 # Usage: bash bench/run.sh [--no-pgo] [--rounds N] [--duration SECS] [--quick]
-#        bash bench/run.sh --latency [--rounds N]   (the one-hop latency comparison alone, ~11 min)
+#        bash bench/run.sh --latency [--rounds N]   (the one-hop latency comparison alone, ~10 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
