@@ -574,14 +574,11 @@ async fn reaper(inner: Arc<Inner>) {
 /// One pass of the reaper; returns when the next one is due (None: only an event can change
 /// anything).
 async fn reap(inner: &Inner, preserving: &mut usize) -> Option<Instant> {
-    let expired = |i: &InstanceState, now: Instant| {
-        let ttl = Duration::from_millis(i.registration.ttl_ms);
-        i.since_heartbeat(now) >= inner.config.remove_after.max(ttl)
-    };
+    let expired = |i: &InstanceState, now: Instant| i.is_expired(inner.config.remove_after, now);
     let now = Instant::now();
     let mut changed = false;
     let mut any_expired = false;
-    let (held, next) = {
+    let (held, mut next) = {
         let mut st = lock(&inner.state);
         let total = st.instances.len();
         let lapsed: Vec<_> = st
@@ -633,7 +630,6 @@ async fn reap(inner: &Inner, preserving: &mut usize) -> Option<Instant> {
             .min();
         (held, next)
     };
-    let mut next = next;
     // While self-preservation holds instances, nothing is removed: each removal would shrink
     // the total its limit is a fraction of, and so evict the held ones in turn.
     if any_expired && held.is_empty() {

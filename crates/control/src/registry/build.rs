@@ -45,16 +45,28 @@ impl InstanceState {
         now.saturating_duration_since(self.last_heartbeat)
     }
 
+    /// How long without a heartbeat before the reaper removes it: `remove_after`, or the TTL
+    /// when longer.
+    pub fn removal_age(&self, remove_after: std::time::Duration) -> std::time::Duration {
+        remove_after.max(std::time::Duration::from_millis(self.registration.ttl_ms))
+    }
+
+    /// Silent for its [`removal_age`](Self::removal_age).
+    pub fn is_expired(&self, remove_after: std::time::Duration, now: Instant) -> bool {
+        self.since_heartbeat(now) >= self.removal_age(remove_after)
+    }
+
     /// The first moment after `now` at which the reaper's verdict on this instance can change
-    /// by itself: its heartbeat lapsing, its removal falling due (`remove_after`, or the TTL
-    /// when longer), one of its TTL checks lapsing. None once all of those have passed.
+    /// by itself: its heartbeat lapsing, its removal falling due
+    /// ([`removal_age`](Self::removal_age)), one of its TTL checks lapsing. None once all of
+    /// those have passed.
     pub fn next_deadline(
         &self,
         remove_after: std::time::Duration,
         now: Instant,
     ) -> Option<Instant> {
         let ttl = std::time::Duration::from_millis(self.registration.ttl_ms);
-        let heartbeat = [ttl, remove_after.max(ttl)]
+        let heartbeat = [ttl, self.removal_age(remove_after)]
             .into_iter()
             .filter_map(|d| self.last_heartbeat.checked_add(d));
         let checks = self
