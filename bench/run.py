@@ -718,6 +718,15 @@ def user_kernel(rounds: list[dict]) -> list[str]:
     return lines
 
 
+def keep_samples(pooled: dict, runs: dict, name: str, rate: int, m: dict, run) -> None:
+    """Moves a fixed-rate result's per-request `samples` into `pooled` under (name, rate) and
+    records that run's p50 and p99 in `runs` under (name, rate, run); a result without samples
+    (a target outside LATENCY_POOL) is left alone."""
+    if "samples" in m:
+        pooled.setdefault((name, rate), []).extend(m.pop("samples"))
+        runs[(name, rate, run)] = (m["p50"], m["p99"])
+
+
 def plural(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n == 1 else "s")
 
@@ -905,25 +914,22 @@ def versions(args, latency_only: bool = False) -> str:
             return (r.stdout + r.stderr).strip().splitlines()[0]
         except Exception:  # noqa: BLE001 - a missing version string is not fatal
             return "?"
-    if latency_only:
-        return ", ".join([
-            "trellis " + first_line([args.trellis, "--version"]).split()[-1]
-            + f" (sidecar: {os.path.basename(args.proxy)}, {args.build})",
-            first_line(["nginx", "-v"]).replace("nginx version: ", ""),
-            "haproxy " + first_line(["haproxy", "-v"]).split()[2],
-            "oha " + first_line(["oha", "--version"]).split()[-1],
-        ])
-    envoy = re.search(r"/(\d+\.\d+\.\d+)/", first_line([args.envoy, "--version"]) + "/")
-    return ", ".join([
-        "trellis " + first_line([args.trellis, "--version"]).split()[-1]
-        + f" (sidecars: {os.path.basename(args.proxy)}, {args.build})",
-        "envoy " + (envoy.group(1) if envoy else "?"),
-        first_line(["nginx", "-v"]).replace("nginx version: ", ""),
-        "haproxy " + first_line(["haproxy", "-v"]).split()[2],
-        first_line(["wrk", "--version"]).split()[1],
-        "oha " + first_line(["oha", "--version"]).split()[-1],
-        first_line(["h2load", "--version"]),
-    ])
+    def envoy():
+        v = re.search(r"/(\d+\.\d+\.\d+)/", first_line([args.envoy, "--version"]) + "/")
+        return "envoy " + (v.group(1) if v else "?")
+    tools = {
+        "trellis": lambda: "trellis " + first_line([args.trellis, "--version"]).split()[-1]
+        + f" (sidecar{'' if latency_only else 's'}: {os.path.basename(args.proxy)}, {args.build})",
+        "envoy": envoy,
+        "nginx": lambda: first_line(["nginx", "-v"]).replace("nginx version: ", ""),
+        "haproxy": lambda: "haproxy " + first_line(["haproxy", "-v"]).split()[2],
+        "wrk": lambda: first_line(["wrk", "--version"]).split()[1],
+        "oha": lambda: "oha " + first_line(["oha", "--version"]).split()[-1],
+        "h2load": lambda: first_line(["h2load", "--version"]),
+    }
+    # --latency runs neither Envoy nor wrk nor h2load.
+    used = ("trellis", "nginx", "haproxy", "oha") if latency_only else tools
+    return ", ".join(tools[name]() for name in used)
 
 
 def write_doc(section: str, marker: str = "BENCH") -> None:
@@ -998,8 +1004,7 @@ def latency_main(args) -> int:
             for rate in args.rates:
                 for t in order:
                     m = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns, db))
-                    pooled.setdefault((t.name, rate), []).extend(m.pop("samples"))
-                    runs[(t.name, rate, rnd)] = (m["p50"], m["p99"])
+                    keep_samples(pooled, runs, t.name, rate, m, rnd)
                     if t.pids:
                         cpu.setdefault((t.name, rate), []).append(m)
                         foreign = m["core_busy_s"] - m["proxy_cpu_s"]
@@ -1119,11 +1124,6 @@ def main() -> int:
         def db_for(t):
             return os.path.join(workdir, "oha.db") if t.name in LATENCY_POOL else None
 
-        def keep_samples(t, rate, m, run):
-            if "samples" in m:
-                pooled.setdefault((t.name, rate), []).extend(m.pop("samples"))
-                runs[(t.name, rate, run)] = (m["p50"], m["p99"])
-
         for rnd in range(1, args.rounds + 1):
             for t in targets:
                 r = {}
@@ -1134,7 +1134,7 @@ def main() -> int:
                 for rate in args.rates:
                     r[f"rate{rate}"] = measure(t, lambda: oha_rate(t, rate, args.duration, args.conns,
                                                                    db_for(t)))
-                    keep_samples(t, rate, r[f"rate{rate}"], rnd)
+                    keep_samples(pooled, runs, t.name, rate, r[f"rate{rate}"], rnd)
                 if t.name == "direct" or t.h2_pids:
                     r["h2"] = measure(t, lambda: h2load_max(t, args.duration, args.conns), h2=True)
                     r["h2_rss_after"] = rss_mib(t.all_h2_pids())
@@ -1161,7 +1161,7 @@ def main() -> int:
                 if t.name in LATENCY_POOL:
                     for rate in args.rates:
                         m = oha_rate(t, rate, args.duel_duration, args.conns, db_for(t))
-                        keep_samples(t, rate, m, label)
+                        keep_samples(pooled, runs, t.name, rate, m, label)
             duel.append(row)
             lat = {(n, rate): runs[(n, rate, label)] for n in LATENCY_POOL for rate in args.rates
                    if (n, rate, label) in runs}
