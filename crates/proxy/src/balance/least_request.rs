@@ -2,36 +2,45 @@
 //!
 //! Two distinct endpoints are drawn at random and the one with fewer requests in flight wins
 //! (Mitzenmacher's P2C: nearly the balance of a full scan at the cost of two loads, and no herd
-//! onto one "least loaded" endpoint). The [`LoadGuard`] holds the winner's counter and
-//! decrements it when the request ends, however it ends.
+//! onto one "least loaded" endpoint).
+//!
+//! An endpoint's in-flight count is its `Arc`'s strong count minus the balancer's own reference:
+//! the [`LoadGuard`] of each request holds one clone and drops it when the request ends, however
+//! it ends. That makes a pick and its end one locked instruction each, instead of two (a
+//! counter's and the clone's).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Balance, LoadGuard, LoadTracker, Picked, random_pair};
 
 #[derive(Debug)]
 pub(crate) struct LeastRequest {
-    endpoints: Vec<Arc<InFlight>>,
+    /// Cloned only into [`LoadGuard`]s: see [`in_flight`].
+    endpoints: Vec<Arc<Endpoint>>,
 }
 
-/// One endpoint's in-flight count, on its own cache line so picks on different endpoints do not
-/// contend.
+/// One endpoint. Aligned so that its `Arc`'s counts sit on a cache line of their own, and picks
+/// on different endpoints do not contend.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct InFlight(AtomicU64);
+struct Endpoint;
 
-impl LoadTracker for InFlight {
+/// Requests in flight on `endpoint`: the references its request guards hold.
+pub(super) fn in_flight<T: ?Sized>(endpoint: &Arc<T>) -> usize {
+    Arc::strong_count(endpoint) - 1
+}
+
+impl LoadTracker for Endpoint {
     fn finish(&self, _rtt: Option<Duration>, _started: Option<Instant>) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        // The guard's clone of this endpoint is dropped right after: that ends the request.
     }
 }
 
 impl LeastRequest {
     pub(crate) fn new(len: usize) -> Self {
         LeastRequest {
-            endpoints: (0..len).map(|_| Arc::new(InFlight::default())).collect(),
+            endpoints: (0..len).map(|_| Arc::new(Endpoint)).collect(),
         }
     }
 
@@ -41,7 +50,7 @@ impl LeastRequest {
             1 => Some(0),
             n => {
                 let (a, b) = random_pair(n);
-                let load = |i: usize| self.endpoints[i].0.load(Ordering::Relaxed);
+                let load = |i: usize| in_flight(&self.endpoints[i]);
                 Some(if load(b) < load(a) { b } else { a })
             }
         }
@@ -51,15 +60,38 @@ impl LeastRequest {
 impl Balance for LeastRequest {
     fn pick(&self, _hash: Option<u64>) -> Option<Picked> {
         let index = self.choose()?;
-        let endpoint = &self.endpoints[index];
-        endpoint.0.fetch_add(1, Ordering::Relaxed);
         Some(Picked {
             index,
-            load: LoadGuard::tracked(endpoint.clone(), None),
+            load: LoadGuard::tracked(self.endpoints[index].clone(), None),
         })
     }
 
     fn len(&self) -> usize {
         self.endpoints.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Balance;
+    use super::{LeastRequest, in_flight};
+
+    #[test]
+    fn each_guard_counts_in_flight_until_it_ends() {
+        let balancer = LeastRequest::new(3);
+        let loads = |b: &LeastRequest| b.endpoints.iter().map(in_flight).collect::<Vec<_>>();
+        let picks: Vec<_> = (0..6).filter_map(|_| balancer.pick(None)).collect();
+        let mut expected = vec![0; 3];
+        picks.iter().for_each(|p| expected[p.index] += 1);
+        assert_eq!(loads(&balancer), expected);
+        let mut picks = picks.into_iter();
+        let (first, second) = (picks.next().unwrap(), picks.next().unwrap());
+        expected[first.index] -= 1;
+        first.load.complete();
+        expected[second.index] -= 1;
+        drop(second);
+        assert_eq!(loads(&balancer), expected);
+        drop(picks);
+        assert_eq!(loads(&balancer), vec![0; 3]);
     }
 }

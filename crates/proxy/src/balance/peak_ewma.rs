@@ -18,25 +18,28 @@
 //! Lock-free: the estimate is an `f64`'s bits in an `AtomicU64` and the sample time a second
 //! atomic, both updated with plain stores (no compare-and-swap: the locked instructions cost
 //! more than the rest of the update). Two completions of one endpoint racing can at worst lose
-//! one of the two samples; the next sample corrects the estimate.
+//! one of the two samples; the next sample corrects the estimate. The in-flight count is the
+//! endpoint's `Arc` strong count, as in [`super::least_request`]: one locked instruction to pick
+//! and one to end the request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::least_request::in_flight;
 use super::{Balance, LoadGuard, LoadTracker, PEAK_EWMA_DEFAULT_RTT, Picked, random_pair};
 
 #[derive(Debug)]
 pub(crate) struct PeakEwma {
+    /// Cloned only into [`LoadGuard`]s: the clones are the requests in flight.
     endpoints: Vec<Arc<Endpoint>>,
     epoch: Instant,
 }
 
-/// One endpoint's load, on its own cache line.
+/// One endpoint's latency estimate. Not cache-line aligned: an aligned `Arc` payload starts a
+/// line after the `Arc`'s counts, and a pick reads both.
 #[derive(Debug)]
-#[repr(align(64))]
 struct Endpoint {
-    in_flight: AtomicU64,
     /// The RTT estimate in nanoseconds, as `f64::to_bits`.
     estimate_ns: AtomicU64,
     /// One more than when the estimate was last sampled, in nanoseconds since `epoch`; 0 while
@@ -56,7 +59,6 @@ fn nanos(d: Duration) -> u64 {
 impl Endpoint {
     fn new(epoch: Instant, decay: Duration) -> Self {
         Endpoint {
-            in_flight: AtomicU64::new(0),
             estimate_ns: AtomicU64::new((nanos(PEAK_EWMA_DEFAULT_RTT) as f64).to_bits()),
             sampled_ns: AtomicU64::new(NEVER_SAMPLED),
             epoch,
@@ -81,10 +83,10 @@ impl Endpoint {
         }
     }
 
-    fn cost(&self, now_ns: u64) -> f64 {
+    /// The estimate decayed to `now_ns`, times the requests in flight plus one.
+    fn cost(&self, now_ns: u64, pending: usize) -> f64 {
         let estimate = f64::from_bits(self.estimate_ns.load(Ordering::Relaxed));
         let sampled = self.sampled_ns.load(Ordering::Relaxed);
-        let pending = self.in_flight.load(Ordering::Relaxed);
         estimate * self.survival_since(sampled, now_ns) * (pending + 1) as f64
     }
 
@@ -119,7 +121,7 @@ impl LoadTracker for Endpoint {
             let at = started.and_then(|s| s.checked_add(rtt));
             self.observe(rtt, at.unwrap_or_else(Instant::now));
         }
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // The guard's clone of this endpoint is dropped right after: that ends the request.
     }
 }
 
@@ -147,19 +149,47 @@ impl Balance for PeakEwma {
             n => {
                 let (a, b) = random_pair(n);
                 let now_ns = nanos(now.saturating_duration_since(self.epoch));
-                let cost = |i: usize| self.endpoints[i].cost(now_ns);
+                let cost = |i: usize| {
+                    let endpoint = &self.endpoints[i];
+                    endpoint.cost(now_ns, in_flight(endpoint))
+                };
                 if cost(b) < cost(a) { b } else { a }
             }
         };
-        let endpoint = &self.endpoints[index];
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(Picked {
             index,
-            load: LoadGuard::tracked(endpoint.clone(), Some(now)),
+            load: LoadGuard::tracked(self.endpoints[index].clone(), Some(now)),
         })
     }
 
     fn len(&self) -> usize {
         self.endpoints.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{Balance, PEAK_EWMA_DEFAULT_DECAY};
+    use super::{PeakEwma, in_flight};
+
+    #[test]
+    fn each_guard_counts_in_flight_until_it_ends() {
+        let balancer = PeakEwma::new(3, PEAK_EWMA_DEFAULT_DECAY);
+        let loads = |b: &PeakEwma| b.endpoints.iter().map(in_flight).collect::<Vec<_>>();
+        let picks: Vec<_> = (0..6).filter_map(|_| balancer.pick(None)).collect();
+        let mut expected = vec![0; 3];
+        picks.iter().for_each(|p| expected[p.index] += 1);
+        assert_eq!(loads(&balancer), expected);
+        let mut picks = picks.into_iter();
+        let (first, second) = (picks.next().unwrap(), picks.next().unwrap());
+        expected[first.index] -= 1;
+        first.load.complete_with(Duration::from_millis(3));
+        expected[second.index] -= 1;
+        drop(second);
+        assert_eq!(loads(&balancer), expected);
+        drop(picks);
+        assert_eq!(loads(&balancer), vec![0; 3]);
     }
 }
