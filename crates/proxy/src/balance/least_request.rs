@@ -73,25 +73,13 @@ impl Balance for LeastRequest {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Balance;
+    use super::super::tests::load::guards_count_in_flight_until_they_end;
     use super::{LeastRequest, in_flight};
 
     #[test]
     fn each_guard_counts_in_flight_until_it_ends() {
-        let balancer = LeastRequest::new(3);
-        let loads = |b: &LeastRequest| b.endpoints.iter().map(in_flight).collect::<Vec<_>>();
-        let picks: Vec<_> = (0..6).filter_map(|_| balancer.pick(None)).collect();
-        let mut expected = vec![0; 3];
-        picks.iter().for_each(|p| expected[p.index] += 1);
-        assert_eq!(loads(&balancer), expected);
-        let mut picks = picks.into_iter();
-        let (first, second) = (picks.next().unwrap(), picks.next().unwrap());
-        expected[first.index] -= 1;
-        first.load.complete();
-        expected[second.index] -= 1;
-        drop(second);
-        assert_eq!(loads(&balancer), expected);
-        drop(picks);
-        assert_eq!(loads(&balancer), vec![0; 3]);
+        guards_count_in_flight_until_they_end(&LeastRequest::new(3), |b| {
+            b.endpoints.iter().map(in_flight).collect()
+        });
     }
 }

@@ -169,27 +169,14 @@ impl Balance for PeakEwma {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::super::{Balance, PEAK_EWMA_DEFAULT_DECAY};
+    use super::super::PEAK_EWMA_DEFAULT_DECAY;
+    use super::super::tests::load::guards_count_in_flight_until_they_end;
     use super::{PeakEwma, in_flight};
 
     #[test]
     fn each_guard_counts_in_flight_until_it_ends() {
-        let balancer = PeakEwma::new(3, PEAK_EWMA_DEFAULT_DECAY);
-        let loads = |b: &PeakEwma| b.endpoints.iter().map(in_flight).collect::<Vec<_>>();
-        let picks: Vec<_> = (0..6).filter_map(|_| balancer.pick(None)).collect();
-        let mut expected = vec![0; 3];
-        picks.iter().for_each(|p| expected[p.index] += 1);
-        assert_eq!(loads(&balancer), expected);
-        let mut picks = picks.into_iter();
-        let (first, second) = (picks.next().unwrap(), picks.next().unwrap());
-        expected[first.index] -= 1;
-        first.load.complete_with(Duration::from_millis(3));
-        expected[second.index] -= 1;
-        drop(second);
-        assert_eq!(loads(&balancer), expected);
-        drop(picks);
-        assert_eq!(loads(&balancer), vec![0; 3]);
+        guards_count_in_flight_until_they_end(&PeakEwma::new(3, PEAK_EWMA_DEFAULT_DECAY), |b| {
+            b.endpoints.iter().map(in_flight).collect()
+        });
     }
 }

@@ -161,3 +161,26 @@ fn peak_ewma_tries_fresh_endpoints_over_busy_ones() {
         );
     }
 }
+
+/// Checks that `loads` (a balancer's in-flight count per endpoint) follows the request guards
+/// of six picks over three endpoints: one completed, one dropped, then all dropped.
+pub(in crate::balance) fn guards_count_in_flight_until_they_end<B: Balance>(
+    balancer: &B,
+    loads: impl Fn(&B) -> Vec<usize>,
+) {
+    let picks: Vec<_> = (0..6).filter_map(|_| balancer.pick(None)).collect();
+    let mut expected = vec![0; 3];
+    picks.iter().for_each(|p| expected[p.index] += 1);
+    assert_eq!(loads(balancer), expected);
+    let mut picks = picks.into_iter();
+    let (Some(first), Some(second)) = (picks.next(), picks.next()) else {
+        panic!("a balancer of three endpoints picked fewer than two times in six");
+    };
+    expected[first.index] -= 1;
+    first.load.complete_with(Duration::from_millis(3));
+    expected[second.index] -= 1;
+    drop(second);
+    assert_eq!(loads(balancer), expected);
+    drop(picks);
+    assert_eq!(loads(balancer), vec![0; 3]);
+}

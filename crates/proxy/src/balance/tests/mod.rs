@@ -3,7 +3,7 @@
 
 mod distribution;
 mod hashing;
-mod load;
+pub(super) mod load;
 mod props;
 mod skipping;
 
