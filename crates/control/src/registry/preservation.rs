@@ -4,8 +4,8 @@
 //! rest as endpoints until their heartbeats return, so proxies never receive an empty endpoint
 //! set because of a partition. While it holds any instance, the registry removes none for
 //! missed heartbeats (the evicted ones stay listed, unhealthy): removing them would shrink the
-//! total the limit is a fraction of, and evict the held ones in turn. Small meshes (fewer than [`MIN_INSTANCES`]) are exempt: losing
-//! one of two instances is an ordinary failure.
+//! total the limit is a fraction of, and evict the held ones in turn. Small meshes (fewer than
+//! [`MIN_INSTANCES`]) are exempt: losing one of two instances is an ordinary failure.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

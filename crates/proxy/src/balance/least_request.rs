@@ -4,15 +4,15 @@
 //! (Mitzenmacher's P2C: nearly the balance of a full scan at the cost of two loads, and no herd
 //! onto one "least loaded" endpoint).
 //!
-//! An endpoint's in-flight count is its `Arc`'s strong count minus the balancer's own reference:
-//! the [`LoadGuard`] of each request holds one clone and drops it when the request ends, however
-//! it ends. That makes a pick and its end one locked instruction each, instead of two (a
-//! counter's and the clone's).
+//! An endpoint's in-flight count is its `Arc`'s strong count ([`in_flight`]): the [`LoadGuard`]
+//! of each request holds one clone and drops it when the request ends, however it ends. That
+//! makes a pick and its end one locked instruction each, instead of two (a counter's and the
+//! clone's).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Balance, LoadGuard, LoadTracker, Picked, random_pair};
+use super::{Balance, LoadGuard, LoadTracker, Picked, in_flight, random_pair};
 
 #[derive(Debug)]
 pub(crate) struct LeastRequest {
@@ -25,11 +25,6 @@ pub(crate) struct LeastRequest {
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct Endpoint;
-
-/// Requests in flight on `endpoint`: the references its request guards hold.
-pub(super) fn in_flight<T: ?Sized>(endpoint: &Arc<T>) -> usize {
-    Arc::strong_count(endpoint) - 1
-}
 
 impl LoadTracker for Endpoint {
     fn finish(&self, _rtt: Option<Duration>, _started: Option<Instant>) {
@@ -73,8 +68,9 @@ impl Balance for LeastRequest {
 
 #[cfg(test)]
 mod tests {
+    use super::super::in_flight;
     use super::super::tests::load::guards_count_in_flight_until_they_end;
-    use super::{LeastRequest, in_flight};
+    use super::LeastRequest;
 
     #[test]
     fn each_guard_counts_in_flight_until_it_ends() {

@@ -136,6 +136,12 @@ impl LoadGuard {
     }
 }
 
+/// Requests in flight on a load-aware balancer's `endpoint`, whose `Arc` only the balancer and
+/// the [`LoadGuard`]s of its requests hold: the strong count minus the balancer's own reference.
+pub(crate) fn in_flight<T: ?Sized>(endpoint: &Arc<T>) -> usize {
+    Arc::strong_count(endpoint) - 1
+}
+
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         if let Some(t) = self.inner.take() {

@@ -19,15 +19,16 @@
 //! atomic, both updated with plain stores (no compare-and-swap: the locked instructions cost
 //! more than the rest of the update). Two completions of one endpoint racing can at worst lose
 //! one of the two samples; the next sample corrects the estimate. The in-flight count is the
-//! endpoint's `Arc` strong count, as in [`super::least_request`]: one locked instruction to pick
+//! endpoint's `Arc` strong count ([`in_flight`]), as in least request: one locked instruction to pick
 //! and one to end the request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::least_request::in_flight;
-use super::{Balance, LoadGuard, LoadTracker, PEAK_EWMA_DEFAULT_RTT, Picked, random_pair};
+use super::{
+    Balance, LoadGuard, LoadTracker, PEAK_EWMA_DEFAULT_RTT, Picked, in_flight, random_pair,
+};
 
 #[derive(Debug)]
 pub(crate) struct PeakEwma {
@@ -170,8 +171,9 @@ impl Balance for PeakEwma {
 #[cfg(test)]
 mod tests {
     use super::super::PEAK_EWMA_DEFAULT_DECAY;
+    use super::super::in_flight;
     use super::super::tests::load::guards_count_in_flight_until_they_end;
-    use super::{PeakEwma, in_flight};
+    use super::PeakEwma;
 
     #[test]
     fn each_guard_counts_in_flight_until_it_ends() {
